@@ -1,0 +1,196 @@
+"""Data sources named by ``--data``: ``digits``, ``cifar10:DIR``, ``npz:FILE``.
+
+Each gives train, calibration and evaluation splits already scaled to [0, 1], laid out as the
+model's input (NCHW), and normalised with the model spec's mean and std. Everything is held in
+memory: the sources this tool targets are small, and ONNX Runtime wants numpy arrays anyway.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from hawq_onnx.errors import HawqError
+from hawq_onnx.models.spec import ModelSpec
+
+DIGITS_TEST_FRACTION = 0.2
+DIGITS_SPLIT_SEED = 0
+CALIBRATION_SIZE = 512
+
+
+@dataclass
+class Split:
+    x: np.ndarray  # float32, normalised, model layout
+    y: np.ndarray  # int64 class indices
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def take(self, n: int | None) -> "Split":
+        return self if n is None or n >= len(self) else Split(self.x[:n], self.y[:n])
+
+    def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0,
+                limit: int | None = None, drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield (x, y) torch tensors; ``limit`` caps the number of batches."""
+        if batch_size <= 0:
+            raise HawqError(f"batch size must be positive, got {batch_size}")
+        order = np.random.default_rng(seed).permutation(len(self)) if shuffle else np.arange(len(self))
+        count = 0
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            if drop_last and len(idx) < batch_size:
+                break
+            if limit is not None and count >= limit:
+                break
+            yield torch.from_numpy(self.x[idx]), torch.from_numpy(self.y[idx])
+            count += 1
+
+
+@dataclass
+class Dataset:
+    name: str
+    train: Split
+    calib: Split
+    test: Split
+    num_classes: int
+
+
+def _stratified_split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int):
+    rng = np.random.default_rng(seed)
+    test_idx = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        rng.shuffle(idx)
+        test_idx.extend(idx[: int(round(len(idx) * test_fraction))])
+    mask = np.zeros(len(y), bool)
+    mask[np.array(test_idx, dtype=np.int64)] = True
+    return x[~mask], y[~mask], x[mask], y[mask]
+
+
+def _load_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images.astype(np.float32) / 16.0)[:, None, :, :]  # N,1,8,8 in [0,1]
+    y = d.target.astype(np.int64)
+    return _stratified_split(x, y, DIGITS_TEST_FRACTION, DIGITS_SPLIT_SEED)
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(path, "rb") as f:
+            d = pickle.load(f, encoding="bytes")
+        x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        y = np.asarray(d[b"labels"], dtype=np.int64)
+    except Exception as exc:
+        raise HawqError(f"{path} is not a CIFAR-10 python batch ({exc.__class__.__name__})") from None
+    return x, y
+
+
+def _load_cifar10(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    if not folder.is_dir():
+        raise HawqError(f"CIFAR-10 folder {folder} does not exist")
+    if (folder / "train.npz").is_file() and (folder / "test.npz").is_file():
+        tr = _read_npz(folder / "train.npz")
+        te = _read_npz(folder / "test.npz")
+        return tr[0], tr[1], te[0], te[1]
+    batches = folder / "cifar-10-batches-py" if (folder / "cifar-10-batches-py").is_dir() else folder
+    train_files = [batches / f"data_batch_{i}" for i in range(1, 6)]
+    if all(p.is_file() for p in train_files) and (batches / "test_batch").is_file():
+        parts = [_read_cifar_batch(p) for p in train_files]
+        xt, yt = _read_cifar_batch(batches / "test_batch")
+        return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), xt, yt)
+    raise HawqError(f"{folder} holds neither train.npz/test.npz nor the cifar-10-batches-py files")
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if not path.is_file():
+        raise HawqError(f"data file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "x" not in z or "y" not in z:
+                raise HawqError(f"data file {path} must hold arrays 'x' and 'y' (it has {', '.join(z.files) or 'none'})")
+            return np.asarray(z["x"]), np.asarray(z["y"])
+    except HawqError:
+        raise
+    except Exception as exc:
+        raise HawqError(f"data file {path} is not a readable .npz ({exc.__class__.__name__})") from None
+
+
+def _to_unit_range(x: np.ndarray) -> np.ndarray:
+    if x.dtype == np.uint8:
+        return x.astype(np.float32) / 255.0
+    return x.astype(np.float32)
+
+
+def _to_model_layout(x: np.ndarray, input_shape: tuple[int, ...], where: str) -> np.ndarray:
+    if tuple(x.shape[1:]) == tuple(input_shape):
+        return x
+    # Images stored channels-last (N,H,W,C) for a model that takes N,C,H,W.
+    if x.ndim == 4 and len(input_shape) == 3 and tuple(x.shape[1:]) == (input_shape[1], input_shape[2], input_shape[0]):
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    if x.ndim == 3 and len(input_shape) == 3 and input_shape[0] == 1 and tuple(x.shape[1:]) == tuple(input_shape[1:]):
+        return x[:, None]
+    raise HawqError(f"{where}: samples of shape {tuple(x.shape[1:])} do not fit the model input {tuple(input_shape)}")
+
+
+def _normalise(x: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    if spec.mean is None or spec.std is None:
+        return x
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    mean = np.asarray(spec.mean, np.float32).reshape(shape)
+    std = np.asarray(spec.std, np.float32).reshape(shape)
+    return ((x - mean) / std).astype(np.float32)
+
+
+def _prepare(x: np.ndarray, y: np.ndarray, spec: ModelSpec, where: str, num_classes: int | None) -> Split:
+    if len(x) == 0:
+        raise HawqError(f"{where}: no samples")
+    if len(x) != len(y):
+        raise HawqError(f"{where}: {len(x)} inputs but {len(y)} labels")
+    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+        raise HawqError(f"{where}: labels must be a 1-D integer array, got {y.dtype} {tuple(y.shape)}")
+    if y.min() < 0 or (num_classes is not None and y.max() >= num_classes):
+        raise HawqError(f"{where}: labels out of range [0, {num_classes}) (min {y.min()}, max {y.max()})")
+    xf = _to_unit_range(x)
+    if not np.isfinite(xf).all():
+        raise HawqError(f"{where}: inputs hold NaN or Inf")
+    xf = _to_model_layout(xf, spec.input_shape, where)
+    return Split(np.ascontiguousarray(_normalise(xf, spec)), y.astype(np.int64))
+
+
+def load_data(source: str, spec: ModelSpec, calibration_size: int = CALIBRATION_SIZE, seed: int = 0) -> Dataset:
+    """Parse a ``--data`` value and load it for the model described by ``spec``."""
+    kind, _, arg = source.partition(":")
+    num_classes = spec.num_classes
+    if kind == "digits" and not arg:
+        x_tr, y_tr, x_te, y_te = _load_digits()
+        num_classes = num_classes or 10
+    elif kind == "cifar10" and arg:
+        x_tr, y_tr, x_te, y_te = _load_cifar10(Path(arg))
+        num_classes = num_classes or 10
+    elif kind == "npz" and arg:
+        # One file: a fixed 80/20 stratified split; train and test files: npz:TRAIN,TEST.
+        files = arg.split(",")
+        if len(files) == 2:
+            x_tr, y_tr = _read_npz(Path(files[0]))
+            x_te, y_te = _read_npz(Path(files[1]))
+        else:
+            x, y = _read_npz(Path(arg))
+            if len(x) != len(y) or len(y) == 0 or y.ndim != 1:
+                raise HawqError(f"data file {arg}: needs as many labels as inputs and at least one sample")
+            x_tr, y_tr, x_te, y_te = _stratified_split(x, y.astype(np.int64), DIGITS_TEST_FRACTION, DIGITS_SPLIT_SEED)
+    else:
+        raise HawqError(f"unknown data source {source!r}: use digits, cifar10:DIR or npz:FILE")
+    train = _prepare(x_tr, y_tr, spec, f"{source} (train)", num_classes)
+    test = _prepare(x_te, y_te, spec, f"{source} (test)", num_classes)
+    classes = num_classes or int(max(train.y.max(), test.y.max())) + 1
+    # A fixed, seeded calibration subset of the training split: never the evaluation data.
+    idx = np.sort(np.random.default_rng(seed).permutation(len(train))[:calibration_size])
+    calib = Split(train.x[idx], train.y[idx])
+    return Dataset(source, train, calib, test, classes)

@@ -1,0 +1,131 @@
+"""plan.json: the contract between PyTorch and ONNX.
+
+``allocate`` writes each layer's bits; ``finetune`` (or post-training calibration) adds the
+weight scales and the input activation's quantization parameters. The exporter needs nothing
+but this plan and the weights it names. Layers are named by their PyTorch module path.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hawq_onnx.artifacts import read_json, write_json
+from hawq_onnx.errors import HawqError
+from hawq_onnx.quantization import ACTIVATION_BITS, WEIGHT_BITS
+
+FORMAT = "hawq-onnx-plan"
+VERSION = 1
+
+
+@dataclass
+class ActivationQuant:
+    """Per-tensor quantization of a layer's input: q in [0, 2^bits - 1]."""
+
+    bits: int
+    scale: float
+    zero_point: int
+
+
+@dataclass
+class LayerPlan:
+    name: str
+    kind: str
+    params: int
+    out_channels: int
+    macs: int
+    w_bits: int | None            # None: the weight stays float
+    a_bits: int | None            # None: the input activation stays float
+    omega: float = 0.0            # Hessian-weighted perturbation of this choice
+    weight_scale: list[float] | None = None   # per output channel; set by calibration/fine-tuning
+    input_quant: ActivationQuant | None = None  # set by calibration/fine-tuning
+
+    @property
+    def calibrated(self) -> bool:
+        return ((self.w_bits is None or self.weight_scale is not None)
+                and (self.a_bits is None or self.input_quant is not None))
+
+
+@dataclass
+class Plan:
+    model: str
+    fingerprint: str
+    layers: list[LayerPlan]
+    budget: dict[str, Any] = field(default_factory=dict)     # what the user asked for
+    totals: dict[str, Any] = field(default_factory=dict)     # weight bytes, ratio, omega, bops
+    allocation: dict[str, Any] = field(default_factory=dict)  # method, candidates, sensitivity sha
+    pareto: list[dict[str, Any]] = field(default_factory=list)
+    calibration: dict[str, Any] | None = None  # data, samples, method; after fine-tuning
+    format: str = FORMAT
+    version: int = VERSION
+
+    def layer(self, name: str) -> LayerPlan:
+        for layer in self.layers:
+            if layer.name == name:
+                return layer
+        raise KeyError(name)
+
+    @property
+    def calibrated(self) -> bool:
+        return all(layer.calibrated for layer in self.layers)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def save_plan(plan: Plan, path: str | Path) -> Path:
+    return write_json(path, plan.to_json())
+
+
+def _check_layer(layer: LayerPlan, where: str) -> None:
+    if layer.w_bits is not None and layer.w_bits not in WEIGHT_BITS:
+        raise HawqError(f"{where}: layer {layer.name} has w_bits {layer.w_bits}, not one of {WEIGHT_BITS} or null")
+    if layer.a_bits is not None and layer.a_bits not in ACTIVATION_BITS:
+        raise HawqError(f"{where}: layer {layer.name} has a_bits {layer.a_bits}, not one of {ACTIVATION_BITS} or null")
+    if layer.weight_scale is not None:
+        if len(layer.weight_scale) != layer.out_channels:
+            raise HawqError(f"{where}: layer {layer.name} has {len(layer.weight_scale)} weight scales "
+                            f"for {layer.out_channels} channels")
+        if not all(isinstance(s, (int, float)) and math.isfinite(s) and s > 0 for s in layer.weight_scale):
+            raise HawqError(f"{where}: layer {layer.name} has a weight scale that is not a positive number")
+    q = layer.input_quant
+    if q is not None:
+        if not (isinstance(q.scale, (int, float)) and math.isfinite(q.scale) and q.scale > 0):
+            raise HawqError(f"{where}: layer {layer.name} has an input scale that is not a positive number")
+        if not (isinstance(q.zero_point, int) and 0 <= q.zero_point < 2 ** q.bits):
+            raise HawqError(f"{where}: layer {layer.name} has an input zero point outside [0, 2^{q.bits})")
+
+
+def load_plan(path: str | Path, fingerprint: str | None = None) -> Plan:
+    """Read and validate a plan; with ``fingerprint``, check it belongs to that model."""
+    obj = read_json(path, "plan")
+    where = f"plan {path}"
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise HawqError(f"{where} is not a hawq-onnx plan (run `hawq-onnx allocate`)")
+    if obj.get("version") != VERSION:
+        raise HawqError(f"{where} has version {obj.get('version')}, this hawq-onnx reads {VERSION}")
+    try:
+        layers = []
+        for raw in obj["layers"]:
+            raw = dict(raw)
+            iq = raw.pop("input_quant", None)
+            layer = LayerPlan(**raw, input_quant=ActivationQuant(**iq) if iq is not None else None)
+            _check_layer(layer, where)
+            layers.append(layer)
+        fields = {k: obj[k] for k in ("budget", "totals", "allocation", "pareto", "calibration") if k in obj}
+        plan = Plan(model=obj["model"], fingerprint=obj["fingerprint"], layers=layers, **fields)
+    except HawqError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise HawqError(f"{where} is malformed ({exc.__class__.__name__}: {exc})") from None
+    if not plan.layers:
+        raise HawqError(f"{where} lists no layers")
+    names = [layer.name for layer in plan.layers]
+    if len(set(names)) != len(names):
+        raise HawqError(f"{where} names a layer twice")
+    if fingerprint is not None and plan.fingerprint != fingerprint:
+        raise HawqError(f"{where} was made for another model (fingerprint {plan.fingerprint}, "
+                        f"this model {fingerprint}); allocate a plan for this model")
+    return plan

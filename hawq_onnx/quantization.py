@@ -1,0 +1,152 @@
+"""The one definition of hawq-onnx's integer grid: ranges, scales, rounding, saturation.
+
+The fake-quant modules (torch) and the ONNX passes (numpy) both call these functions, so the
+deployed file and the PyTorch model cannot drift apart.
+
+Semantics (HAWQ-V3 and ONNX QuantizeLinear):
+- weights: symmetric, per output channel (axis 0), signed, narrow range
+  q in [-(2^(b-1)-1), 2^(b-1)-1] (8 bits: [-127, 127]; 4: [-7, 7]; 3: [-3, 3]; 2: [-1, 1]),
+  zero point 0, scale = max|w| / (2^(b-1)-1) by default or MSE-optimal clipping;
+- activations: per tensor, unsigned q in [0, 2^b-1]; zero point 0 when the tensor is
+  non-negative (after ReLU), asymmetric otherwise;
+- q = saturate(round_half_to_even(x / scale) + zero_point), x_hat = (q - zero_point) * scale,
+  computed in float32 as ONNX Runtime does;
+- bias: int32 with scale s_w * s_a.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+WEIGHT_BITS = (2, 3, 4, 8)
+ACTIVATION_BITS = (4, 8)
+# Bits each weight occupies in the file: 3-bit weights live in INT4 storage.
+STORAGE_BITS = {2: 2, 3: 4, 4: 4, 8: 8}
+FLOAT_BITS = 32
+MSE_GRID = 80  # clipping ratios tried by the MSE scale search, from 1.0 down to 0.2
+
+
+def weight_qrange(bits: int) -> tuple[int, int]:
+    if bits not in WEIGHT_BITS:
+        raise ValueError(f"weight bits must be one of {WEIGHT_BITS}, got {bits}")
+    q = 2 ** (bits - 1) - 1
+    return -q, q
+
+
+def activation_qrange(bits: int) -> tuple[int, int]:
+    if bits not in ACTIVATION_BITS:
+        raise ValueError(f"activation bits must be one of {ACTIVATION_BITS}, got {bits}")
+    return 0, 2 ** bits - 1
+
+
+def _per_channel_absmax(w: np.ndarray) -> np.ndarray:
+    return np.abs(w.reshape(w.shape[0], -1)).max(axis=1).astype(np.float32)
+
+
+def _positive(scale: np.ndarray) -> np.ndarray:
+    # An all-zero channel quantizes to zeros whatever its scale; 1.0 keeps the division finite.
+    return np.where(scale > 0, scale, np.float32(1.0)).astype(np.float32)
+
+
+def weight_scale_maxabs(w: np.ndarray, bits: int) -> np.ndarray:
+    """Per-output-channel scale that maps max|w| to the largest integer."""
+    _, qmax = weight_qrange(bits)
+    return _positive(_per_channel_absmax(w) / np.float32(qmax))
+
+
+def weight_scale_mse(w: np.ndarray, bits: int, grid: int = MSE_GRID) -> np.ndarray:
+    """Per-output-channel scale whose clipping minimises ||Q(w) - w||^2 (grid search)."""
+    _, qmax = weight_qrange(bits)
+    flat = w.reshape(w.shape[0], -1).astype(np.float32)
+    absmax = _per_channel_absmax(w)
+    best_scale = _positive(absmax / np.float32(qmax))
+    best_err = np.full(w.shape[0], np.inf, dtype=np.float64)
+    for ratio in np.linspace(1.0, 0.2, grid, dtype=np.float32):
+        scale = _positive(absmax * ratio / np.float32(qmax))
+        err = ((dequantize(quantize(flat, scale[:, None], 0, -qmax, qmax), scale[:, None], 0) - flat) ** 2).sum(axis=1)
+        better = err < best_err
+        best_err = np.where(better, err, best_err)
+        best_scale = np.where(better, scale, best_scale)
+    return best_scale.astype(np.float32)
+
+
+def weight_scale(w: np.ndarray, bits: int, method: str = "maxabs") -> np.ndarray:
+    if method == "maxabs":
+        return weight_scale_maxabs(w, bits)
+    if method == "mse":
+        return weight_scale_mse(w, bits)
+    raise ValueError(f"unknown weight scale method {method!r} (maxabs or mse)")
+
+
+def _broadcast_channel(scale: np.ndarray, ndim: int) -> np.ndarray:
+    return np.asarray(scale, np.float32).reshape((-1,) + (1,) * (ndim - 1))
+
+
+def quantize(x: np.ndarray, scale, zero_point, qmin: int, qmax: int) -> np.ndarray:
+    """ONNX QuantizeLinear: saturate(round_half_even(x / scale) + zero_point), as int32."""
+    q = np.rint(np.asarray(x, np.float32) / np.asarray(scale, np.float32)) + np.asarray(zero_point, np.float32)
+    return np.clip(q, qmin, qmax).astype(np.int32)
+
+
+def dequantize(q: np.ndarray, scale, zero_point) -> np.ndarray:
+    """ONNX DequantizeLinear: (q - zero_point) * scale in float32."""
+    return ((np.asarray(q, np.int32) - np.asarray(zero_point, np.int32)).astype(np.float32)
+            * np.asarray(scale, np.float32))
+
+
+def quantize_weight(w: np.ndarray, scale: np.ndarray, bits: int) -> np.ndarray:
+    """Integer weights (int32 array) for per-channel scales along axis 0."""
+    qmin, qmax = weight_qrange(bits)
+    return quantize(w, _broadcast_channel(scale, w.ndim), 0, qmin, qmax)
+
+
+def fake_quantize_weight_np(w: np.ndarray, scale: np.ndarray, bits: int) -> np.ndarray:
+    return dequantize(quantize_weight(w, scale, bits), _broadcast_channel(scale, w.ndim), 0)
+
+
+def weight_perturbation(w: np.ndarray, bits: int, method: str = "maxabs") -> float:
+    """||Q(W) - W||^2, the quantization perturbation in HAWQ-V2's Omega."""
+    wq = fake_quantize_weight_np(w, weight_scale(w, bits, method), bits)
+    return float(((wq.astype(np.float64) - w.astype(np.float64)) ** 2).sum())
+
+
+def activation_qparams(lo: float, hi: float, bits: int) -> tuple[float, int]:
+    """(scale, zero_point) for a tensor observed in [lo, hi]; zero point 0 when lo >= 0."""
+    qmin, qmax = activation_qrange(bits)
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if hi - lo <= 0.0:
+        return 1.0, 0
+    scale = float(np.float32((hi - lo) / (qmax - qmin)))
+    zero_point = 0 if lo == 0.0 else int(np.clip(np.rint(qmin - lo / scale), qmin, qmax))
+    return scale, zero_point
+
+
+def bias_scale(weight_scale_per_channel: np.ndarray, input_scale: float) -> np.ndarray:
+    return (np.asarray(weight_scale_per_channel, np.float32) * np.float32(input_scale)).astype(np.float32)
+
+
+def quantize_bias(b: np.ndarray, weight_scale_per_channel: np.ndarray, input_scale: float) -> np.ndarray:
+    s = bias_scale(weight_scale_per_channel, input_scale)
+    return quantize(b, s, 0, -(2 ** 31) + 1, 2 ** 31 - 1)
+
+
+def weight_bytes(params: int, bits: int | None) -> float:
+    """Nominal weight bytes (params x bits / 8), the measure HAWQ's compression ratios use."""
+    return params * (FLOAT_BITS if bits is None else bits) / 8.0
+
+
+def storage_bytes(params: int, bits: int | None) -> int:
+    """Bytes the packed initializer occupies in the ONNX file."""
+    b = FLOAT_BITS if bits is None else STORAGE_BITS[bits]
+    return (params * b + 7) // 8
+
+
+# --- torch twins (same arithmetic; used by the fake-quant modules) -------------------------
+
+def fake_quantize_torch(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | float,
+                        qmin: int, qmax: int) -> torch.Tensor:
+    """Quantize-dequantize with torch.round (half to even, as ONNX). No gradient trick here:
+    the straight-through estimator lives in fake_quant.py."""
+    q = torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax)
+    return (q - zero_point) * scale
