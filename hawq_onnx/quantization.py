@@ -25,6 +25,7 @@ ACTIVATION_BITS = (4, 8)
 STORAGE_BITS = {2: 2, 3: 4, 4: 4, 8: 8}
 FLOAT_BITS = 32
 MSE_GRID = 80  # clipping ratios tried by the MSE scale search, from 1.0 down to 0.2
+BIAS_QRANGE = (-(2 ** 31) + 1, 2 ** 31 - 1)  # int32, symmetric
 
 
 def weight_qrange(bits: int) -> tuple[int, int]:
@@ -128,7 +129,7 @@ def bias_scale(weight_scale_per_channel: np.ndarray, input_scale: float) -> np.n
 
 def quantize_bias(b: np.ndarray, weight_scale_per_channel: np.ndarray, input_scale: float) -> np.ndarray:
     s = bias_scale(weight_scale_per_channel, input_scale)
-    return quantize(b, s, 0, -(2 ** 31) + 1, 2 ** 31 - 1)
+    return quantize(b, s, 0, *BIAS_QRANGE)
 
 
 def weight_bytes(params: int, bits: int | None) -> float:

@@ -34,8 +34,13 @@ class LayerSensitivity:
     trace_probes: int
     trace_converged: bool
     seconds: float
-    # bits (as str, JSON keys) -> ||Q(W) - W||^2 per weight-scale method ("maxabs", "mse")
+    # method ("maxabs", "mse") -> bits (str, JSON keys) -> ||Q(W) - W||^2 on the BN-folded weight
     perturbation: dict[str, dict[str, float]] = field(default_factory=dict)
+    # The layer's INPUT activation (HAWQ-V2 also weighs activations by their Hessian trace):
+    act_elements: int = 0            # elements of the input per sample
+    act_trace: float = 0.0           # Hutchinson trace of the loss Hessian w.r.t. the input, per sample
+    act_trace_std_error: float = 0.0
+    act_perturbation: dict[str, float] = field(default_factory=dict)  # a_bits -> mean ||Q(x) - x||^2 per sample
     status: str = "ok"  # ok | zero (numerically zero block) | indefinite (negative top eigenvalue)
 
     @property
