@@ -132,7 +132,43 @@ def load_onnx(path: str | os.PathLike, check: bool = True) -> onnx.ModelProto:
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
             raise HawqError(f"{p} fails the ONNX checker: {first}") from None
+        check_initializers(model, str(p))
     return model
+
+
+_FIELD_OF_TYPE = {
+    TensorProto.FLOAT: "float_data", TensorProto.DOUBLE: "double_data", TensorProto.INT64: "int64_data",
+    TensorProto.UINT64: "uint64_data", TensorProto.UINT32: "uint64_data", TensorProto.STRING: "string_data",
+}
+
+
+def check_initializers(model: onnx.ModelProto, where: str) -> None:
+    """What onnx.checker leaves out: known element types and data sizes that match the shapes."""
+    for t in model.graph.initializer:
+        if t.data_type not in TensorProto.DataType.values() or t.data_type == TensorProto.UNDEFINED:
+            raise HawqError(f"{where}: initializer {t.name!r} has an unknown element type {t.data_type}")
+        if t.data_location == TensorProto.EXTERNAL:
+            raise HawqError(f"{where}: initializer {t.name!r} keeps its data in an external file; "
+                            "give a self-contained model")
+        if any(d < 0 for d in t.dims):
+            raise HawqError(f"{where}: initializer {t.name!r} has a negative dimension")
+        count = math.prod(t.dims) if t.dims else 1
+        if t.data_type == TensorProto.STRING:
+            continue
+        if t.raw_data:
+            expected = (count * STORAGE_BITS.get(t.data_type, 32) + 7) // 8
+            if len(t.raw_data) != expected:
+                raise HawqError(f"{where}: initializer {t.name!r} holds {len(t.raw_data)} bytes but its shape "
+                                f"{list(t.dims)} and type {type_name(t.data_type)} need {expected}")
+        else:
+            field_name = _FIELD_OF_TYPE.get(t.data_type, "int32_data")
+            held = len(getattr(t, field_name))
+            per_item = 8 // STORAGE_BITS[t.data_type] if STORAGE_BITS.get(t.data_type, 8) < 8 else 1
+            if held and held != count and held != (count + per_item - 1) // per_item:
+                raise HawqError(f"{where}: initializer {t.name!r} holds {held} values but its shape "
+                                f"{list(t.dims)} needs {count}")
+            if not held and count:
+                raise HawqError(f"{where}: initializer {t.name!r} holds no data for shape {list(t.dims)}")
 
 
 def _effective_bits(values: np.ndarray, storage_bits: int, signed: bool) -> int:
@@ -188,6 +224,7 @@ def _infer_shapes_batch1(model: onnx.ModelProto) -> dict[str, list[int]]:
 def inspect_onnx(source: str | os.PathLike | onnx.ModelProto) -> Inspection:
     if isinstance(source, onnx.ModelProto):
         model, path, file_bytes = source, None, None
+        check_initializers(model, "model")
     else:
         model = load_onnx(source)
         path, file_bytes = str(source), os.path.getsize(source)
