@@ -32,6 +32,9 @@ input of batch 1 (every symbolic dimension set to 1). Against the ``.onnx`` with
 optimizations (a float reference) the difference is measured and recorded, not required to be
 zero: fused integer kernels and float emulation of QDQ may round differently.
 
+ONNX Runtime writes the ``.ort`` flatbuffer in hash-map order: converting the same model twice
+gives equivalent files with different bytes, so the manifest's sha256 identifies one build.
+
 Everything is built in a hidden folder beside the destination and renamed (or zipped, then
 renamed) into place at the end; a failure removes it and leaves no bundle behind.
 """
@@ -342,8 +345,9 @@ def validation_figures(report_path: Path) -> dict[str, Any]:
 def convert_to_ort(onnx_path: Path, work_dir: Path) -> tuple[Path, Path]:
     """Run ONNX Runtime's converter on ``onnx_path``; returns (the .ort, the operators config)."""
     out_dir = work_dir / "converted"
-    cmd = [sys.executable, "-m", CONVERTER, "--optimization_style", OPTIMIZATION_STYLE,
-           "--output_dir", str(out_dir), str(onnx_path)]
+    # The model first: --optimization_style takes several values and would swallow it.
+    cmd = [sys.executable, "-m", CONVERTER, str(onnx_path), "--optimization_style", OPTIMIZATION_STYLE,
+           "--output_dir", str(out_dir)]
     env = dict(os.environ, ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL=OPTIMIZATION_LEVEL)
     log.debug("running %s", " ".join(cmd))
     proc = subprocess.run(cmd, cwd=work_dir, env=env, capture_output=True, text=True)

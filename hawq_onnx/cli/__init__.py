@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import logging
 import pkgutil
+import signal
 import sys
 import traceback
 
@@ -82,5 +83,11 @@ def _register() -> None:
 _register()
 
 
+def _terminate(signum, frame) -> None:
+    # Unwind like Ctrl-C so that atomic writes remove their temporary files.
+    raise KeyboardInterrupt()
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     cli(prog_name="hawq-onnx")
