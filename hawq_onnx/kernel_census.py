@@ -23,7 +23,6 @@ A node-name match is the fallback.
 from __future__ import annotations
 
 import logging
-import re
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any, Sequence
 import onnx
 
 from hawq_onnx.errors import HawqError
+from hawq_onnx.onnx_inspect import layer_name
 
 log = logging.getLogger(__name__)
 
@@ -61,21 +61,8 @@ WEIGHT_PATH_OPS = frozenset({"DequantizeLinear", "QuantizeLinear", "Cast", "Resh
 OPTIMIZATION_LEVEL = "extended"
 _LEVELS = {"basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 
-_WEIGHT_NAME = re.compile(r"^(?P<layer>.+)\.weight(?:[._].*)?$")
-
-
 def is_integer_op(op_type: str) -> bool:
     return op_type.startswith("QLinear") or op_type in INTEGER_OPS
-
-
-def layer_name(weight: str | None, node: str) -> str:
-    """The PyTorch module path for a weight named ``<layer>.weight`` (or ``<layer>.weight_quantized``,
-    ``<layer>.weight_q4``...), else the node name."""
-    if weight:
-        m = _WEIGHT_NAME.match(weight)
-        if m:
-            return m.group("layer")
-    return node
 
 
 def node_key(node: onnx.NodeProto) -> str:
@@ -160,18 +147,13 @@ def optimized_graph(path: str | Path, providers: Sequence[str] = ("CPUExecutionP
 
     if level not in _LEVELS:
         raise HawqError(f"unknown optimization level {level!r}: use {', '.join(_LEVELS)}")
+    from hawq_onnx.ort_session import open_session, session_options
+
     with tempfile.TemporaryDirectory(prefix="hawq-census-") as tmp:
         out = Path(tmp) / "optimized.onnx"
-        so = ort.SessionOptions()
-        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[level])
-        so.optimized_model_filepath = str(out)
-        so.intra_op_num_threads = 1
-        so.log_severity_level = 3  # the "hardware-specific model" warning at level all is expected
-        try:
-            ort.InferenceSession(str(path), so, providers=list(providers))
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-            raise HawqError(f"ONNX Runtime cannot load {path}: {first}") from None
+        # The "hardware-specific model" warning at level all is expected: session_options logs errors only.
+        options = session_options(1, str(out), getattr(ort.GraphOptimizationLevel, _LEVELS[level]))
+        open_session(path, options, list(providers))
         if not out.is_file():
             raise HawqError(f"ONNX Runtime wrote no optimized graph for {path} (provider {providers[0]})")
         return onnx.load(str(out), load_external_data=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from hawq_onnx.errors import HawqError
 LAYER_OPS = {
     "Conv": (0, 1), "ConvTranspose": (0, 1), "Gemm": (0, 1), "MatMul": (0, 1),
     "QLinearConv": (0, 3), "QLinearMatMul": (0, 3), "ConvInteger": (0, 1), "MatMulInteger": (0, 1),
+    "QGemm": (0, 3),
 }
 # Ops a weight passes through on its way from the initializer to the layer.
 WEIGHT_PATH_OPS = {"DequantizeLinear", "Cast", "Reshape", "Transpose", "Identity", "Unsqueeze", "Squeeze", "Flatten"}
@@ -40,8 +42,23 @@ INTEGER_TYPES = {TensorProto.INT8, TensorProto.UINT8, TensorProto.INT4, TensorPr
                  TensorProto.INT32, TensorProto.UINT32}
 
 
+_TYPE_NAMES = {TensorProto.FLOAT: "float32", TensorProto.DOUBLE: "float64"}
+# <layer>.weight, and the names quantizers derive from it (<layer>.weight_quantized, ..._q4).
+_WEIGHT_NAME = re.compile(r"^(?P<layer>.+)\.weight(?:[._].*)?$")
+
+
 def type_name(elem_type: int) -> str:
-    return TensorProto.DataType.Name(elem_type).lower()
+    return _TYPE_NAMES.get(elem_type) or TensorProto.DataType.Name(elem_type).lower()
+
+
+def layer_name(weight: str | None, node: str) -> str:
+    """The PyTorch module path of a layer whose weight is named ``<layer>.weight`` (or a name a
+    quantizer derived from it), else the node name."""
+    if weight:
+        m = _WEIGHT_NAME.match(weight)
+        if m:
+            return m.group("layer")
+    return node
 
 
 def tensor_bytes(t: TensorProto) -> int:
@@ -68,7 +85,7 @@ class LayerRow:
     @property
     def layer(self) -> str:
         """The PyTorch module path when the weight is named <layer>.weight."""
-        return self.weight[: -len(".weight")] if self.weight and self.weight.endswith(".weight") else (self.weight or self.node)
+        return layer_name(self.weight, self.node)
 
 
 @dataclass
@@ -291,8 +308,8 @@ def inspect_onnx(source: str | os.PathLike | onnx.ModelProto) -> Inspection:
             for pn in path_nodes:
                 if pn.op_type == "DequantizeLinear" and len(pn.input) > 2:
                     zp_name = pn.input[2]
-            if node.op_type in ("QLinearConv", "QLinearMatMul"):
-                zp_name = node.input[5]
+            if node.op_type in ("QLinearConv", "QLinearMatMul", "QGemm"):
+                zp_name = node.input[5] if len(node.input) > 5 else None
             values = arr.astype(np.int64)
             zp = inits.get(zp_name) if zp_name else None
             if zp is not None:
@@ -323,13 +340,13 @@ def inspect_onnx(source: str | os.PathLike | onnx.ModelProto) -> Inspection:
             elif node.op_type == "ConvTranspose":
                 in_shape = shapes.get(node.input[data_idx])
                 macs = math.prod(in_shape) * math.prod(shape[1:]) if in_shape else None
-            elif node.op_type == "Gemm":
+            elif node.op_type in ("Gemm", "QGemm"):
                 trans_b = any(a.name == "transB" and a.i == 1 for a in node.attribute)
                 k = shape[1] if trans_b else shape[0]
                 macs = math.prod(out_shape) * k
             else:  # MatMul family: weight [K, N]
                 macs = math.prod(out_shape) * shape[-2] if len(shape) >= 2 else math.prod(out_shape)
-        if node.op_type == "QLinearConv" or node.op_type == "QLinearMatMul":
+        if node.op_type in ("QLinearConv", "QLinearMatMul", "QGemm"):
             act_bits = 8
         elif node.op_type in ("ConvInteger", "MatMulInteger"):
             act_bits = 8

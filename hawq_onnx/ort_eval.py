@@ -39,17 +39,10 @@ def resolve_providers(provider: str | None) -> list[str]:
 
 
 def open_session(path: str | Path, threads: int, providers: Sequence[str] = (CPU,)):
-    import onnxruntime as ort
+    """The session a user deploys: default optimizations, ``threads`` intra-op threads of its own."""
+    from hawq_onnx.ort_session import open_session as _open, session_options
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    try:
-        return ort.InferenceSession(str(path), so, providers=list(providers))
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise HawqError(f"ONNX Runtime cannot load {path}: {first}") from None
+    return _open(path, session_options(threads), list(providers))
 
 
 @dataclass(frozen=True)
@@ -97,7 +90,9 @@ def predict(session, io: ModelIO, x: np.ndarray, batch_size: int = EVAL_BATCH_SI
     if batch_size <= 0:
         raise HawqError(f"evaluation batch size must be positive, got {batch_size}")
     parts = []
-    with tqdm(total=len(x), desc=desc, unit="img", disable=not progress, file=sys.stderr, leave=False) as bar:
+    # disable=None: no bar where stderr is not a terminal (logs, CI), so errors stay one line there.
+    with tqdm(total=len(x), desc=desc, unit="img", disable=None if progress else True, file=sys.stderr,
+              leave=False) as bar:
         for i in range(0, len(x), batch_size):
             batch = np.ascontiguousarray(x[i:i + batch_size], dtype=io.input_dtype)
             try:

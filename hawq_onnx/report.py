@@ -115,11 +115,14 @@ def _header_lines(result: ValidationResult) -> list[str]:
 
 # --- terminal ------------------------------------------------------------------------------
 
-def _text_table(head: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> list[str]:
+LAYER_TEXT_COLUMNS = frozenset({0, 1, 2, 7, 8})  # layer, op, storage, kernel, mode: left-aligned
+
+
+def _text_table(head: Sequence[str], rows: Sequence[Sequence[str]], left: frozenset[int] = frozenset({0})) -> list[str]:
     widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
 
     def fmt(cells: Sequence[str]) -> str:
-        return "  ".join(str(c).ljust(w) if i < left else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        return "  ".join(str(c).ljust(w) if i in left else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
 
     return [fmt(head), "  ".join("-" * w for w in widths), *(fmt(r) for r in rows)]
 
@@ -132,7 +135,7 @@ def format_table(result: ValidationResult) -> str:
     lines += ["", "integer kernels:"] + ["  " + s for s in _kernel_lines(result)]
     lines += ["", "layers of the quantized model:"]
     head, rows = _layer_rows(result)
-    lines += _text_table(head, rows, left=3)
+    lines += _text_table(head, rows, left=LAYER_TEXT_COLUMNS)
     gate = _gate_line(result)
     if gate:
         lines += ["", gate]
@@ -160,26 +163,38 @@ def _save(fig, path: Path) -> Path:
     return write_with(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))
 
 
+MODEL_MARKERS = {"float": "o", "quantized": "D", "ort-int8": "s"}
+# Name offsets (points) per model, so that models of equal size and accuracy (a baseline
+# identical to ours) stack their names instead of overprinting them.
+LABEL_OFFSETS = {"float": (10, 0, "center"), "quantized": (10, -7, "top"), "ort-int8": (10, 7, "bottom")}
+
+
 def plot_accuracy_vs_size(result: ValidationResult, path: str | os.PathLike) -> Path:
-    fig = _figure(6.4, 4.2)
+    """Top-1 against file size; the figures themselves sit in the legend under the plot."""
+    fig = _figure(6.4, 4.6)
     ax = fig.add_subplot()
-    kb = [m.file_bytes / 1024 for m in result.models]
+    largest = max(m.file_bytes for m in result.models)
+    unit, scale = ("MB", 1 << 20) if largest >= 1 << 20 else ("KB", 1 << 10)
+    sizes = [m.file_bytes / scale for m in result.models]
     top1 = [100 * m.accuracy.top1 for m in result.models]
-    for m, x, y in zip(result.models, kb, top1):
+    for m, x, y in zip(result.models, sizes, top1):
         colour = MODEL_COLOURS.get(m.label, "#333333")
-        ax.scatter([x], [y], s=120, color=colour, zorder=3, edgecolor="white", linewidth=1.5)
-        note = f"{m.label}\n{y:.2f} %, {_size(m.file_bytes)}"
+        entry = f"{m.label}: {y:.2f} % top-1, {_size(m.file_bytes)}"
         if m.drop_points is not None:
-            note += f"\n{m.size_ratio:.2f}x size, {-m.drop_points:+.2f} pts"
-        ax.annotate(note, (x, y), textcoords="offset points", xytext=(10, -4), fontsize=9, color=colour,
-                    va="top", fontweight="bold")
-    span = max(top1) - min(top1)
-    pad = max(span * 0.6, 0.5)
-    ax.set_ylim(min(top1) - pad, min(100.0, max(top1) + pad) if max(top1) + pad <= 100 else max(top1) + pad * 0.3)
-    ax.set_xlim(0, max(kb) * 1.45)
-    ax.set_xlabel("file size (KB)")
+            entry += f" ({m.size_ratio:.2f}x float), drop {m.drop_points:+.2f} pts"
+        ax.scatter([x], [y], s=150 if m.label == "ort-int8" else 110, marker=MODEL_MARKERS.get(m.label, "o"),
+                   color=colour, zorder=4 if m.label == "quantized" else 3, edgecolor="white", linewidth=1.5,
+                   label=entry)
+        dx, dy, va = LABEL_OFFSETS.get(m.label, (10, 0, "center"))
+        ax.annotate(m.label, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=10, color=colour,
+                    va=va, fontweight="bold")
+    pad = max((max(top1) - min(top1)) * 0.5, 0.5)
+    ax.set_ylim(min(top1) - pad, max(top1) + pad)
+    ax.set_xlim(0, max(sizes) * 1.3)
+    ax.set_xlabel(f"file size ({unit})")
     ax.set_ylabel(f"top-1 on {result.samples:,} test samples (%)")
     ax.set_title(f"Accuracy against size ({result.data})")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), fontsize=9, frameon=False, markerscale=0.7)
     ax.grid(True, alpha=0.3)
     return _save(fig, Path(path))
 
@@ -207,10 +222,11 @@ def plot_layer_bits(result: ValidationResult, path: str | os.PathLike) -> Path:
     ticks = sorted({2, 4, 8, *bits} - {b for b in bits if b > 8} | ({32} if max(bits, default=0) > 16 else set()))
     ax.set_xticks(ticks)
     ax.set_xlim(0, max(max(bits, default=8), 8) * 1.35)
-    ax.set_xlabel("weight bits (bar colour: how ONNX Runtime runs it)")
-    ax.set_title("Bits per layer (quantized model)")
+    ax.set_xlabel("weight bits")
+    ax.set_title("Bits per layer (quantized model)", pad=22)
     present = sorted({r.mode for r in layers}, key=list(MODE_COLOURS).index)
-    ax.legend(handles=[Patch(color=MODE_COLOURS[m], label=m) for m in present], loc="lower right", fontsize=8)
+    ax.legend(handles=[Patch(color=MODE_COLOURS[m], label=f"runs as {m}") for m in present], loc="lower left",
+              bbox_to_anchor=(0.0, 1.0), ncol=len(present), fontsize=8, frameon=False)
     ax.grid(True, axis="x", alpha=0.3)
     if with_sens:
         ax2 = axes[1]
@@ -218,7 +234,7 @@ def plot_layer_bits(result: ValidationResult, path: str | os.PathLike) -> Path:
         ax2.barh(y, vals, color="#6a4c93", height=0.7)
         ax2.set_xscale("log")
         ax2.set_xlabel("Hessian trace / parameter (log)")
-        ax2.set_title("Sensitivity (HAWQ-V2)")
+        ax2.set_title("Sensitivity (HAWQ-V2)", pad=22)
         ax2.grid(True, axis="x", alpha=0.3)
     fig.tight_layout()
     return _save(fig, Path(path))
@@ -226,8 +242,8 @@ def plot_layer_bits(result: ValidationResult, path: str | os.PathLike) -> Path:
 
 # --- Markdown ------------------------------------------------------------------------------
 
-def _md_table(head: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> list[str]:
-    align = [":---" if i < left else "---:" for i in range(len(head))]
+def _md_table(head: Sequence[str], rows: Sequence[Sequence[str]], left: frozenset[int] = frozenset({0})) -> list[str]:
+    align = [":---" if i in left else "---:" for i in range(len(head))]
     return ["| " + " | ".join(head) + " |", "| " + " | ".join(align) + " |",
             *("| " + " | ".join(str(c) for c in r) + " |" for r in rows)]
 
@@ -257,7 +273,7 @@ def write_markdown(result: ValidationResult, path: str | os.PathLike) -> list[Pa
     lines += [f"- {s}" for s in _kernel_lines(result)]
     lines += ["", "## Layers of the quantized model", ""]
     head, rows = _layer_rows(result)
-    lines += _md_table(head, rows, left=3)
+    lines += _md_table(head, rows, left=LAYER_TEXT_COLUMNS)
     lines += ["", f"![bits per layer]({layers_png.name})", ""]
     write_text(path, "\n".join(lines))
     return [Path(path), acc_png, layers_png]

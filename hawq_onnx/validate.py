@@ -29,13 +29,14 @@ import onnx
 
 from hawq_onnx.data import Dataset, load_data
 from hawq_onnx.errors import GateFailure, HawqError
-from hawq_onnx.kernel_census import KernelCensus, kernel_census, layer_name
+from hawq_onnx.kernel_census import KernelCensus, kernel_census
 from hawq_onnx.latency import LatencyResult, LatencyStats, measure_latency
 from hawq_onnx.models.spec import ModelSpec
-from hawq_onnx.onnx_inspect import Inspection, inspect_onnx, load_onnx
+from hawq_onnx.onnx_inspect import Inspection, inspect_onnx, layer_name, load_onnx
 from hawq_onnx.ort_baseline import BASELINES, ort_int8
 from hawq_onnx.ort_eval import (EVAL_BATCH_SIZE, Accuracy, accuracy, agreement, check_input_fits, model_io,
                                 open_session, predict, resolve_providers)
+from hawq_onnx.sensitivity_report import SensitivityReport, load_sensitivity
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ VERSION = 1
 MEAN_KEY = "hawq_onnx.mean"
 STD_KEY = "hawq_onnx.std"
 FLOAT, QUANTIZED = "float", "quantized"
+NO_NORMALISATION = "none (inputs in [0, 1]; no --model and no ONNX metadata)"
 
 
 @dataclass
@@ -198,7 +200,9 @@ def data_spec(float_model: onnx.ModelProto, float_path: str | Path, model_ref: s
     classes = dims[-1].dim_value if len(dims) >= 2 and dims[-1].HasField("dim_value") else 0
     spec = ModelSpec(name=Path(float_path).stem, factory=lambda: None, input_shape=input_shape, mean=mean, std=std,
                      class_names=tuple(str(i) for i in range(classes)) if classes > 0 else None)
-    return spec, f"ONNX metadata {MEAN_KEY}/{STD_KEY}" if mean is not None else "none (inputs in [0, 1])"
+    if mean is None:
+        return spec, NO_NORMALISATION
+    return spec, f"ONNX metadata {MEAN_KEY}/{STD_KEY}"
 
 
 @contextlib.contextmanager
@@ -215,14 +219,10 @@ def _quiet(logger: str):
 # --- the run ------------------------------------------------------------------------------
 
 def _layer_reports(quant: Inspection, census: KernelCensus, float_ins: Inspection,
-                   sensitivity: str | None) -> list[LayerReport]:
+                   sensitivity: SensitivityReport | None) -> list[LayerReport]:
     kernels = {layer.node: layer for layer in census.layers}
     float_bytes = {layer_name(r.weight, r.node): r.bytes for r in float_ins.layers}
-    sens = {}
-    if sensitivity is not None:
-        from hawq_onnx.sensitivity_report import load_sensitivity
-
-        sens = {s.name: s for s in load_sensitivity(sensitivity).layers}
+    sens = {s.name: s for s in sensitivity.layers} if sensitivity is not None else {}
     rows = []
     for r in quant.layers:
         name = layer_name(r.weight, r.node)
@@ -263,8 +263,9 @@ def validate(float_path: str | Path, quant_path: str | Path, data: str | Dataset
         raise HawqError(f"--max-drop must be a non-negative number of points, got {max_drop}")
     if runs < 0:
         raise HawqError(f"--runs must be 0 (no latency) or more, got {runs}")
-    if sensitivity is not None and not Path(sensitivity).is_file():
-        raise HawqError(f"sensitivity file {sensitivity} does not exist")
+    if threads < 1:
+        raise HawqError(f"--threads must be at least 1, got {threads}")
+    sens = load_sensitivity(sensitivity) if sensitivity is not None else None  # fail before the long part
     float_model = load_onnx(float_path)
     load_onnx(quant_path)
     providers = resolve_providers(provider)
@@ -274,6 +275,10 @@ def validate(float_path: str | Path, quant_path: str | Path, data: str | Dataset
     else:
         spec, normalisation = data_spec(float_model, float_path, model_ref, input_shape)
         dataset, source = load_data(data, spec), data
+        if normalisation == NO_NORMALISATION:
+            log.warning("%s carries no %s/%s metadata and no --model was given: feeding inputs scaled to [0, 1] "
+                        "without normalisation (pass --model if the model expects normalised inputs)",
+                        float_path, MEAN_KEY, STD_KEY)
     test = dataset.test.take(limit)
 
     with tempfile.TemporaryDirectory(prefix="hawq-validate-") as tmp:
@@ -288,8 +293,8 @@ def validate(float_path: str | Path, quant_path: str | Path, data: str | Dataset
             ort_int8(float_path, dataset.calib, target, float_io.input_name, float_io.input_dtype)
             paths["ort-int8"] = target
 
-        logits: dict[str, np.ndarray] = {}
-        for label, path in paths.items():
+        sessions = {}
+        for label, path in paths.items():  # every input and output checked before any evaluation
             session = float_session if label == FLOAT else open_session(path, threads, providers)
             io = float_io if label == FLOAT else model_io(session, path)
             check_input_fits(io, tuple(test.x.shape[1:]), path)
@@ -297,10 +302,14 @@ def validate(float_path: str | Path, quant_path: str | Path, data: str | Dataset
                     and io.output_shape != float_io.output_shape:
                 raise HawqError(f"{path} outputs shape (N, {', '.join(map(str, io.output_shape))}) but the float "
                                 f"model outputs (N, {', '.join(map(str, float_io.output_shape))}): not the same model")
+            sessions[label] = (session, io)
+        logits: dict[str, np.ndarray] = {}
+        for label, (session, io) in sessions.items():
             logits[label] = predict(session, io, test.x, eval_batch_size, progress, desc=f"{label} top-1")
             if logits[label].shape != logits[FLOAT].shape:
-                raise HawqError(f"{path} gives scores of shape {logits[label].shape[1:]} but the float model "
+                raise HawqError(f"{paths[label]} gives scores of shape {logits[label].shape[1:]} but the float model "
                                 f"{logits[FLOAT].shape[1:]}: not the same model")
+        del sessions
 
         latency = None
         if runs > 0:
@@ -333,8 +342,7 @@ def validate(float_path: str | Path, quant_path: str | Path, data: str | Dataset
             m.speedup = {b: latency.speedup(m.label, FLOAT, b) for b in latency.batch_sizes}
 
     quant = models[1]
-    layers = _layer_reports(inspections[QUANTIZED], quant.census, inspections[FLOAT],
-                            str(sensitivity) if sensitivity is not None else None)
+    layers = _layer_reports(inspections[QUANTIZED], quant.census, inspections[FLOAT], sens)
     return ValidationResult(data=source, samples=len(test), num_classes=dataset.num_classes,
                             input_name=float_io.input_name, input_shape=tuple(test.x.shape[1:]),
                             normalisation=normalisation, models=models, layers=layers, latency=latency,

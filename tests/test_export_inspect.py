@@ -65,7 +65,7 @@ def test_inspect_float_digits(digits_float):
     # conv MACs: out elements x (C_in * k * k); fc: 10 x 32
     assert [r.macs for r in ins.layers] == [64 * 16 * 9, 64 * 16 * 144, 64 * 16 * 144, 16 * 32 * 144,
                                             16 * 32 * 288, 320]
-    assert all(r.storage == "float" and r.bits == 32 and r.act_bits is None for r in ins.layers)
+    assert all(r.storage == "float32" and r.bits == 32 and r.act_bits is None for r in ins.layers)
 
 
 def _qdq_graph(bits_dtype, values, clip_levels=None):

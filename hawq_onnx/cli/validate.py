@@ -1,0 +1,77 @@
+"""`hawq-onnx validate`: accuracy, latency, size and integer kernels of a quantized ONNX model."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from hawq_onnx.cli._options import input_shape_option
+
+
+def _batch_sizes(ctx, param, value: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers such as 1,64") from None
+    if not sizes or any(s < 1 for s in sizes):
+        raise click.BadParameter(f"{value!r}: batch sizes must be positive integers such as 1,64")
+    return sizes
+
+
+@click.command("validate")
+@click.option("--float", "float_path", required=True, type=click.Path(dir_okay=False), help="Float ONNX model.")
+@click.option("--quant", "quant_path", required=True, type=click.Path(dir_okay=False), help="Quantized ONNX model.")
+@click.option("--data", required=True, metavar="D", help="digits | cifar10:DIR | npz:FILE (the test split is evaluated).")
+@click.option("--model", "model_ref", default=None, metavar="M",
+              help="Take input shape and normalisation from this model (zoo name or FILE.py:factory) "
+                   "instead of the float ONNX file.")
+@input_shape_option
+@click.option("--threads", type=int, default=2, show_default=True, help="ONNX Runtime intra-op threads.")
+@click.option("--batch-sizes", default="1,64", show_default=True, callback=_batch_sizes, help="Latency batch sizes.")
+@click.option("--runs", type=int, default=50, show_default=True, help="Timed runs per model and batch size (0: no latency).")
+@click.option("--warmup", type=int, default=5, show_default=True, help="Warm-up runs per model and batch size.")
+@click.option("--provider", default="cpu", show_default=True,
+              help="ONNX Runtime execution provider (cpu, cuda, ... or a full name); must be installed.")
+@click.option("--baseline", type=click.Choice(["ort-int8"]), default=None,
+              help="Also quantize the float model with ONNX Runtime's quantize_static (QDQ, u8/s8 per channel, MinMax).")
+@click.option("--baseline-out", type=click.Path(dir_okay=False), default=None, help="Keep the baseline model here.")
+@click.option("--sensitivity", type=click.Path(dir_okay=False), default=None, help="sensitivity.json from `hawq-onnx analyze`.")
+@click.option("--limit", type=int, default=None, metavar="N", help="Evaluate only the first N test samples.")
+@click.option("--eval-batch-size", type=int, default=256, show_default=True, help="Batch size for the accuracy runs.")
+@click.option("--json", "json_out", default=None, metavar="FILE",
+              help="Write the result as JSON to FILE ('-': to stdout, the table then goes to stderr).")
+@click.option("--report", "report_out", default=None, type=click.Path(dir_okay=False),
+              help="Write a Markdown report here, with PNG plots beside it.")
+@click.option("--max-drop", type=float, default=None, metavar="P",
+              help="Exit with status 1 when the top-1 drop exceeds P percentage points (after writing the reports).")
+def command(float_path, quant_path, data, model_ref, input_shape, threads, batch_sizes, runs, warmup, provider,
+            baseline, baseline_out, sensitivity, limit, eval_batch_size, json_out, report_out, max_drop):
+    """Measure a quantized ONNX model against its float original under ONNX Runtime."""
+    from hawq_onnx.artifacts import check_output_path
+    from hawq_onnx.model_source import parse_input_shape
+    from hawq_onnx.report import format_table, plot_paths, write_markdown, write_result_json
+    from hawq_onnx.validate import validate
+
+    inputs = (float_path, quant_path, sensitivity)
+    for out in (json_out if json_out != "-" else None, report_out, baseline_out,
+                *(plot_paths(report_out) if report_out else ())):
+        if out is not None:
+            check_output_path(out, inputs)
+    result = validate(float_path, quant_path, data, model_ref=model_ref, input_shape=parse_input_shape(input_shape),
+                      threads=threads, batch_sizes=batch_sizes, runs=runs, warmup=warmup, provider=provider,
+                      baseline=baseline, baseline_out=baseline_out, sensitivity=sensitivity, limit=limit,
+                      eval_batch_size=eval_batch_size, max_drop=max_drop, progress=True)
+    to_stdout = json_out == "-"
+    click.echo(format_table(result), err=to_stdout)
+    if to_stdout:
+        click.echo(json.dumps(result.to_json(), indent=2, sort_keys=True, allow_nan=False))
+    elif json_out:
+        write_result_json(result, json_out)
+        click.echo(f"wrote {json_out}", err=True)
+    if report_out:
+        written = write_markdown(result, report_out)
+        click.echo(f"wrote {', '.join(str(p) for p in written)}", err=True)
+    sys.stdout.flush()
+    result.check_gate()
