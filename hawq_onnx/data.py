@@ -164,6 +164,16 @@ def _prepare(x: np.ndarray, y: np.ndarray, spec: ModelSpec, where: str, num_clas
     return Split(np.ascontiguousarray(_normalise(xf, spec)), y.astype(np.int64))
 
 
+def resolve_source(source: str | None, spec: ModelSpec) -> str:
+    """``--data`` as given, else the model's embedded default (digits for the digits CNN)."""
+    if source:
+        return source
+    default = spec.extra.get("default_data")
+    if default is None:
+        raise HawqError(f"model {spec.name} has no embedded data: pass --data (digits, cifar10:DIR or npz:FILE)")
+    return default
+
+
 def load_data(source: str, spec: ModelSpec, calibration_size: int = CALIBRATION_SIZE, seed: int = 0) -> Dataset:
     """Parse a ``--data`` value and load it for the model described by ``spec``."""
     kind, _, arg = source.partition(":")

@@ -26,7 +26,6 @@ def _cifar_resnet(depth: int) -> ModelSpec:
         std=CIFAR10_STD,
         class_names=CIFAR10_CLASSES,
         description=f"ResNet-{depth} for CIFAR-10, option-A shortcuts (akamaster naming)",
-        extra={"default_data": "cifar10"},
     )
 
 
