@@ -139,7 +139,8 @@ def _read_zip(path: Path) -> Bundle:
                     raise _mismatch(name, path, "does not match its sha256 in the manifest")
             extra = sorted(set(infos) - set(listed) - {MANIFEST_NAME})
             if extra:
-                raise HawqError(f"bundle {path} holds {', '.join(extra)}, not listed in its manifest; rebuild the bundle")
+                raise HawqError(f"bundle {path} holds {', '.join(extra)}, not listed in its manifest; "
+                                "rebuild the bundle")
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
         raise HawqError(f"{path} is a damaged zip archive ({exc}); rebuild the bundle") from None
     return Bundle(path, "zip", manifest, {n: e["bytes"] for n, e in listed.items()})
@@ -223,7 +224,8 @@ def format_manifest(manifest: dict[str, Any]) -> str:
     validation = manifest.get("validation")
     if validation:
         lines.append("")
-        lines.append(f"validation figures (from {validation.get('source')}):")
+        context = ", ".join(f"{k} {validation[k]}" for k in ("data", "max_drop", "gate_passed") if k in validation)
+        lines.append(f"validation figures (from {validation.get('source')}{'; ' + context if context else ''}):")
         for category in ("accuracy", "latency", "size"):
             for key, value in sorted(validation.get(category, {}).items()):
                 lines.append(f"  {category:<8}  {key} = {value}")

@@ -7,8 +7,9 @@ conversion settings, check results, validation figures, versions, sha256 of ever
 
 Conversion settings, and why:
 
-* ONNX Runtime's own ``onnxruntime.tools.convert_onnx_models_to_ort``, run as a subprocess of
-  this Python, in a scratch folder: its prints and any crash stay out of our process.
+* ONNX Runtime's own ``onnxruntime.tools.convert_onnx_models_to_ort``, called through its Python
+  API (in-process: a subprocess would re-import torch, which ``onnxruntime.tools`` imports, for
+  2 s of CPU per bundle) on a copy of the model in a scratch folder; its prints are captured.
 * Optimization style **Fixed**, level **all**, no target platform. A minimal build has no graph
   optimizers, so the optimizations that make a QDQ model fast (QDQ -> QLinearConv / QGemm /
   QLinearAdd, NHWC integer convolutions) must be baked into the ``.ort``; Fixed does that, and
@@ -19,11 +20,17 @@ Conversion settings, and why:
   operator config must hold both graphs' operators. No target platform means the tool leaves
   out the x86-only NCHWc layout and sets ``session.qdqisint8allowed=0``: the ``.ort`` runs on
   x86 and ARM CPUs alike (uint8 activations, which hawq-onnx uses, fuse on both).
-* No type reduction: the operators config is ``model.required_operators.config``. The tool's
-  type-reduction pass knows no 4-bit or 2-bit tensor types and fails (KeyError) on a model whose
-  ``.ort`` keeps an INT4 DequantizeLinear, which hawq-onnx's packed-weight exports can have; and a
-  type-reduced build that misses a type fails only on the device. Per-operator kernels are
-  already where most of a minimal build's size goes.
+* No type reduction: the operators config is ``model.required_operators.config``. For 8-bit QDQ
+  models the tool does write a type-reduced config, but nothing here can prove that a
+  type-reduced build runs the model (it needs an ONNX Runtime source build), a type the tool's
+  partial tracking misses (it tracks no types for QGemm or Reshape, and forces DequantizeLinear's
+  in a TODO) fails only on the device, and its type pass raises KeyError on INT4/INT2 tensors.
+  Operator reduction alone is the safe default; type reduction would be a further opt-in.
+* The ORT format (v5, ONNX Runtime 1.32) has no 4-bit or 2-bit tensor type: a weight stored as
+  INT4/INT2 and read directly by DequantizeLinear gives an ``.ort`` that ONNX Runtime refuses to
+  load (the check below catches it and says so). The ``INT4 -> Cast(INT8) -> DequantizeLinear``
+  form converts: the Cast is constant-folded, so the ``.ort`` holds that weight as int8 (bigger
+  than the ``.onnx``, same kernels and speed).
 
 The check before anything is kept: the ``.ort`` is loaded by ONNX Runtime with no further graph
 optimization (as a minimal build runs it) and must give outputs byte-for-byte equal to the
@@ -41,14 +48,14 @@ renamed) into place at the end; a failure removes it and leaves no bundle behind
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
+import io
 import json
 import logging
 import math
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -58,7 +65,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from hawq_onnx.artifacts import atomic_path, read_json, sha256_file, write_json, write_text
+from hawq_onnx.artifacts import atomic_path, current_umask, sha256_file, write_json, write_text
 from hawq_onnx.bundle import (BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, MANIFEST_NAME, ROLE_ONNX,
                               ROLE_OPERATORS_CONFIG, ROLE_ORT)
 from hawq_onnx.errors import HawqError
@@ -73,23 +80,17 @@ CONFIG_NAME = f"{MODEL_STEM}.required_operators.config"
 CONVERTER = "onnxruntime.tools.convert_onnx_models_to_ort"
 OPTIMIZATION_STYLE = "Fixed"
 OPTIMIZATION_LEVEL = "all"
+LEVEL_VARIABLE = "ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL"
 # What the converter does when no --target_platform is given (see its source): generic CPU.
 DISABLED_OPTIMIZERS = ["NchwcTransformer"]
 SESSION_CONFIG = {"session.qdqisint8allowed": "0"}
 
 CHECK_SEED = 0
-# ONNX metadata_props keys read for preprocessing and labels; values are JSON lists.
+# ONNX metadata_props keys read for preprocessing and labels (the keys validate reads too);
+# values are JSON lists or comma-separated.
 META_MEAN = "hawq_onnx.mean"
 META_STD = "hawq_onnx.std"
 META_CLASS_NAMES = "hawq_onnx.class_names"
-
-_NUMPY_TYPES = {
-    onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
-    onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.INT8: np.int8, onnx.TensorProto.UINT8: np.uint8,
-    onnx.TensorProto.INT16: np.int16, onnx.TensorProto.UINT16: np.uint16, onnx.TensorProto.INT32: np.int32,
-    onnx.TensorProto.INT64: np.int64, onnx.TensorProto.BOOL: np.bool_,
-}
-
 
 @dataclass
 class PackageResult:
@@ -118,6 +119,14 @@ def _is_within(path: Path, folder: Path) -> bool:
         return False
 
 
+def _is_bundle_zip(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return MANIFEST_NAME in zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
 def _check_destination(dest: Path, as_zip: bool, inputs: list[Path]) -> None:
     for item in inputs:
         if item.resolve() == dest.resolve() or (not as_zip and _is_within(item, dest)):
@@ -125,6 +134,8 @@ def _check_destination(dest: Path, as_zip: bool, inputs: list[Path]) -> None:
     if as_zip:
         if dest.is_dir():
             raise HawqError(f"output {dest} is a folder; give a .zip file path")
+        if dest.exists() and not _is_bundle_zip(dest):
+            raise HawqError(f"output {dest} exists and is not a hawq-onnx bundle archive; choose another --out")
     elif dest.exists():
         if not dest.is_dir():
             raise HawqError(f"output {dest} exists and is a file; give a folder path (or use --zip)")
@@ -157,15 +168,9 @@ def _replace_folder(staging: Path, dest: Path) -> None:
         os.replace(staging, dest)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _make_readable(staging: Path) -> None:
     """Temporary files are created private (0600); a bundle is published with the usual modes."""
-    mask = _umask()
+    mask = current_umask()
     for p in staging.iterdir():
         os.chmod(p, 0o666 & ~mask)
     os.chmod(staging, 0o777 & ~mask)
@@ -183,7 +188,6 @@ def _write_zip(staging: Path, dest: Path, names: list[str]) -> None:
 
     with atomic_path(dest) as tmp:
         writer(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
 
 
 # --- what the manifest says about the model ---------------------------------------------------
@@ -199,25 +203,35 @@ def _load_input(path: Path) -> onnx.ModelProto:
     return model
 
 
-def _json_list(model: onnx.ModelProto, key: str, kind: type) -> list | None:
+def _metadata_list(model: onnx.ModelProto, key: str, numbers: bool) -> list | None:
+    """A metadata list: JSON (``[0.5]``, ``["cat", "dog"]``) or comma-separated, as validate reads it."""
     props = {p.key: p.value for p in model.metadata_props}
     if key not in props:
         return None
+    text = props[key].strip()
     try:
-        value = json.loads(props[key])
-    except json.JSONDecodeError:
-        value = None
-    allowed = (int, float) if kind is float else (str,)
-    ok = isinstance(value, list) and value and all(
-        isinstance(v, allowed) and not isinstance(v, bool) for v in value)
+        value = json.loads(text) if text.startswith("[") else [v.strip() for v in text.split(",")]
+        if numbers:
+            if not isinstance(value, list) or any(isinstance(v, bool) for v in value):
+                raise TypeError(key)
+            value = [float(v) for v in value]
+            ok = bool(value) and all(math.isfinite(v) for v in value)
+        else:
+            ok = isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value)
+    except (ValueError, TypeError):
+        ok = False
     if not ok:
-        what = "numbers" if kind is float else "strings"
-        raise HawqError(f"the model's metadata {key!r} is not a JSON list of {what}: {props[key][:80]!r}")
-    return [float(v) for v in value] if kind is float else list(value)
+        what = "finite numbers" if numbers else "strings"
+        raise HawqError(f"the model's metadata {key!r} is not a list of {what} (JSON or comma-separated): "
+                        f"{text[:80]!r}")
+    return list(value)
 
 
-def _spec_for(model_ref: str):
-    """The model's spec (shape, normalisation, classes): the zoo entry, or the factory's model."""
+def _spec_for(model_ref: str, onnx_shape: tuple[int, ...] | None):
+    """The model's spec (shape, normalisation, classes): the zoo entry, or the factory's model.
+
+    A factory's model that declares no input shape takes the ONNX model's (without batch).
+    """
     from hawq_onnx.models.registry import ZOO
 
     if model_ref in ZOO:
@@ -228,7 +242,7 @@ def _spec_for(model_ref: str):
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # "no weights" is expected: packaging needs only the spec
     try:
-        return load_model(model_ref).spec
+        return load_model(model_ref, None, onnx_shape).spec
     finally:
         quiet.setLevel(level)
 
@@ -241,15 +255,17 @@ def preprocessing_and_classes(model: onnx.ModelProto, inputs: list[dict[str, Any
                               outputs: list[dict[str, Any]], model_ref: str | None
                               ) -> tuple[dict[str, Any] | None, list[str] | None]:
     """Normalisation and class names: from ``--model``'s spec, else from the ONNX metadata."""
-    meta_mean, meta_std = _json_list(model, META_MEAN, float), _json_list(model, META_STD, float)
-    meta_classes = _json_list(model, META_CLASS_NAMES, str)
+    meta_mean, meta_std = _metadata_list(model, META_MEAN, True), _metadata_list(model, META_STD, True)
+    meta_classes = _metadata_list(model, META_CLASS_NAMES, False)
     mean = std = classes = None
     source = None
     if model_ref is not None:
-        spec = _spec_for(model_ref)
+        dims = _static_dims(inputs[0]["shape"])[1:] if len(inputs) == 1 else []
+        spec = _spec_for(model_ref, tuple(dims) if dims and None not in dims else None)
         if len(inputs) == 1:
-            dims = _static_dims(inputs[0]["shape"])[1:]
-            if len(dims) != len(spec.input_shape) or any(d is not None and d != s for d, s in zip(dims, spec.input_shape)):
+            fits = len(dims) == len(spec.input_shape) and all(
+                d is None or d == s for d, s in zip(dims, spec.input_shape))
+            if not fits:
                 raise HawqError(f"--model {model_ref} takes input {'x'.join(map(str, spec.input_shape))} but the ONNX "
                                 f"model's input is {inputs[0]['shape']}: wrong --model?")
         mean, std = (list(spec.mean), list(spec.std)) if spec.mean and spec.std else (None, None)
@@ -266,6 +282,10 @@ def preprocessing_and_classes(model: onnx.ModelProto, inputs: list[dict[str, Any
         raise HawqError(f"normalisation mean has {len(mean)} values but std has {len(std)}")
     if mean is not None and any(s == 0 for s in std):
         raise HawqError("normalisation std holds a zero")
+    channels = _static_dims(inputs[0]["shape"])[1:2] if len(inputs) == 1 else []
+    if mean is not None and channels and channels[0] is not None and len(mean) not in (1, channels[0]):
+        raise HawqError(f"normalisation has {len(mean)} values but the input has {channels[0]} channels "
+                        f"(from {source})")
     if classes is not None and len(outputs) == 1:
         last = _static_dims(outputs[0]["shape"])[-1:]
         if last and last[0] is not None and last[0] != len(classes):
@@ -290,33 +310,57 @@ def _layers(model: onnx.ModelProto) -> tuple[list[dict[str, Any]], dict[str, Any
 
 # --- validation figures -----------------------------------------------------------------------
 
+VALIDATION_FORMAT = "hawq-onnx-validation"  # what hawq_onnx.validate writes
 _CATEGORIES = (
-    ("accuracy", ("accuracy", "acc", "top1", "top-1", "top_1", "top5", "top_5", "drop", "agreement")),
-    ("latency", ("latency", "ms", "time", "throughput", "fps")),
+    ("accuracy", ("accuracy", "acc", "top1", "top5", "drop", "agreement")),
+    ("latency", ("latency", "ms", "throughput", "fps", "speedup")),
     ("size", ("size", "bytes", "compression")),
 )
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _validator_figures(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The figures of a ``hawq-onnx validate`` report, per model label (float, quantized, ...)."""
+    figures: dict[str, dict[str, Any]] = {"accuracy": {}, "latency": {}, "size": {}}
+    models = report.get("models")
+    for label, m in (models.items() if isinstance(models, dict) else ()):
+        if not isinstance(m, dict):
+            continue
+        acc = m.get("accuracy") if isinstance(m.get("accuracy"), dict) else {}
+        for key, value in (("top1", acc.get("top1")), ("top5", acc.get("top5")), ("samples", acc.get("samples")),
+                           ("drop_points", m.get("drop_points")), ("agreement", m.get("agreement"))):
+            if _number(value):
+                figures["accuracy"][f"{label}.{key}"] = value
+        for key in ("file_bytes", "size_ratio"):
+            if _number(m.get(key)):
+                figures["size"][f"{label}.{key}"] = m[key]
+        latency = m.get("latency") if isinstance(m.get("latency"), dict) else {}
+        for batch, stats in latency.items():
+            for key in ("median_ms", "p90_ms"):
+                if isinstance(stats, dict) and _number(stats.get(key)):
+                    figures["latency"][f"{label}.batch{batch}.{key}"] = stats[key]
+        speedup = m.get("speedup") if isinstance(m.get("speedup"), dict) else {}
+        for batch, value in speedup.items():
+            if _number(value):
+                figures["latency"][f"{label}.batch{batch}.speedup"] = value
+    return figures
+
+
 def _category(path: list[str]) -> str | None:
     for part in reversed(path):
-        words = part.lower().replace("-", "_").split("_")
-        low = part.lower()
+        low = part.lower().replace("-", "_")
+        words = low.split("_")
         for category, keys in _CATEGORIES:
-            if low in keys or any(w in keys for w in words) or any(low.startswith(k) for k in keys if len(k) > 3):
+            if low in keys or any(w in keys for w in words):
                 return category
     return None
 
 
-def validation_figures(report_path: Path) -> dict[str, Any]:
-    """The accuracy / latency / size numbers of a validation report, keyed by their JSON path.
-
-    The report is copied, not interpreted: every number whose key (or an enclosing key) names
-    accuracy, latency or size is kept with its dotted path (``models.qdq.top1``).
-    """
-    report = read_json(report_path, "validation report")
-    if not isinstance(report, dict):
-        raise HawqError(f"validation report {report_path} is JSON but not an object; pass the report.json "
-                        "that hawq-onnx validate writes")
+def _generic_figures(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Any other JSON: every number whose key (or an enclosing key) names accuracy, latency or size."""
     figures: dict[str, dict[str, Any]] = {c: {} for c, _ in _CATEGORIES}
 
     def walk(value: Any, path: list[str], depth: int) -> None:
@@ -329,35 +373,98 @@ def validation_figures(report_path: Path) -> dict[str, Any]:
             for i, v in enumerate(value[:64]):
                 label = v.get("name") if isinstance(v, dict) and isinstance(v.get("name"), str) else str(i)
                 walk(v, path + [label], depth + 1)
-        elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        elif _number(value):
             category = _category(path)
             if category is not None:
                 figures[category][".".join(path)] = value
 
     walk(report, [], 0)
+    return figures
+
+
+def validation_figures(report_path: Path) -> dict[str, Any]:
+    """The accuracy / latency / size figures of a validation report, copied with their keys.
+
+    A ``hawq-onnx validate`` report gives ``<model label>.<figure>`` keys (``quantized.top1``,
+    ``quantized.batch1.median_ms``, ``quantized.size_ratio``); any other JSON object gives every
+    number under a key naming accuracy, latency or size, keyed by its dotted JSON path.
+    """
+    if not report_path.is_file():
+        raise HawqError(f"validation report {report_path} does not exist")
+    try:
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HawqError(f"validation report {report_path} is not valid JSON ({exc.__class__.__name__}); pass the "
+                        "file that hawq-onnx validate --json writes, not the Markdown --report") from None
+    if not isinstance(report, dict):
+        raise HawqError(f"validation report {report_path} is JSON but not an object; pass the report.json "
+                        "that hawq-onnx validate writes")
+    if report.get("format") == VALIDATION_FORMAT:
+        figures = _validator_figures(report)
+        data = report.get("data") if isinstance(report.get("data"), dict) else {}
+        gate = report.get("gate") if isinstance(report.get("gate"), dict) else {}
+        extra = {"data": data.get("source"), "gate_passed": gate.get("passed"), "max_drop": gate.get("max_drop")}
+    else:
+        figures = _generic_figures(report)
+        extra = {}
     if not any(figures.values()):
         log.warning("validation report %s holds no accuracy, latency or size figures", report_path)
-    return {"source": report_path.name, "sha256": sha256_file(report_path), **figures}
+    return {"source": report_path.name, "sha256": sha256_file(report_path), **figures,
+            **{k: v for k, v in extra.items() if v is not None}}
 
 
 # --- conversion and checks --------------------------------------------------------------------
 
+def _ort_tools():
+    """onnxruntime.tools' converter and ORT-format reader, imported without their side effects.
+
+    Importing them calls ``logging.basicConfig`` (a handler on the root logger that would print
+    every library's log records in its format); the root logger's handlers are put back.
+    """
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    try:
+        from onnxruntime.tools import convert_onnx_models_to_ort as converter
+        from onnxruntime.tools.ort_format_model import OrtFormatModelProcessor
+    finally:
+        root.handlers[:] = saved
+    return converter, OrtFormatModelProcessor
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str):
+    """The converter reads its optimization level from the environment; pin it for one call."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
 def convert_to_ort(onnx_path: Path, work_dir: Path) -> tuple[Path, Path]:
     """Run ONNX Runtime's converter on ``onnx_path``; returns (the .ort, the operators config)."""
+    converter, _ = _ort_tools()
     out_dir = work_dir / "converted"
-    # The model first: --optimization_style takes several values and would swallow it.
-    cmd = [sys.executable, "-m", CONVERTER, str(onnx_path), "--optimization_style", OPTIMIZATION_STYLE,
-           "--output_dir", str(out_dir)]
-    env = dict(os.environ, ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL=OPTIMIZATION_LEVEL)
-    log.debug("running %s", " ".join(cmd))
-    proc = subprocess.run(cmd, cwd=work_dir, env=env, capture_output=True, text=True)
-    log.debug("converter output:\n%s%s", proc.stdout, proc.stderr)
+    printed = io.StringIO()  # the converter prints its progress
+    try:
+        with _environment(LEVEL_VARIABLE, OPTIMIZATION_LEVEL), contextlib.redirect_stdout(printed):
+            converter.convert_onnx_models_to_ort(
+                onnx_path, output_dir=out_dir, optimization_styles=[converter.OptimizationStyle[OPTIMIZATION_STYLE]],
+                target_platform=None, enable_type_reduction=False)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise HawqError(f"ONNX Runtime could not convert the model to ORT format: {first[:400]}") from None
+    finally:
+        log.debug("converter output:\n%s", printed.getvalue())
     ort_path = out_dir / f"{onnx_path.stem}.ort"
     config_path = out_dir / f"{onnx_path.stem}.required_operators.config"
-    if proc.returncode != 0 or not ort_path.is_file() or not config_path.is_file():
-        text = (proc.stdout + "\n" + proc.stderr).strip().splitlines()
-        errors = [line for line in text if line.startswith("Error converting")] or text[-1:] or ["no output"]
-        raise HawqError(f"ONNX Runtime could not convert the model to ORT format: {errors[-1][:400]}")
+    if not ort_path.is_file() or not config_path.is_file():
+        raise HawqError(f"ONNX Runtime's converter wrote no {ort_path.name} or {config_path.name}: "
+                        f"{printed.getvalue().strip()[-300:]}")
     return ort_path, config_path
 
 
@@ -392,12 +499,27 @@ def sample_inputs(session, seed: int = CHECK_SEED) -> dict[str, np.ndarray]:
             feeds[arg.name] = rng.standard_normal(shape).astype(dtype)
         elif kind == "tensor(bool)":
             feeds[arg.name] = rng.integers(0, 2, shape).astype(np.bool_)
-        elif kind in ("tensor(int64)", "tensor(int32)", "tensor(int8)", "tensor(uint8)", "tensor(int16)", "tensor(uint16)"):
+        elif kind in ("tensor(int64)", "tensor(int32)", "tensor(int16)", "tensor(uint16)", "tensor(int8)",
+                      "tensor(uint8)"):
             dtype = np.dtype(kind[len("tensor("):-1])
             feeds[arg.name] = rng.integers(0, 10, shape).astype(dtype)
         else:
             raise HawqError(f"cannot make a sample input for {arg.name} of type {kind}")
     return feeds
+
+
+SUB_BYTE_TYPES = {getattr(onnx.TensorProto, name) for name in ("INT4", "UINT4", "INT2", "UINT2")
+                  if hasattr(onnx.TensorProto, name)}
+
+
+def _sub_byte_hint(onnx_path: Path) -> str:
+    """ORT format (v5) has no 4-bit or 2-bit tensor type: say so when that is the likely cause."""
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    if any(t.data_type in SUB_BYTE_TYPES for t in model.graph.initializer):
+        return ("; the ORT format cannot hold INT4/INT2 tensors that stay in the optimized graph (a 4-bit "
+                "weight read directly by DequantizeLinear): export with Cast to INT8 before DequantizeLinear, "
+                "which the conversion folds")
+    return ""
 
 
 def check_ort_matches(onnx_path: Path, ort_path: Path) -> dict[str, Any]:
@@ -409,7 +531,8 @@ def check_ort_matches(onnx_path: Path, ort_path: Path) -> dict[str, Any]:
         ort_session = _session(ort_path, level.ORT_DISABLE_ALL, ort_format=True, use_conversion_settings=False)
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-        raise HawqError(f"ONNX Runtime cannot load the converted .ort model: {first[:300]}") from None
+        raise HawqError(f"ONNX Runtime cannot load the converted .ort model: {first[:300].rstrip('.')}"
+                        f"{_sub_byte_hint(onnx_path)}") from None
     reference = _session(onnx_path, level.ORT_ENABLE_ALL, ort_format=False, use_conversion_settings=True)
     unoptimized = _session(onnx_path, level.ORT_DISABLE_ALL, ort_format=False, use_conversion_settings=False)
     feeds = sample_inputs(reference)
@@ -436,7 +559,8 @@ def check_ort_matches(onnx_path: Path, ort_path: Path) -> dict[str, Any]:
             max_diff = max(max_diff, float(np.max(np.abs(g.astype(np.float64) - p.astype(np.float64)), initial=0.0)))
     return {
         "input": {name: list(a.shape) for name, a in feeds.items()},
-        "input_distribution": "standard normal" if all(a.dtype.kind == "f" for a in feeds.values()) else "seeded random",
+        "input_distribution": ("standard normal" if all(a.dtype.kind == "f" for a in feeds.values())
+                               else "seeded random"),
         "seed": CHECK_SEED,
         "reference": "the .onnx in ONNX Runtime with the conversion's graph optimizations",
         "ort_session": "the .ort with graph optimizations disabled (as a minimal build runs it)",
@@ -459,8 +583,7 @@ def read_operator_config(path: Path) -> set[tuple[str, int, str]]:
 
 def ort_model_operators(ort_path: Path) -> set[tuple[str, int, str]]:
     """(domain, since_version, op_type) of every node in an ORT-format model, subgraphs included."""
-    from onnxruntime.tools.ort_format_model import OrtFormatModelProcessor
-
+    _, OrtFormatModelProcessor = _ort_tools()
     required: dict[str, dict[int, set[str]]] = {}
     try:
         OrtFormatModelProcessor(str(ort_path), required, None).process()
@@ -506,6 +629,10 @@ def build_bundle(onnx_path: str | os.PathLike, out: str | os.PathLike, *, report
     _check_destination(dest, as_zip, inputs)
     model = _load_input(src)
     validation = validation_figures(Path(report)) if report is not None else None
+    reported_bytes = (validation or {}).get("size", {}).get("quantized.file_bytes")
+    if reported_bytes is not None and reported_bytes != src.stat().st_size:
+        log.warning("the report's quantized model is %s bytes but %s is %s: its figures may describe another model",
+                    reported_bytes, src.name, src.stat().st_size)
     layers, io = _layers(model)
     preprocessing, classes = preprocessing_and_classes(model, io["inputs"], io["outputs"], model_ref)
 
@@ -522,8 +649,9 @@ def build_bundle(onnx_path: str | os.PathLike, out: str | os.PathLike, *, report
         config_ops = read_operator_config(staging / CONFIG_NAME)
         model_ops = ort_model_operators(staging / ORT_NAME)
         if config_ops != model_ops:
-            raise HawqError(f"the operators config does not match the .ort model (missing "
-                            f"{_operator_list(model_ops - config_ops)}, unused {_operator_list(config_ops - model_ops)})")
+            missing, unused = _operator_list(model_ops - config_ops), _operator_list(config_ops - model_ops)
+            raise HawqError(f"the operators config does not match the .ort model (missing {missing}, "
+                            f"unused {unused})")
         roles = {ONNX_NAME: ROLE_ONNX, ORT_NAME: ROLE_ORT, CONFIG_NAME: ROLE_OPERATORS_CONFIG}
         files = {name: {"role": role, "bytes": (staging / name).stat().st_size, "sha256": sha256_file(staging / name)}
                  for name, role in roles.items()}

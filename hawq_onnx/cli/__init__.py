@@ -37,6 +37,10 @@ class HawqGroup(click.Group):
                 traceback.print_exc()
             click.echo(f"error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except BrokenPipeError:
+            # The reader went away (`hawq-onnx inspect m.onnx | head`): not an error of ours.
+            sys.stderr.close()
+            ctx.exit(0)
         except KeyboardInterrupt:
             click.echo("error: interrupted; no partial output was kept", err=True)
             ctx.exit(130)

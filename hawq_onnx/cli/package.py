@@ -11,7 +11,8 @@ import click
               help="Bundle folder to write (an older bundle there is replaced). With --zip, or a path "
                    "ending in .zip, one archive: DIR.zip.")
 @click.option("--report", default=None, type=click.Path(dir_okay=False), metavar="report.json",
-              help="Validation report whose accuracy, latency and size figures go into the manifest.")
+              help="The JSON of `hawq-onnx validate --json`: its accuracy, latency and size figures go "
+                   "into the manifest.")
 @click.option("--zip", "as_zip", is_flag=True, help="Write one .zip archive instead of a folder.")
 @click.option("--model", "model_ref", default=None, metavar="M",
               help="Zoo name or FILE.py:factory whose normalisation and class names go into the manifest "
