@@ -26,16 +26,21 @@ import fnmatch
 import logging
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import Mapping, Sequence
 
 import numpy as np
 
 from hawq_onnx.errors import HawqError
 from hawq_onnx.pareto import Frontier, Item, pareto_frontier, solve_ilp
 from hawq_onnx.plan import LayerPlan, Plan
-from hawq_onnx.quantization import ACTIVATION_BITS, FLOAT_BITS, WEIGHT_BITS, storage_bytes
+from hawq_onnx.quantization import (
+    ACTIVATION_BITS,
+    FLOAT_BITS,
+    WEIGHT_BITS,
+    storage_bytes,
+)
 from hawq_onnx.sensitivity_report import LayerSensitivity, SensitivityReport
 
 log = logging.getLogger(__name__)
@@ -210,6 +215,7 @@ class Problem:
     options: list[list[Bits]]      # per item, the choices it may take
     items: list[Item]
     pinned: dict[str, Bits]        # fixed layers (pins, ends, kept float) -> bits
+    keep_float: list[str]
     ties: list[list[str]]
     terms: list[str]               # "weight", and "activation" when the file measured it
     clamped: list[str]             # layers whose curvature was clamped to 0
@@ -302,7 +308,7 @@ def build_problem(report: SensitivityReport, *, w_bits: Sequence[int] = DEFAULT_
             shown = ", ".join(f"{names[i]} {format_bits(fixed[names[i]])}" for i in group if names[i] in fixed)
             raise HawqError(f"tied layers are fixed to different precisions ({shown}); untie them or change "
                             "--pin/--keep-float/--no-pin-ends")
-        opts = sorted(fixed_here, key=format_bits) if fixed_here else candidates
+        opts = list(fixed_here) if fixed_here else candidates
         size, bops, cost = [], [], []
         for w, a in opts:
             size.append(sum(layers[i].params * (FLOAT_BITS if w is None else w) for i in group))
@@ -325,7 +331,8 @@ def build_problem(report: SensitivityReport, *, w_bits: Sequence[int] = DEFAULT_
     ties_out = [[names[i] for i in g] for g in groups if len(g) > 1]
     terms = ["weight"] + (["activation"] if any(has_activation_term(layer) for layer in layers) else [])
     return Problem(report=report, groups=groups, options=options, items=items,
-                   pinned={n: fixed[n] for n in names if n in fixed}, ties=ties_out, terms=terms,
+                   pinned={n: fixed[n] for n in names if n in fixed},
+                   keep_float=[n for n in names if fixed.get(n) == (None, None)], ties=ties_out, terms=terms,
                    clamped=clamped, metric=metric, scale_method=scale_method)
 
 
@@ -361,8 +368,9 @@ def _check_feasible(problem: Problem, budget_bytes: int, budget_text: str, w_bit
     max_bits = sum(int(item.size.max()) for item in problem.items)
     if 8 * budget_bytes < min_bits:
         lo, hi = min_bits / 8, max_bits / 8
+        shown = format_bytes(budget_bytes) if budget_text.lower().endswith("x") else format_ratio(float_bytes / budget_bytes)
         raise HawqError(
-            f"budget {budget_text} ({format_bytes(budget_bytes)}, {format_ratio(float_bytes / budget_bytes)}) is below "
+            f"budget {budget_text} ({shown}) is below "
             f"the smallest possible weight size {format_bytes(lo, up=True)} ({format_ratio(float_bytes / lo, down=True)}: "
             f"every free layer at {min(w_bits)}-bit weights{_fixed_note(problem)}); choose a budget between "
             f"{format_bytes(lo, up=True)} ({format_ratio(float_bytes / lo, down=True)}) and {format_bytes(hi)} "
@@ -434,17 +442,12 @@ def allocate(report: SensitivityReport, budget: int | str, *, w_bits: Sequence[i
     else:
         found = solve_ilp(problem.items, budget_bits, bops_limit)
         if found is None:
-            fewest = solve_ilp([Item.of(it.size, it.bops, it.bops.astype(np.float64)) for it in problem.items],
-                               budget_bits, None)
-            assert fewest is not None
-            least = totals_of(problem, fewest).bops
-            raise HawqError(f"no allocation fits both the budget {budget_text} ({format_bytes(budget_bytes)}) and "
-                            f"the BOPs limit {bops_text} ({format_bops(bops_limit)}): within that budget the fewest "
-                            f"BOPs are {format_bops(least, up=True)}; raise --bops to at least that or the budget")
+            # unreachable: every item's smallest option also has its fewest BOPs (both grow with the
+            # bits), so when each limit admits the all-smallest allocation, both do at once
+            raise RuntimeError("HiGHS found no allocation although the smallest one meets both limits")
         choice = found
 
-    if len(problem.options[0]) > 0 and "activation" not in problem.terms and len(set(a_bits)) > 1 \
-            and any(len(opts) > 1 for opts in problem.options):
+    if "activation" not in problem.terms and len(set(a_bits)) > 1 and any(len(o) > 1 for o in problem.options):
         log.warning(f"the sensitivity file has no activation Hessian, so activation bits do not change Omega: free "
                     f"layers take {min(a_bits)}-bit inputs (the fewer BOPs); pass --a-bits 8 to keep 8-bit inputs")
     return _plan(problem, choice, frontier, budget_bytes=budget_bytes, budget_text=budget_text,
@@ -458,7 +461,7 @@ def _bits_json(problem: Problem, choice: Sequence[int]) -> dict[str, list[int | 
     return {layer.name: list(bits) for layer, bits in zip(problem.report.layers, problem.layer_bits(choice))}
 
 
-def _sample(frontier: Frontier, float_bits: int, count: int) -> list[int]:
+def _sample(frontier: Frontier, count: int) -> list[int]:
     """Indices of up to ``count`` frontier points evenly spread in log(size), endpoints included."""
     n = len(frontier)
     if n <= count:
@@ -480,7 +483,7 @@ def pareto_points(problem: Problem, frontier: Frontier, chosen: Sequence[int] | 
         t = totals_of(problem, chosen)
         chosen_key = (t.size_bits, t.omega)
     seen_chosen = False
-    for j in _sample(frontier, float_bits, count):
+    for j in _sample(frontier, count):
         choice = frontier.choices(j)
         t = totals_of(problem, choice)
         is_chosen = chosen is not None and list(choice) == list(chosen)
@@ -526,7 +529,7 @@ def _plan(problem: Problem, choice: list[int], frontier: Frontier, *, budget_byt
     allocation = {
         "method": method, "metric": problem.metric, "weight_scale": problem.scale_method,
         "candidates": {"w_bits": w_bits, "a_bits": a_bits},
-        "pinned": {n: list(b) for n, b in problem.pinned.items()},
+        "pinned": {n: list(b) for n, b in problem.pinned.items()}, "keep_float": problem.keep_float,
         "ties": problem.ties, "terms": problem.terms, "zero_curvature": problem.clamped,
         "sensitivity_sha256": sensitivity_sha256, "pareto_points": len(frontier),
         "pareto_note": ("the frontier is size vs Omega under the pins and ties; it ignores the BOPs limit"

@@ -32,6 +32,9 @@ def plot_pareto(plan: Plan, path: str | Path) -> Path:
     budget_ratio = plan.budget.get("ratio")
     if budget_ratio:
         ax.axvline(budget_ratio, color="grey", ls="--", lw=1, label=f"budget {plan.budget.get('text', '')}")
+        ax.axvspan(min(p["ratio"] for p in points) * 0.98, budget_ratio, color="grey", alpha=0.08, lw=0)
+        ax.text(budget_ratio, 0.02, "over budget  ", transform=ax.get_xaxis_transform(), ha="right", va="bottom",
+                fontsize=8, color="grey")
     for p in chosen:
         counts: dict[str, int] = {}
         for w, _ in p["bits"].values():
@@ -39,7 +42,8 @@ def plot_pareto(plan: Plan, path: str | Path) -> Path:
             counts[key] = counts.get(key, 0) + 1
         mix = ", ".join(f"{n}x {k}" for k, n in sorted(counts.items()))
         ax.plot([p["ratio"]], [max(p["omega"], floor)], "*", ms=15, color="tab:red", zorder=5,
-                label=f"chosen: {p['ratio']:.2f}x, Omega {p['omega']:.3g} (weights {mix})")
+                label=f"chosen: {p['ratio']:.2f}x, Omega {p['omega']:.3g} (weights {mix})"
+                      + ("" if p.get("on_frontier", True) else "\nabove the frontier: the BOPs limit binds"))
     ax.set_yscale("log")
     ax.set_xlabel("weight compression ratio against float32 (nominal bits)")
     ax.set_ylabel("total Omega (Hessian-weighted perturbation)")
