@@ -1,25 +1,58 @@
-"""`hawq-onnx export`: the float ONNX model (the quantized export builds on it)."""
+"""`hawq-onnx export`: the float ONNX model, or with --plan/--quantized the mixed-precision QDQ model."""
 
 from __future__ import annotations
 
 import click
 
-from hawq_onnx.cli._options import model_options
+from hawq_onnx.cli._options import data_option, model_options
 
 
 @click.command("export")
 @model_options
+@click.option("--plan", "plan_path", default=None, type=click.Path(dir_okay=False),
+              help="plan.json with scales (from finetune): write the quantized QDQ model.")
+@click.option("--quantized", "quantized_path", default=None, type=click.Path(dir_okay=False),
+              help="quantized.pt from finetune: its fine-tuned weights and calibrated plan (--plan optional).")
+@click.option("--target", type=click.Choice(["ort-cpu", "compact"]), default="ort-cpu", show_default=True,
+              help="ort-cpu: integer kernels under ONNX Runtime CPU, sub-byte weights packed and widened by Cast; "
+                   "compact: plain INT4/INT2/uint4 Q/DQ.")
+@data_option
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .onnx file.")
-def command(model_ref, weights, input_shape, out):
-    """Export a model to ONNX (float, BatchNorm folded, dynamic batch)."""
-    from hawq_onnx.artifacts import check_output_path
-    from hawq_onnx.bn_fold import fold_batchnorm
-    from hawq_onnx.export import float_onnx, save_onnx
-    from hawq_onnx.model_source import load_model, parse_input_shape
+def command(model_ref, weights, input_shape, plan_path, quantized_path, target, data, out):
+    """Export a model to ONNX: float (BatchNorm folded, dynamic batch), or quantized by a plan.
 
-    check_output_path(out, (weights,))
-    loaded = load_model(model_ref, weights, parse_input_shape(input_shape))
-    fold_batchnorm(loaded.module, loaded.spec.input_shape)
-    proto = float_onnx(loaded.module, loaded.spec.input_shape)
-    save_onnx(proto, out)
-    click.echo(f"wrote {out} ({proto.ByteSize():,} bytes, opset {proto.opset_import[0].version})")
+    The quantized export calibrates the 8-bit tensors between planned layers (residual adds,
+    pooling, conv outputs) on --data (default: the data the plan was calibrated on).
+    """
+    from hawq_onnx.artifacts import check_output_path
+    from hawq_onnx.export import save_onnx
+    from hawq_onnx.model_source import parse_input_shape
+
+    check_output_path(out, (weights, plan_path, quantized_path))
+    shape = parse_input_shape(input_shape)
+    if plan_path is None and quantized_path is None:
+        from hawq_onnx.bn_fold import fold_batchnorm
+        from hawq_onnx.export import float_onnx
+        from hawq_onnx.model_source import load_model
+
+        if data is not None or target != "ort-cpu":
+            raise click.UsageError("--data and --target apply to the quantized export (--plan or --quantized)")
+        loaded = load_model(model_ref, weights, shape)
+        fold_batchnorm(loaded.module, loaded.spec.input_shape)
+        proto = float_onnx(loaded.module, loaded.spec.input_shape)
+        save_onnx(proto, out)
+        click.echo(f"wrote {out} ({proto.ByteSize():,} bytes, opset {proto.opset_import[0].version})")
+        return
+
+    from hawq_onnx.qdq_export import export_plan
+
+    exported = export_plan(model_ref, weights, shape, plan_path, quantized_path, target=target, data=data,
+                           progress=True)
+    save_onnx(exported.model, out)
+    layers = ", ".join(f"{k}: {v}" for k, v in exported.bits_histogram().items())
+    click.echo(f"wrote {out} ({exported.file_bytes:,} bytes, opset {exported.opset}, target {exported.target})")
+    click.echo(f"  layers by bits (w weights, a activations, f float): {layers}")
+    click.echo(f"  inter-layer tensors calibrated: {exported.calibration_sites} "
+               f"on {exported.calibration_samples} samples")
+    if exported.unplanned:
+        click.echo(f"  not in the plan, left float: {len(exported.unplanned)} (warnings above)")

@@ -1,0 +1,268 @@
+"""Plan + BN-folded weights + calibration data -> one mixed-precision QDQ ONNX model.
+
+Steps (each an ONNX-to-ONNX pass list from ``hawq_onnx.passes.pipelines``):
+1. the float export of the folded model (``export.float_onnx``), prepared by the float stage,
+   which also raises the opset to what the weights need (INT2: 25);
+2. plan layers bound to nodes by parameter name (``passes.layer_binding``): a quantized plan
+   layer that is not found is an error, a weighted node the plan does not cover a warning;
+3. weights and biases quantized with the plan's scales;
+4. the target's region structure (``ort-cpu``: shared residual Adds computed twice);
+5. calibration: the tensors between layers that ONNX Runtime's integer kernels need quantized
+   (conv outputs, residual Add inputs and outputs, pooling) get 8-bit ranges observed by
+   running ONNX Runtime on the partially quantized model (the plan's own Q/DQ in place), so
+   the ranges see the quantized upstream;
+6. activation Q/DQ, the target's rewrites and clean-up.
+
+The plan must be calibrated (weight scales and input ranges, written by ``finetune``); an
+uncalibrated plan is refused with the command that calibrates it. The same inputs give the same
+bytes: calibration runs single-threaded without graph optimizations, names come from tensors.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from hawq_onnx.errors import HawqError
+from hawq_onnx.export import float_onnx
+from hawq_onnx.passes import pipelines
+from hawq_onnx.passes.convert_opset import required_opset
+from hawq_onnx.passes.insert_activation_qdq import EdgeQuant, QParams, calibration_sites, place
+from hawq_onnx.passes.layer_binding import BoundLayer, LayerRequest, bind_layers
+from hawq_onnx.passes.quantize_weights import WeightQuantSpec
+from hawq_onnx.plan import Plan
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_BATCH = 64
+PRODUCER = "hawq-onnx"
+
+
+@dataclass
+class QuantizedExport:
+    model: onnx.ModelProto
+    target: str
+    opset: int
+    bound: list[BoundLayer]
+    bits: dict[str, tuple[int | None, int | None]]   # layer -> (w_bits, a_bits) as exported
+    unplanned: list[str]                              # weighted nodes the plan does not cover
+    calibration_sites: int
+    calibration_samples: int
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def file_bytes(self) -> int:
+        return self.model.ByteSize()
+
+    def bits_histogram(self) -> dict[str, int]:
+        """``w4a8`` -> number of layers (``float`` for layers left unquantized)."""
+        counts: Counter[str] = Counter()
+        for w, a in self.bits.values():
+            counts["float" if w is None and a is None else f"w{w or 'f'}a{a or 'f'}"] += 1
+        return dict(sorted(counts.items()))
+
+
+def _check_plan(plan: Plan) -> None:
+    uncalibrated = [lp.name for lp in plan.layers if not lp.calibrated]
+    if uncalibrated:
+        raise HawqError(f"the plan is not calibrated ({len(uncalibrated)} layer(s) lack weight scales or input "
+                        f"ranges, e.g. {uncalibrated[0]}): run `hawq-onnx finetune` (or `--order ptq`) and export "
+                        "its plan, or pass --quantized quantized.pt")
+    for lp in plan.layers:
+        if lp.input_quant is not None and lp.a_bits is not None and lp.input_quant.bits != lp.a_bits:
+            raise HawqError(f"plan layer {lp.name}: input_quant has {lp.input_quant.bits} bits "
+                            f"but a_bits is {lp.a_bits}")
+
+
+def layer_weights(module: nn.Module, plan: Plan) -> dict[str, np.ndarray]:
+    """The folded PyTorch weight of each plan layer that exists in the module."""
+    modules = dict(module.named_modules())
+    out = {}
+    for lp in plan.layers:
+        m = modules.get(lp.name)
+        if m is not None and isinstance(getattr(m, "weight", None), torch.Tensor):
+            out[lp.name] = m.weight.detach().cpu().float().numpy()
+    return out
+
+
+def _specs(plan: Plan, bound: list[BoundLayer]) -> tuple[list[WeightQuantSpec], list[EdgeQuant]]:
+    specs, edges = [], []
+    for b in bound:
+        lp = plan.layer(b.layer)
+        input_scale = lp.input_quant.scale if lp.a_bits is not None and lp.input_quant is not None else None
+        if lp.w_bits is not None:
+            specs.append(WeightQuantSpec(b.node, b.layer, lp.w_bits, tuple(float(s) for s in lp.weight_scale),
+                                         b.channel_axis, input_scale))
+        if lp.a_bits is not None:
+            q = lp.input_quant
+            edges.append(EdgeQuant(b.node, 0, b.layer, QParams(q.bits, float(np.float32(q.scale)), int(q.zero_point))))
+    return specs, edges
+
+
+def _copy(model: ir.Model) -> ir.Model:
+    return ir.from_proto(ir.to_proto(model))
+
+
+def observe_ranges(model: ir.Model, tensors: list[str], x: np.ndarray, batch_size: int = CALIBRATION_BATCH,
+                   progress: bool = False) -> dict[str, tuple[float, float]]:
+    """Min and max of each tensor over ``x``, run by ONNX Runtime (1 thread, no graph optimization)."""
+    import onnxruntime as ort
+
+    if not tensors:
+        return {}
+    if len(x) == 0:
+        raise HawqError("calibration needs at least one sample; the calibration split is empty")
+    proto = ir.to_proto(model)
+    existing = {o.name for o in proto.graph.output}
+    for name in tensors:
+        if name not in existing:
+            proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise HawqError(f"ONNX Runtime cannot load the partially quantized model: {str(exc).splitlines()[0]}") from None
+    input_name = session.get_inputs()[0].name
+    lo = {t: np.inf for t in tensors}
+    hi = {t: -np.inf for t in tensors}
+    starts = range(0, len(x), batch_size)
+    for i in tqdm(starts, desc="calibrate", disable=not progress, file=sys.stderr, leave=False):
+        outs = session.run(tensors, {input_name: np.ascontiguousarray(x[i:i + batch_size], np.float32)})
+        for t, arr in zip(tensors, outs):
+            lo[t] = min(lo[t], float(arr.min()))
+            hi[t] = max(hi[t], float(arr.max()))
+    return {t: (lo[t], hi[t]) for t in tensors}
+
+
+@dataclass
+class PreparedModel:
+    """The float graph with the plan's weights quantized, and what the activation stage needs."""
+
+    model: ir.Model
+    opset: int
+    bound: list[BoundLayer]
+    unplanned: list[str]
+    edges: list[EdgeQuant]
+
+
+def prepare(module: nn.Module, input_shape: tuple[int, ...], plan: Plan,
+            float_model: onnx.ModelProto | None = None) -> PreparedModel:
+    """Float stage, layer binding and weight quantization (steps 1-3 of the module docstring)."""
+    _check_plan(plan)
+    opset = required_opset(lp.w_bits for lp in plan.layers)
+    if float_model is None:
+        float_model = float_onnx(module, input_shape)
+    model = pipelines.float_stage(opset)(ir.from_proto(float_model)).model
+    requests = [LayerRequest(lp.name, lp.out_channels, lp.w_bits is not None or lp.a_bits is not None)
+                for lp in plan.layers]
+    bound, unplanned = bind_layers(model.graph, requests, layer_weights(module, plan))
+    specs, edges = _specs(plan, bound)
+    model = pipelines.weight_stage(specs)(model).model
+    model.graph.sort()
+    return PreparedModel(model, opset, bound, unplanned, edges)
+
+
+def _finish(model: ir.Model) -> onnx.ModelProto:
+    model = pipelines.cleanup_stage()(model).model
+    proto = ir.to_proto(model)
+    proto.producer_name = PRODUCER
+    proto.producer_version = ""
+    return proto
+
+
+def plan_only_onnx(prepared: PreparedModel, target: str = pipelines.DEFAULT_TARGET) -> onnx.ModelProto:
+    """The model with only the plan's own Q/DQ: what the PyTorch fake-quant reference computes.
+
+    It is the model the inter-layer ranges are calibrated on. ONNX Runtime fuses fewer of its
+    layers (residual adds and the tensors between layers stay float), so it is a check, not
+    the deployment file.
+    """
+    return _finish(pipelines.activation_stage(target, prepared.edges, None)(_copy(prepared.model)).model)
+
+
+def quantize_onnx(module: nn.Module, input_shape: tuple[int, ...], plan: Plan, calibration_x: np.ndarray,
+                  target: str = pipelines.DEFAULT_TARGET, progress: bool = False,
+                  float_model: onnx.ModelProto | None = None) -> QuantizedExport:
+    """The mixed-precision QDQ model of a BN-folded ``module`` under a calibrated ``plan``.
+
+    ``calibration_x``: normalised inputs (N, *input_shape) for the inter-layer ranges.
+    ``float_model``: ``export.float_onnx(module, input_shape)`` when the caller already has it.
+    """
+    if target not in pipelines.TARGETS:
+        raise HawqError(f"unknown target {target!r}: use {' or '.join(pipelines.TARGETS)}")
+    prepared = prepare(module, input_shape, plan, float_model)
+    warnings = [f"layer {u} is not in the plan: it stays float" for u in prepared.unplanned]
+    for w in warnings:
+        log.warning(w)
+
+    model = pipelines.region_stage(target, prepared.edges)(prepared.model).model
+
+    # Calibrate the inter-layer grids on the model with the plan's own Q/DQ in place.
+    sites = calibration_sites(place(model.graph, prepared.edges))
+    partial = pipelines.activation_stage(target, prepared.edges, None)(_copy(model)).model
+    ranges = observe_ranges(partial, sites, calibration_x, progress=progress)
+
+    model = pipelines.activation_stage(target, prepared.edges, ranges)(model).model
+    proto = _finish(model)
+    bits = {b.layer: (plan.layer(b.layer).w_bits, plan.layer(b.layer).a_bits) for b in prepared.bound}
+    return QuantizedExport(proto, target, prepared.opset, prepared.bound, bits, prepared.unplanned, len(sites),
+                           len(calibration_x), warnings)
+
+
+def _consistent(plan: Plan, embedded: Plan, where: str) -> None:
+    mine = {lp.name: (lp.w_bits, lp.a_bits) for lp in plan.layers}
+    theirs = {lp.name: (lp.w_bits, lp.a_bits) for lp in embedded.layers}
+    for name in sorted(set(mine) | set(theirs)):
+        if mine.get(name) != theirs.get(name):
+            raise HawqError(f"--plan and {where} disagree on layer {name} (w_bits, a_bits): {mine.get(name)} "
+                            f"vs {theirs.get(name)}; pass the plan the checkpoint was fine-tuned with, "
+                            "or only --quantized")
+
+
+def export_plan(model_ref: str | None, weights: str | None, input_shape: tuple[int, ...] | None,
+                plan_path: str | Path | None, quantized_path: str | Path | None = None,
+                target: str = pipelines.DEFAULT_TARGET, data: str | None = None,
+                progress: bool = False) -> QuantizedExport:
+    """Load the model and the plan (or quantized.pt), pick calibration data, and export.
+
+    With ``quantized_path`` the fine-tuned weights and the calibrated plan come from the
+    checkpoint (a ``plan_path`` given too must have the same bits). Calibration data: ``data``,
+    else the data the plan was calibrated on, else the model's default.
+    """
+    from hawq_onnx.data import load_data, resolve_source
+    from hawq_onnx.finetune import fold_copy, restore_quantized
+    from hawq_onnx.model_source import load_model, model_fingerprint
+    from hawq_onnx.plan import load_plan
+
+    if plan_path is None and quantized_path is None:
+        raise HawqError("a quantized export needs --plan plan.json or --quantized quantized.pt")
+    given = load_plan(plan_path) if plan_path is not None else None  # a bad file fails before the model loads
+    loaded = load_model(model_ref, weights, input_shape)
+    if quantized_path is not None:
+        folded, plan = restore_quantized(loaded, quantized_path)
+        if given is not None:
+            _consistent(given, plan, f"the checkpoint {quantized_path}")
+    else:
+        folded = fold_copy(loaded.module, loaded.input_shape)
+        plan = load_plan(plan_path, model_fingerprint(folded))  # plans name the folded model, as finetune does
+    _check_plan(plan)  # before loading data: an uncalibrated plan fails fast
+    source = data or (plan.calibration or {}).get("data") or resolve_source(None, loaded.spec)
+    if source != "digits" and ":" not in source:
+        raise HawqError(f"export calibrates the tensors between layers on data, and {source!r} names no files: "
+                        f"pass --data ({source}:DIR, npz:FILE or digits)")
+    dataset = load_data(source, loaded.spec)
+    return quantize_onnx(folded, loaded.input_shape, plan, dataset.calib.x, target=target, progress=progress)

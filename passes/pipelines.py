@@ -1,0 +1,102 @@
+"""The pass lists behind each export target: which passes run, in which order.
+
+Targets:
+- ``ort-cpu``: what ONNX Runtime's CPU provider runs as integer kernels. Sub-byte weights stay
+  packed on disk and are widened by a Cast that ORT folds at load; 4-bit activations are
+  uint8 Q -> Clip(0, 15) -> DQ.
+- ``compact``: plain ONNX sub-byte types (INT4/INT2 weights, uint4 activations) behind direct
+  DequantizeLinear, for runtimes that take them (ORT 1.32 rejects an INT2 weight beside
+  fused uint8 activations and runs INT4 weights in float).
+
+Stages: ``float_stage`` prepares the exported float graph (names, onnxsim, BatchNorm folding,
+pooling canonical form, the opset the weights need); ``weight_stage`` quantizes the planned
+weights; ``region_stage`` shapes the graph for the target's integer regions (``ort-cpu``: a
+residual Add shared by a sub-8-bit layer and others is computed twice); ``activation_stage``
+inserts activation Q/DQ and the target's rewrites;
+``cleanup_stage`` removes what became unused, deduplicates small constants, sorts, runs
+the full checker (which infers and checks every type and shape) and drops the intermediate
+shapes from the file. The exporter calibrates between the region and activation
+stages (see ``hawq_onnx.qdq_export``).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import onnx_ir as ir
+import onnx_ir.passes.common as common
+
+from hawq_onnx.passes.clip_sub_byte_activations import ClipSubByteActivationsPass
+from hawq_onnx.passes.convert_opset import ConvertOpsetPass
+from hawq_onnx.passes.drop_intermediate_shapes import DropIntermediateShapesPass
+from hawq_onnx.passes.fold_batchnorm import FoldBatchNormPass
+from hawq_onnx.passes.global_average_pool import ReduceMeanToGlobalAveragePoolPass
+from hawq_onnx.passes.insert_activation_qdq import EdgeQuant, InsertActivationQDQPass
+from hawq_onnx.passes.onnx_simplify import OnnxSimplifyPass
+from hawq_onnx.passes.quantize_weights import QuantizeWeightsPass, WeightQuantSpec
+from hawq_onnx.passes.split_shared_add import SplitSharedAddPass
+from hawq_onnx.passes.widen_sub_byte_weights import WidenSubByteWeightsPass
+
+TARGETS = ("ort-cpu", "compact")
+DEFAULT_TARGET = "ort-cpu"
+# Constants up to this many elements are merged when equal (zero points, Clip bounds, scales).
+DEDUP_SIZE_LIMIT = 1024
+
+
+def _check_target(target: str) -> None:
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; one of {', '.join(TARGETS)}")
+
+
+def float_stage(target_opset: int) -> ir.passes.PassManager:
+    return ir.passes.PassManager([
+        common.NameFixPass(),
+        OnnxSimplifyPass(),
+        FoldBatchNormPass(),
+        ReduceMeanToGlobalAveragePoolPass(),
+        ConvertOpsetPass(target_opset),
+        common.ShapeInferencePass(),
+    ])
+
+
+def weight_stage(specs: Sequence[WeightQuantSpec]) -> ir.passes.PassManager:
+    return ir.passes.PassManager([QuantizeWeightsPass(specs)])
+
+
+def region_stage(target: str, edges: Sequence[EdgeQuant]) -> ir.passes.PassManager:
+    """Structure for the target's integer regions, before calibration (it changes which tensors exist)."""
+    _check_target(target)
+    passes: list[ir.passes.PassBase] = [common.TopologicalSortPass()]
+    if target == "ort-cpu":
+        passes.insert(0, SplitSharedAddPass(edges))
+    return ir.passes.PassManager(passes)
+
+
+def activation_stage(target: str, edges: Sequence[EdgeQuant],
+                     ranges: Mapping[str, tuple[float, float]] | None) -> ir.passes.PassManager:
+    _check_target(target)
+    passes: list[ir.passes.PassBase] = [InsertActivationQDQPass(edges, ranges)]
+    if target == "ort-cpu":
+        passes += [ClipSubByteActivationsPass(), WidenSubByteWeightsPass()]
+    return ir.passes.PassManager(passes)
+
+
+def cleanup_stage() -> ir.passes.PassManager:
+    return ir.passes.PassManager([
+        common.RemoveUnusedNodesPass(),
+        common.DeduplicateInitializersPass(size_limit=DEDUP_SIZE_LIMIT),
+        common.RemoveUnusedOpsetsPass(),
+        common.TopologicalSortPass(),
+        common.ClearMetadataAndDocStringPass(),
+        # The full check runs strict shape and type inference over the whole graph (and writes
+        # what it inferred back into it): the shapes are checked, then dropped from the file.
+        common.CheckerPass(full_check=True),
+        DropIntermediateShapesPass(),
+    ])
+
+
+def quantize_pipeline(target: str, specs: Sequence[WeightQuantSpec], edges: Sequence[EdgeQuant],
+                      ranges: Mapping[str, tuple[float, float]] | None) -> ir.passes.PassManager:
+    """Weights, activations, target rewrites and clean-up in one manager (ranges already known)."""
+    return ir.passes.PassManager([weight_stage(specs), region_stage(target, edges),
+                                  activation_stage(target, edges, ranges), cleanup_stage()])

@@ -1,0 +1,53 @@
+"""ClipSubByteActivationsPass: uint4 Q/DQ becomes uint8 Q -> Clip(0, 15) -> DQ, value for value."""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from hawq_onnx.passes.clip_sub_byte_activations import ClipSubByteActivationsPass
+from hawq_onnx.quantization import activation_qrange, dequantize, quantize
+
+SCALE, ZERO_POINT = 0.25, 3
+
+
+def activation_model() -> onnx.ModelProto:
+    inits = [numpy_helper.from_array(np.array(SCALE, np.float32), "s4"),
+             numpy_helper.from_array(np.array(ZERO_POINT, ml_dtypes.uint4), "z4"),
+             numpy_helper.from_array(np.array(0.05, np.float32), "s8"),
+             numpy_helper.from_array(np.array(128, np.uint8), "z8")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s4", "z4"], ["q4"]),
+             helper.make_node("DequantizeLinear", ["q4", "s4", "z4"], ["y4"]),
+             helper.make_node("QuantizeLinear", ["x", "s8", "z8"], ["q8"]),
+             helper.make_node("DequantizeLinear", ["q8", "s8", "z8"], ["y8"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1000])],
+                              [helper.make_tensor_value_info("y4", TensorProto.FLOAT, [1000]),
+                               helper.make_tensor_value_info("y8", TensorProto.FLOAT, [1000])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+
+
+def test_sixteen_levels_in_uint8_with_an_integer_clip():
+    proto = activation_model()
+    result = ClipSubByteActivationsPass()(ir.from_proto(proto))
+    out = ir.to_proto(result.model)
+    onnx.checker.check_model(out, full_check=True)
+    assert result.modified
+    assert [n.op_type for n in out.graph.node] == ["QuantizeLinear", "Clip", "DequantizeLinear",
+                                                  "QuantizeLinear", "DequantizeLinear"]
+    inits = {i.name: numpy_helper.to_array(i) for i in out.graph.initializer}
+    clip = out.graph.node[1]
+    assert inits[clip.input[1]].dtype == np.uint8 and int(inits[clip.input[1]]) == 0
+    assert int(inits[clip.input[2]]) == 15
+    assert all(a.dtype != ml_dtypes.uint4 for a in inits.values())  # no uint4 left
+    x = np.random.default_rng(0).normal(scale=3, size=1000).astype(np.float32)
+    before = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    after = ort.InferenceSession(out.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    np.testing.assert_array_equal(after[0], before[0])  # bit for bit
+    np.testing.assert_array_equal(after[1], before[1])  # the 8-bit pair is untouched
+    expected = dequantize(quantize(x, SCALE, ZERO_POINT, *activation_qrange(4)), SCALE, ZERO_POINT)
+    np.testing.assert_array_equal(after[0], expected)
+    assert len(np.unique(after[0])) == 16
