@@ -7,6 +7,7 @@ so an interrupted run leaves the old file or none, never a partial one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -18,7 +19,12 @@ from hawq_onnx.errors import HawqError
 
 
 def check_output_path(out: str | os.PathLike, inputs: tuple[str | os.PathLike | None, ...] = ()) -> Path:
-    """Refuse an output that would overwrite an input or cannot be written."""
+    """Refuse an output that would overwrite an input or cannot be written, before any work.
+
+    Nothing is created here (a run that fails later leaves no empty folder behind): the nearest
+    existing folder on the way to ``out`` must take a new file, which is tried for real, since
+    permission bits say nothing for root or on read-only and virtual file systems.
+    """
     out_path = Path(out)
     for item in inputs:
         if item is None:
@@ -28,16 +34,32 @@ def check_output_path(out: str | os.PathLike, inputs: tuple[str | os.PathLike | 
             raise HawqError(f"output {out_path} is also an input; choose another output path")
         if p.resolve() == out_path.resolve():
             raise HawqError(f"output {out_path} is also an input; choose another output path")
-    if out_path.exists() and out_path.is_dir():
+    if out_path.is_dir():
         raise HawqError(f"output {out_path} is a folder; give a file path")
-    parent = out_path.resolve().parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise HawqError(f"cannot create output folder {parent}: {exc.strerror}") from None
-    if not os.access(parent, os.W_OK):
-        raise HawqError(f"output folder {parent} is not writable")
+    if out_path.exists() and not out_path.is_file():
+        raise HawqError(f"output {out_path} exists and is not a regular file (a device, pipe or socket); "
+                        "give a file path")
+    check_writable_folder(out_path.absolute().parent)
     return out_path
+
+
+def check_writable_folder(folder: str | os.PathLike) -> Path:
+    """Check that files can be created in ``folder`` or, where it does not exist yet, in its
+    nearest existing ancestor (where the missing folders will be made)."""
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise HawqError(f"cannot create output folder {folder}: {existing} is a file; choose another path")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".hawq-write-check.", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise HawqError(f"output folder {existing} is not writable ({exc.strerror or exc.__class__.__name__}); "
+                        "choose another path") from None
+    return folder
 
 
 def current_umask() -> int:
@@ -46,16 +68,29 @@ def current_umask() -> int:
     return mask
 
 
+# Failures of the file system, not of hawq-onnx: reported as bad output paths (exit 2).
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS, errno.EACCES, errno.EPERM,
+                 errno.EXDEV}
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it over ``target`` on success."""
     target = Path(target)
-    parent = target.resolve().parent
+    if target.is_dir():
+        raise HawqError(f"output {target} is a folder; give a file path")
+    if target.exists() and not target.is_file():
+        raise HawqError(f"output {target} exists and is not a regular file (a device, pipe or socket); "
+                        "give a file path")
+    # Beside the path as given: a symlinked output is replaced, its target left alone, and the
+    # rename never crosses file systems.
+    parent = target.absolute().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent)
     except OSError as exc:
-        raise HawqError(f"cannot create output folder {parent}: {exc.strerror}") from None
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent)
+        raise HawqError(f"cannot write {target}: {exc.strerror or exc.__class__.__name__} "
+                        f"({parent}); choose another output path") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -63,9 +98,11 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         # mkstemp creates 0600; an output should get the usual permissions (0666 less the umask).
         os.chmod(tmp_path, 0o666 & ~current_umask())
         os.replace(tmp_path, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
+            raise HawqError(f"cannot write {target}: {exc.strerror}; nothing was written there") from None
         raise
 
 

@@ -48,7 +48,8 @@ class FakeQuantSTE(torch.autograd.Function):
 
     d x_hat / d x = 1 where the value is not saturated, 0 where it is (STE);
     d x_hat / d s = round(x/s) - x/s inside, (qmin - z) or (qmax - z) when saturated (LSQ),
-    times ``grad_factor`` (LSQ's 1/sqrt(N * qmax)) and summed to the scale's shape.
+    times ``grad_factor`` (LSQ's 1/sqrt(N * qmax), N the elements of the quantized tensor, as
+    the LSQ reference implementations count them) and summed to the scale's shape.
     """
 
     @staticmethod
@@ -106,8 +107,7 @@ class WeightFakeQuant(nn.Module):
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         s = self.effective_scale().reshape((-1,) + (1,) * (w.dim() - 1))
-        # LSQ's gradient scale with N the elements each channel's step size sees.
-        grad_factor = 1.0 / math.sqrt(w[0].numel() * self.qmax)
+        grad_factor = 1.0 / math.sqrt(w.numel() * self.qmax)  # LSQ's 1/sqrt(N * qmax)
         return FakeQuantSTE.apply(w, s, self.zero_point, self.qmin, self.qmax, grad_factor)
 
     def extra_repr(self) -> str:
@@ -157,9 +157,12 @@ class ActivationFakeQuant(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.state == "quantize":
-            grad_factor = 1.0 / math.sqrt(x[0].numel() * self.qmax)
+            grad_factor = 1.0 / math.sqrt(x.numel() * self.qmax)  # LSQ's 1/sqrt(N * qmax), N with the batch
             return FakeQuantSTE.apply(x, self.effective_scale(), self.zero_point, self.qmin, self.qmax, grad_factor)
         if self.state == "observe" and self.observer is not None:
+            if not torch.isfinite(x).all():
+                raise HawqError("calibration met NaN or Inf activations: the weights have blown up (lower --lr) "
+                                "or the inputs overflow")
             self.observer.observe(x.detach())
             return x
         raise RuntimeError("activation quantizer is not calibrated: run fake_quant.calibrate() first")
@@ -174,11 +177,12 @@ class QuantLayer(nn.Module):
     ``enabled = False`` runs the wrapped layer in float (used by staged fine-tuning).
     """
 
-    def __init__(self, layer: nn.Module, w_bits: int | None, a_bits: int | None) -> None:
+    def __init__(self, layer: nn.Module, w_bits: int | None, a_bits: int | None, name: str = "") -> None:
         super().__init__()
         if not isinstance(layer, QUANTIZABLE):
             raise TypeError(f"cannot wrap {type(layer).__name__}")
         self.layer = layer
+        self.path = name  # the module path, for messages
         self.w_bits, self.a_bits = w_bits, a_bits
         self.weight_quant = WeightFakeQuant(w_bits, layer.weight.shape[0]) if w_bits is not None else None
         self.input_quant = ActivationFakeQuant(a_bits) if a_bits is not None else None
@@ -203,6 +207,21 @@ class QuantLayer(nn.Module):
         if isinstance(self.layer, nn.Linear):
             return F.linear(x, w, b)
         return self.layer._conv_forward(x, w, b)  # honours padding_mode, stride, groups
+
+    def __getattr__(self, name: str):
+        # A model's forward may read its layer's settings (stride, out_features): pass them on. One
+        # that reads the weight itself (F.conv2d(x, self.conv.weight)) would bypass the quantizer.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            modules = self.__dict__.get("_modules") or {}
+            if name.startswith("_") or "layer" not in modules:
+                raise
+        if name in ("weight", "bias"):
+            where = self.path or "a quantized layer"
+            raise HawqError(f"the model's forward reads {where}.{name} itself instead of calling the layer, so "
+                            f"hawq-onnx cannot quantize it: keep it float (allocate --keep-float {self.path or 'LAYER'})")
+        return getattr(modules["layer"], name)
 
     def extra_repr(self) -> str:
         return f"w_bits={self.w_bits}, a_bits={self.a_bits}, enabled={self.enabled}"
@@ -241,7 +260,7 @@ def quantize_model(model: nn.Module, plan: Plan, *, weight_method: str = DEFAULT
                             f"{layer.weight.shape[0]}; allocate a plan for this model")
         if lp.w_bits is None and lp.a_bits is None:
             continue
-        wrapped = QuantLayer(layer, lp.w_bits, lp.a_bits)
+        wrapped = QuantLayer(layer, lp.w_bits, lp.a_bits, lp.name)
         if wrapped.weight_quant is not None:
             if lp.weight_scale is not None:
                 wrapped.weight_quant.set_scale(lp.weight_scale)
@@ -284,19 +303,28 @@ def calibrate(qmodel: nn.Module, batches, *, observer: str = DEFAULT_OBSERVER,
             q.input_quant.start_observing(observer)
             observing.append(q.input_quant)
     seen = 0
+    called: set[str] = set()
+    hooks = [wrapped[n].register_forward_pre_hook(lambda m, i, n=n: called.add(n)) for n in names]
     try:
-        if observing:
-            for batch in batches:
-                x = batch[0] if isinstance(batch, (tuple, list)) else batch
-                if device is not None:
-                    x = x.to(device)
-                qmodel(x)
-                seen += len(x)
-            if seen == 0:
-                raise HawqError("calibration needs at least one sample; the calibration split is empty")
-            for aq in observing:
-                aq.finish_observing()
+        for batch in batches:
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            if device is not None:
+                x = x.to(device)
+            qmodel(x)
+            seen += len(x)
+        if seen == 0:
+            raise HawqError("calibration needs at least one sample; the calibration split is empty")
+        uncalled = [n for n in names if n not in called]
+        if uncalled:
+            # Its quantizers would never run: the plan would claim a precision the model does not have.
+            raise HawqError(f"the model's forward never calls layer {uncalled[0]}"
+                            + (f" (nor {len(uncalled) - 1} more)" if len(uncalled) > 1 else "")
+                            + f", so it cannot be quantized as planned: allocate with --keep-float {uncalled[0]}")
+        for aq in observing:
+            aq.finish_observing()
     finally:
+        for h in hooks:
+            h.remove()
         for aq in observing:
             if aq.state == "observe":
                 aq.state, aq.observer = "uncalibrated", None

@@ -34,7 +34,7 @@ def describe_layers(model: nn.Module, input_shape: tuple[int, ...]) -> list[Laye
     """Every quantizable layer in module order, with MACs from one batch-1 forward pass."""
     modules = quantizable_modules(model)
     if not modules:
-        raise HawqError("the model has no quantizable layer (Conv1d, Conv2d or Linear)")
+        raise HawqError("the model has no quantizable layer (Conv1d, Conv2d or Linear): there is nothing to quantize")
     macs: dict[str, int] = {}
 
     def hook(name: str):
@@ -56,8 +56,9 @@ def describe_layers(model: nn.Module, input_shape: tuple[int, ...]) -> list[Laye
     except HawqError:
         raise
     except Exception as exc:
-        raise HawqError(f"the model does not run on an input of shape (1, {', '.join(map(str, input_shape))}): "
-                        f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+        raise HawqError(f"the model does not run on an input of shape (1, {', '.join(map(str, input_shape))}) "
+                        f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
+                        "check --input-shape and the model's forward") from None
     finally:
         for h in handles:
             h.remove()

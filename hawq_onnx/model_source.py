@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from hawq_onnx.errors import HawqError
+from hawq_onnx.layers import describe_layers
 from hawq_onnx.models.registry import DEFAULT_MODEL, ZOO
 from hawq_onnx.models.spec import ModelSpec
 
@@ -124,6 +125,7 @@ def apply_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str)
             parts.append(f"wrong shape {len(wrong)} (e.g. {'; '.join(wrong[:2])})")
         raise HawqError(f"weights {source} do not fit the model: {'; '.join(parts)}")
     model.load_state_dict(state, strict=False)
+    check_finite(model, source)
 
 
 def check_finite(model: nn.Module, source: str) -> None:
@@ -159,6 +161,9 @@ def load_model(ref: str | None = None, weights: str | None = None,
         log.warning("model %s has no weights: using its random initialisation (pass --weights)", ref)
     check_finite(model, str(weights or ref))
     model.eval()
+    # Every command needs a model that runs on its input shape and has something to quantize:
+    # say so now, in one line, rather than from deep inside an export or a training loop.
+    describe_layers(model, spec.input_shape)
     return LoadedModel(model, spec, ref, str(weights) if weights else None)
 
 

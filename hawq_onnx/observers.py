@@ -24,6 +24,7 @@ DEFAULT_OBSERVER = "mse"
 EMA_MOMENTUM = 0.1
 PERCENTILE = 99.99
 SAMPLES_PER_BATCH = 1 << 15  # values kept per calibration batch by the sampling observers
+MSE_SAMPLES = 1 << 16  # values the MSE search scores each candidate range on
 SAMPLE_SEED = 0
 
 
@@ -104,13 +105,16 @@ class PercentileObserver(_SamplingObserver):
 class MSEObserver(_SamplingObserver):
     """The range, shrunk by a common ratio, whose quantization error on the sample is least."""
 
-    def __init__(self, bits: int, grid: int = MSE_GRID, **kwargs) -> None:
+    def __init__(self, bits: int, grid: int = MSE_GRID, max_samples: int = MSE_SAMPLES, **kwargs) -> None:
         super().__init__(**kwargs)
         self.bits = bits
         self.grid = grid
+        self.max_samples = max_samples
 
     def range(self) -> tuple[float, float]:
         v = self.values()
+        if len(v) > self.max_samples:
+            v = v[np.random.default_rng(SAMPLE_SEED).choice(len(v), self.max_samples, replace=False)]
         lo, hi = self.extremes.range()
         qmin, qmax = activation_qrange(self.bits)
         best, best_err = (lo, hi), np.inf

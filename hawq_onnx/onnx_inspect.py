@@ -37,6 +37,7 @@ STORAGE_BITS = {
     TensorProto.INT32: 32, TensorProto.UINT32: 32, TensorProto.INT64: 64, TensorProto.UINT64: 64,
     TensorProto.BOOL: 8,
 }
+FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
 INTEGER_TYPES = {TensorProto.INT8, TensorProto.UINT8, TensorProto.INT4, TensorProto.UINT4,
                  TensorProto.INT2, TensorProto.UINT2, TensorProto.INT16, TensorProto.UINT16,
                  TensorProto.INT32, TensorProto.UINT32}
@@ -135,20 +136,25 @@ def load_onnx(path: str | os.PathLike, check: bool = True) -> onnx.ModelProto:
         raise HawqError(f"ONNX file {p} does not exist")
     if p.is_dir():
         raise HawqError(f"{p} is a folder, not an ONNX file")
+    if not p.is_file():
+        raise HawqError(f"{p} is not a regular file (a device, pipe or socket); give an ONNX file")
     if p.stat().st_size == 0:
         raise HawqError(f"ONNX file {p} is empty")
     try:
         model = onnx.load(str(p), load_external_data=False)
     except Exception as exc:
-        raise HawqError(f"{p} is not a readable ONNX model ({exc.__class__.__name__})") from None
+        raise HawqError(f"{p} is not a readable ONNX model ({exc.__class__.__name__}): truncated or another "
+                        "format; export it again") from None
     if not model.graph.node:
         raise HawqError(f"{p} is not an ONNX model (no graph nodes; truncated or another format?)")
     if check:
         try:
             onnx.checker.check_model(model)
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-            raise HawqError(f"{p} fails the ONNX checker: {first}") from None
+            # The checker's message spans lines (the node follows on the next one): keep it whole, short.
+            text = " ".join(str(exc).split()) or exc.__class__.__name__
+            raise HawqError(f"{p} fails the ONNX checker: {text[:300]}{'...' if len(text) > 300 else ''}; "
+                            "fix the model or export it again") from None
         check_initializers(model, str(p))
     return model
 
@@ -160,7 +166,8 @@ _FIELD_OF_TYPE = {
 
 
 def check_initializers(model: onnx.ModelProto, where: str) -> None:
-    """What onnx.checker leaves out: known element types and data sizes that match the shapes."""
+    """What onnx.checker leaves out: known element types, data sizes that match the shapes, and
+    finite float values (a NaN or Inf weight gives NaN outputs, not an error, downstream)."""
     for t in model.graph.initializer:
         if t.data_type not in TensorProto.DataType.values() or t.data_type == TensorProto.UNDEFINED:
             raise HawqError(f"{where}: initializer {t.name!r} has an unknown element type {t.data_type}")
@@ -186,6 +193,11 @@ def check_initializers(model: onnx.ModelProto, where: str) -> None:
                                 f"{list(t.dims)} needs {count}")
             if not held and count:
                 raise HawqError(f"{where}: initializer {t.name!r} holds no data for shape {list(t.dims)}")
+        if t.data_type in FLOAT_TYPES and count:
+            values = numpy_helper.to_array(t)
+            if not np.isfinite(values if values.dtype.kind == "f" else values.astype(np.float32)).all():
+                raise HawqError(f"{where}: initializer {t.name!r} holds NaN or Inf values; fix the weights and "
+                                "export the model again")
 
 
 def _effective_bits(values: np.ndarray, storage_bits: int, signed: bool) -> int:

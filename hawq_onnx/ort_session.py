@@ -18,7 +18,9 @@ def session_options(threads: int = 2, optimized_path: str | None = None,
                     global_pool: bool = False) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = level
-    opts.log_severity_level = 3  # errors only: ORT's warnings are not the user's business
+    # Fatal only: ORT's warnings are not the user's business, and its errors reach the user as
+    # our one-line message (a logged copy would be a second, noisier line).
+    opts.log_severity_level = 4
     if global_pool:
         opts.use_per_session_threads = False
     else:

@@ -65,7 +65,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from hawq_onnx.artifacts import atomic_path, current_umask, sha256_file, write_json, write_text
+from hawq_onnx.artifacts import (atomic_path, check_writable_folder, current_umask, sha256_file, write_json,
+                                 write_text)
 from hawq_onnx.bundle import (BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, MANIFEST_NAME, ROLE_ONNX,
                               ROLE_OPERATORS_CONFIG, ROLE_ORT)
 from hawq_onnx.errors import HawqError
@@ -143,13 +144,7 @@ def _check_destination(dest: Path, as_zip: bool, inputs: list[Path]) -> None:
         if entries and MANIFEST_NAME not in entries:
             raise HawqError(f"output folder {dest} is not empty and is not a hawq-onnx bundle; "
                             "choose a new or empty folder")
-    parent = dest.resolve().parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise HawqError(f"cannot create output folder {parent}: {exc.strerror}") from None
-    if not os.access(parent, os.W_OK):
-        raise HawqError(f"output folder {parent} is not writable")
+    check_writable_folder(dest.absolute().parent)  # created only once the inputs have passed
 
 
 def _replace_folder(staging: Path, dest: Path) -> None:
@@ -447,9 +442,14 @@ def _environment(name: str, value: str):
 
 def convert_to_ort(onnx_path: Path, work_dir: Path) -> tuple[Path, Path]:
     """Run ONNX Runtime's converter on ``onnx_path``; returns (the .ort, the operators config)."""
+    import onnxruntime as ort
+
     converter, _ = _ort_tools()
     out_dir = work_dir / "converted"
     printed = io.StringIO()  # the converter prints its progress
+    # Its sessions log through ONNX Runtime's default logger, straight to the terminal: a failure
+    # becomes our one-line error below, and its warnings are not the user's business.
+    ort.set_default_logger_severity(4)
     try:
         with _environment(LEVEL_VARIABLE, OPTIMIZATION_LEVEL), contextlib.redirect_stdout(printed):
             converter.convert_onnx_models_to_ort(
@@ -459,6 +459,7 @@ def convert_to_ort(onnx_path: Path, work_dir: Path) -> tuple[Path, Path]:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise HawqError(f"ONNX Runtime could not convert the model to ORT format: {first[:400]}") from None
     finally:
+        ort.set_default_logger_severity(3)
         log.debug("converter output:\n%s", printed.getvalue())
     ort_path = out_dir / f"{onnx_path.stem}.ort"
     config_path = out_dir / f"{onnx_path.stem}.required_operators.config"
@@ -468,13 +469,18 @@ def convert_to_ort(onnx_path: Path, work_dir: Path) -> tuple[Path, Path]:
     return ort_path, config_path
 
 
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else exc.__class__.__name__
+
+
 def _session(model: Path, level, ort_format: bool, use_conversion_settings: bool):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     so.inter_op_num_threads = 1
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # fatal only: a failure becomes our one-line error, not a log line too
     so.graph_optimization_level = level
     if ort_format:
         so.add_session_config_entry("session.load_model_format", "ORT")
@@ -533,8 +539,11 @@ def check_ort_matches(onnx_path: Path, ort_path: Path) -> dict[str, Any]:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise HawqError(f"ONNX Runtime cannot load the converted .ort model: {first[:300].rstrip('.')}"
                         f"{_sub_byte_hint(onnx_path)}") from None
-    reference = _session(onnx_path, level.ORT_ENABLE_ALL, ort_format=False, use_conversion_settings=True)
-    unoptimized = _session(onnx_path, level.ORT_DISABLE_ALL, ort_format=False, use_conversion_settings=False)
+    try:  # the .onnx passed the checker, and can still fail in ONNX Runtime (a bad attribute value)
+        reference = _session(onnx_path, level.ORT_ENABLE_ALL, ort_format=False, use_conversion_settings=True)
+        unoptimized = _session(onnx_path, level.ORT_DISABLE_ALL, ort_format=False, use_conversion_settings=False)
+    except Exception as exc:
+        raise HawqError(f"ONNX Runtime cannot load the model: {_first_line(exc)}") from None
     feeds = sample_inputs(reference)
     ort_io = ([(i.name, i.type) for i in ort_session.get_inputs()], [o.name for o in ort_session.get_outputs()])
     ref_io = ([(i.name, i.type) for i in reference.get_inputs()], [o.name for o in reference.get_outputs()])
@@ -545,8 +554,11 @@ def check_ort_matches(onnx_path: Path, ort_path: Path) -> dict[str, Any]:
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         raise HawqError(f"the converted .ort model fails to run on a sample input: {first[:300]}") from None
-    want = reference.run(None, feeds)
-    plain = unoptimized.run(None, feeds)
+    try:
+        want = reference.run(None, feeds)
+        plain = unoptimized.run(None, feeds)
+    except Exception as exc:
+        raise HawqError(f"the model fails to run in ONNX Runtime on a sample input: {_first_line(exc)}") from None
     names = ref_io[1]
     max_diff = 0.0
     for name, g, w, p in zip(names, got, want, plain):
@@ -636,7 +648,11 @@ def build_bundle(onnx_path: str | os.PathLike, out: str | os.PathLike, *, report
     layers, io = _layers(model)
     preprocessing, classes = preprocessing_and_classes(model, io["inputs"], io["outputs"], model_ref)
 
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".building", dir=dest.resolve().parent))
+    try:
+        dest.absolute().parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".building", dir=dest.resolve().parent))
+    except OSError as exc:
+        raise HawqError(f"cannot write the bundle {dest}: {exc.strerror}; choose another --out") from None
     try:
         shutil.copyfile(src, staging / ONNX_NAME)
         with tempfile.TemporaryDirectory(prefix=".convert.", dir=staging) as scratch:

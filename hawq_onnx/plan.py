@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from hawq_onnx.artifacts import read_json, write_json
 from hawq_onnx.errors import HawqError
 from hawq_onnx.quantization import ACTIVATION_BITS, WEIGHT_BITS
@@ -79,52 +81,99 @@ def save_plan(plan: Plan, path: str | Path) -> Path:
     return write_json(path, plan.to_json())
 
 
+# Parameters, channels and MACs of one layer: far above any real model, and exact in int64 sums.
+MAX_COUNT = 1 << 40
+# A scale must stay a positive, finite number in float32, which the ONNX file stores.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_scale(x: Any) -> bool:
+    return (isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+            and 0 < x <= _FLOAT32_MAX and np.float32(x) > 0)
+
+
 def _check_layer(layer: LayerPlan, where: str) -> None:
-    if layer.w_bits is not None and layer.w_bits not in WEIGHT_BITS:
-        raise HawqError(f"{where}: layer {layer.name} has w_bits {layer.w_bits}, not one of {WEIGHT_BITS} or null")
-    if layer.a_bits is not None and layer.a_bits not in ACTIVATION_BITS:
-        raise HawqError(f"{where}: layer {layer.name} has a_bits {layer.a_bits}, not one of {ACTIVATION_BITS} or null")
+    if not isinstance(layer.name, str) or not layer.name:
+        raise HawqError(f"{where}: a layer has no name (a non-empty string)")
+    for key, minimum in (("params", 1), ("out_channels", 1), ("macs", 0)):
+        value = getattr(layer, key)
+        if not _is_int(value) or not minimum <= value < MAX_COUNT:
+            raise HawqError(f"{where}: layer {layer.name} has an invalid {key} ({value!r:.40})")
+    if not isinstance(layer.kind, str):
+        raise HawqError(f"{where}: layer {layer.name} has an invalid kind ({layer.kind!r:.40})")
+    if not (isinstance(layer.omega, (int, float)) and not isinstance(layer.omega, bool) and math.isfinite(layer.omega)):
+        raise HawqError(f"{where}: layer {layer.name} has an invalid omega ({layer.omega!r:.40})")
+    if layer.w_bits is not None and not (_is_int(layer.w_bits) and layer.w_bits in WEIGHT_BITS):
+        raise HawqError(f"{where}: layer {layer.name} has w_bits {layer.w_bits!r:.20}, not one of {WEIGHT_BITS} or null")
+    if layer.a_bits is not None and not (_is_int(layer.a_bits) and layer.a_bits in ACTIVATION_BITS):
+        raise HawqError(f"{where}: layer {layer.name} has a_bits {layer.a_bits!r:.20}, not one of {ACTIVATION_BITS} or null")
     if layer.weight_scale is not None:
+        if not isinstance(layer.weight_scale, list):
+            raise HawqError(f"{where}: layer {layer.name} has weight scales that are not a list of numbers")
         if len(layer.weight_scale) != layer.out_channels:
             raise HawqError(f"{where}: layer {layer.name} has {len(layer.weight_scale)} weight scales "
                             f"for {layer.out_channels} channels")
-        if not all(isinstance(s, (int, float)) and math.isfinite(s) and s > 0 for s in layer.weight_scale):
-            raise HawqError(f"{where}: layer {layer.name} has a weight scale that is not a positive number")
+        if not all(_is_scale(s) for s in layer.weight_scale):
+            raise HawqError(f"{where}: layer {layer.name} has a weight scale that is not a positive number "
+                            "in float32; calibrate again with `hawq-onnx finetune`")
     q = layer.input_quant
     if q is not None:
-        if not (isinstance(q.scale, (int, float)) and math.isfinite(q.scale) and q.scale > 0):
-            raise HawqError(f"{where}: layer {layer.name} has an input scale that is not a positive number")
-        if not (isinstance(q.zero_point, int) and 0 <= q.zero_point < 2 ** q.bits):
+        if not (_is_int(q.bits) and q.bits in ACTIVATION_BITS):
+            raise HawqError(f"{where}: layer {layer.name} has input_quant bits {q.bits!r:.20}, not one of {ACTIVATION_BITS}")
+        if layer.a_bits is not None and q.bits != layer.a_bits:
+            raise HawqError(f"{where}: layer {layer.name} has input_quant bits {q.bits} but a_bits {layer.a_bits}")
+        if not _is_scale(q.scale):
+            raise HawqError(f"{where}: layer {layer.name} has an input scale that is not a positive number "
+                            "in float32; calibrate again with `hawq-onnx finetune`")
+        if not (_is_int(q.zero_point) and 0 <= q.zero_point < 2 ** q.bits):
             raise HawqError(f"{where}: layer {layer.name} has an input zero point outside [0, 2^{q.bits})")
 
 
 def load_plan(path: str | Path, fingerprint: str | None = None) -> Plan:
     """Read and validate a plan; with ``fingerprint``, check it belongs to that model."""
-    obj = read_json(path, "plan")
-    where = f"plan {path}"
+    return plan_from_json(read_json(path, "plan"), f"plan {path}", fingerprint)
+
+
+def plan_from_json(obj: Any, where: str = "plan", fingerprint: str | None = None) -> Plan:
+    """Validate a plan held in memory (``Plan.to_json()`` output, e.g. inside quantized.pt)."""
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise HawqError(f"{where} is not a hawq-onnx plan (run `hawq-onnx allocate`)")
     if obj.get("version") != VERSION:
         raise HawqError(f"{where} has version {obj.get('version')}, this hawq-onnx reads {VERSION}")
     try:
         layers = []
+        if not isinstance(obj["layers"], list) or not all(isinstance(raw, dict) for raw in obj["layers"]):
+            raise TypeError("'layers' is not a list of objects")
         for raw in obj["layers"]:
             raw = dict(raw)
             iq = raw.pop("input_quant", None)
+            if iq is not None and not isinstance(iq, dict):
+                raise TypeError("input_quant is not an object")
             layer = LayerPlan(**raw, input_quant=ActivationQuant(**iq) if iq is not None else None)
             _check_layer(layer, where)
             layers.append(layer)
         fields = {k: obj[k] for k in ("budget", "totals", "allocation", "pareto", "calibration") if k in obj}
         plan = Plan(model=obj["model"], fingerprint=obj["fingerprint"], layers=layers, **fields)
+        for key, kind in (("model", str), ("fingerprint", str), ("budget", dict), ("totals", dict),
+                          ("allocation", dict), ("pareto", list)):
+            if not isinstance(getattr(plan, key), kind):
+                raise TypeError(f"{key!r} is not a {kind.__name__}")
+        if plan.calibration is not None and not isinstance(plan.calibration, dict):
+            raise TypeError("'calibration' is not an object or null")
     except HawqError:
         raise
     except (KeyError, TypeError, ValueError) as exc:
-        raise HawqError(f"{where} is malformed ({exc.__class__.__name__}: {exc})") from None
+        raise HawqError(f"{where} is malformed ({exc.__class__.__name__}: {exc}); make it again with "
+                        "`hawq-onnx allocate` (or finetune)") from None
     if not plan.layers:
         raise HawqError(f"{where} lists no layers")
     names = [layer.name for layer in plan.layers]
     if len(set(names)) != len(names):
-        raise HawqError(f"{where} names a layer twice")
+        raise HawqError(f"{where} names a layer twice; make it again with `hawq-onnx allocate`")
     if fingerprint is not None and plan.fingerprint != fingerprint:
         raise HawqError(f"{where} was made for another model (fingerprint {plan.fingerprint}, "
                         f"this model {fingerprint}); allocate a plan for this model")

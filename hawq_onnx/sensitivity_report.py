@@ -77,8 +77,43 @@ def save_sensitivity(report: SensitivityReport, path: str | Path) -> Path:
     return write_json(path, report.to_json())
 
 
+# Parameters, channels and MACs of one layer: far above any real model, and exact in int64 sums.
+MAX_COUNT = 1 << 40
+
+
 def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _count(x: Any, minimum: int = 0) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and minimum <= x < MAX_COUNT
+
+
+def _bits_table(table: Any) -> bool:
+    """{"4": 0.12, ...}: bit widths as keys, finite non-negative numbers as values."""
+    return isinstance(table, dict) and all(isinstance(k, str) and k.isdigit() and _finite(v) and v >= 0
+                                           for k, v in table.items())
+
+
+def _check_layer(layer: LayerSensitivity, where: str) -> None:
+    if not isinstance(layer.name, str) or not layer.name:
+        raise HawqError(f"{where}: a layer has no name (a non-empty string)")
+    bad = [key for key, ok in (
+        ("kind", isinstance(layer.kind, str)), ("status", isinstance(layer.status, str)),
+        ("params", _count(layer.params, 1)), ("out_channels", _count(layer.out_channels, 1)),
+        ("macs", _count(layer.macs)), ("eigen_iterations", _count(layer.eigen_iterations)),
+        ("trace_probes", _count(layer.trace_probes)), ("act_elements", _count(layer.act_elements)),
+        ("eigen_converged", isinstance(layer.eigen_converged, bool)),
+        ("trace_converged", isinstance(layer.trace_converged, bool)),
+        *((key, _finite(getattr(layer, key))) for key in ("top_eigenvalue", "trace", "trace_std_error", "seconds",
+                                                           "act_trace", "act_trace_std_error")),
+        ("perturbation", isinstance(layer.perturbation, dict) and all(
+            isinstance(k, str) and _bits_table(v) for k, v in layer.perturbation.items())),
+        ("act_perturbation", _bits_table(layer.act_perturbation)),
+    ) if not ok]
+    if bad:
+        raise HawqError(f"{where}: layer {layer.name} has an invalid {bad[0]} ({getattr(layer, bad[0])!r:.60}); "
+                        "rerun `hawq-onnx analyze`")
 
 
 def load_sensitivity(path: str | Path) -> SensitivityReport:
@@ -89,24 +124,32 @@ def load_sensitivity(path: str | Path) -> SensitivityReport:
     if obj.get("version") != VERSION:
         raise HawqError(f"{where} has version {obj.get('version')}, this hawq-onnx reads {VERSION}")
     try:
+        if not isinstance(obj["layers"], list) or not all(isinstance(raw, dict) for raw in obj["layers"]):
+            raise TypeError("'layers' is not a list of objects")
         layers = []
         for raw in obj["layers"]:
             raw = dict(raw)
             raw.pop("trace_per_param", None)
             layer = LayerSensitivity(**raw)
-            for key in ("top_eigenvalue", "trace", "trace_std_error"):
-                if not _finite(getattr(layer, key)):
-                    raise HawqError(f"{where}: layer {layer.name} has a non-finite {key}")
-            if not isinstance(layer.params, int) or layer.params <= 0:
-                raise HawqError(f"{where}: layer {layer.name} has an invalid parameter count")
+            _check_layer(layer, where)
             layers.append(layer)
         report = SensitivityReport(model=obj["model"], fingerprint=obj["fingerprint"], data=obj["data"],
                                    settings=obj["settings"], layers=layers, seconds=obj.get("seconds", 0.0),
                                    float_weight_bytes=obj.get("float_weight_bytes", 0))
+        for key in ("model", "fingerprint", "data"):
+            if not isinstance(getattr(report, key), str):
+                raise TypeError(f"{key!r} is not a string")
+        if not isinstance(report.settings, dict) or not _finite(report.seconds) \
+                or not _count(report.float_weight_bytes, 0):
+            raise TypeError("'settings', 'seconds' or 'float_weight_bytes' has the wrong type")
     except HawqError:
         raise
     except (KeyError, TypeError, ValueError) as exc:
-        raise HawqError(f"{where} is malformed ({exc.__class__.__name__}: {exc})") from None
+        raise HawqError(f"{where} is malformed ({exc.__class__.__name__}: {exc}); rerun `hawq-onnx analyze`") from None
     if not report.layers:
         raise HawqError(f"{where} lists no layers")
+    names = [layer.name for layer in report.layers]
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise HawqError(f"{where} names layer {twice[0]} twice; rerun `hawq-onnx analyze`")
     return report

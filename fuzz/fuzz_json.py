@@ -1,0 +1,93 @@
+"""Fuzz the commands that read sensitivity.json and plan.json with thousands of broken files.
+
+    python fuzz/fuzz_json.py [--cases 3000] [--seed 0] [--timeout 30] [--targets allocate,export,finetune]
+
+Seeds: the digits CNN's real sensitivity.json, plan.json and calibrated plan
+(``seed_artifacts.py``). Targets, through the command line:
+
+- ``allocate --sensitivity BROKEN --budget 6x``: a plan written must load;
+- ``export --plan BROKEN`` (a calibrated plan): a model written must pass the checker and load
+  in ONNX Runtime;
+- ``finetune --plan BROKEN --order ptq``: quantized.pt and its plan must load.
+
+Counts per target as in ``harness.py``; exit status 1 when anything but ok/clean occurred.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import Report, run_cases, run_cli, speedups  # noqa: E402
+from json_mutations import mutate  # noqa: E402
+from seed_artifacts import Artifacts, build_artifacts  # noqa: E402
+
+TARGETS = ("allocate", "export", "finetune")
+
+
+def seed_file(art: Artifacts, target: str) -> Path:
+    return {"allocate": art.sensitivity, "export": art.calibrated_plan, "finetune": art.plan}[target]
+
+
+def run_target(target: str, path: Path) -> str:
+    """One broken file through one command, in a fresh output folder beside it."""
+    out = Path(tempfile.mkdtemp(prefix="out-", dir=path.parent))
+    if target == "allocate":
+        from hawq_onnx.plan import load_plan
+
+        plan = out / "plan.json"
+        return run_cli(["allocate", "--sensitivity", str(path), "--budget", "6x", "--out", str(plan)], [plan], out,
+                       lambda: load_plan(plan))
+    if target == "export":
+        from hawq_onnx.ort_session import open_session
+
+        model = out / "q.onnx"
+        return run_cli(["export", "--plan", str(path), "--out", str(model)], [model], out,
+                       lambda: open_session(model))
+    if target == "finetune":
+        from hawq_onnx.finetune import load_quantized
+        from hawq_onnx.plan import load_plan
+
+        q, p = out / "q.pt", out / "q.plan.json"
+        return run_cli(["finetune", "--plan", str(path), "--order", "ptq", "--out", str(q)], [q, p], out,
+                       lambda: (load_quantized(q), load_plan(p)))
+    raise ValueError(target)
+
+
+def cases(seed: bytes, count: int, rng: np.random.Generator):
+    for _ in range(count):
+        yield mutate(seed, rng)
+
+
+def fuzz(target: str, art: Artifacts, count: int, seed: int, timeout: float, forked: bool = True) -> Report:
+    rng = np.random.default_rng(seed)
+    data = seed_file(art, target).read_bytes()
+    return run_cases(cases(data, count, rng), lambda p: run_target(target, p), timeout=timeout, suffix=".json",
+                     forked=forked)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cases", type=int, default=3000, help="cases per target")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--timeout", type=float, default=30.0)
+    ap.add_argument("--targets", default=",".join(TARGETS))
+    args = ap.parse_args()
+    speedups()
+    bad = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        art = build_artifacts(Path(tmp) / "seed")
+        for target in args.targets.split(","):
+            report = fuzz(target, art, args.cases, args.seed, args.timeout)
+            print(report.line(target), flush=True)
+            bad += report.bad
+    sys.exit(1 if bad else 0)
+
+
+if __name__ == "__main__":
+    main()

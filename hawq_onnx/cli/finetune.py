@@ -1,0 +1,64 @@
+"""`hawq-onnx finetune`: plan.json -> quantized.pt and the plan with its final scales."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from hawq_onnx.cli._options import data_option, device_option, model_options, seed_option
+
+
+def default_plan_out(out: str) -> Path:
+    """quantized.pt -> quantized.plan.json, beside it."""
+    p = Path(out)
+    return p.with_name(p.stem + ".plan.json")
+
+
+@click.command("finetune")
+@model_options
+@data_option
+@click.option("--plan", "plan_path", required=True, type=click.Path(dir_okay=False), help="plan.json from allocate.")
+@click.option("--sensitivity", default=None, type=click.Path(dir_okay=False),
+              help="sensitivity.json: order blocks by Tr(H)/n instead of the plan's Omega.")
+@click.option("--order", type=click.Choice(["hawq", "single", "ptq"]), default="hawq", show_default=True,
+              help="hawq: most sensitive blocks first, in stages; single: all at once; ptq: calibration only.")
+@click.option("--epochs", type=float, default=None, help="Training budget in epochs, all stages together [default: 5].")
+@click.option("--steps", type=int, default=None, help="Training budget in optimizer steps (instead of --epochs).")
+@click.option("--lr", type=float, default=0.01, show_default=True, help="Peak learning rate (SGD, warm-up then cosine).")
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--distill/--no-distill", default=True, show_default=True, help="Distil from the float model.")
+@click.option("--data-fraction", type=float, default=1.0, show_default=True, help="Train on this fraction of the training split.")
+@seed_option
+@device_option
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output quantized.pt.")
+@click.option("--plan-out", default=None, type=click.Path(dir_okay=False),
+              help="Output calibrated plan [default: <out stem>.plan.json beside --out].")
+def command(model_ref, weights, input_shape, data, plan_path, sensitivity, order, epochs, steps, lr, batch_size,
+            distill, data_fraction, seed, device, out, plan_out):
+    """Quantize a model as its plan says and fine-tune it (HAWQ order), or calibrate only (ptq)."""
+    from hawq_onnx.artifacts import check_output_path
+    from hawq_onnx.data import load_data, resolve_source
+    from hawq_onnx.finetune import finetune, fold_copy, save_quantized
+    from hawq_onnx.model_source import load_model, model_fingerprint, parse_input_shape
+    from hawq_onnx.plan import load_plan, save_plan
+    from hawq_onnx.sensitivity_report import load_sensitivity
+
+    plan_out = plan_out or str(default_plan_out(out))
+    inputs = (weights, plan_path, sensitivity)
+    check_output_path(out, inputs)
+    check_output_path(plan_out, inputs + (out,))
+    loaded = load_model(model_ref, weights, parse_input_shape(input_shape))
+    plan = load_plan(plan_path, model_fingerprint(fold_copy(loaded.module, loaded.input_shape)))
+    report = load_sensitivity(sensitivity) if sensitivity else None
+    dataset = load_data(resolve_source(data, loaded.spec), loaded.spec, seed=seed)
+    result = finetune(loaded, plan, dataset, order=order, epochs=epochs, steps=steps, lr=lr,
+                      batch_size=batch_size, distill=distill, data_fraction=data_fraction, seed=seed,
+                      device=device, progress=True, sensitivity=report)
+    save_quantized(result, out)
+    save_plan(result.plan, plan_out)
+    trained = sum(h["steps"] for h in result.history)
+    click.echo(f"float top-1 {100 * result.float_accuracy:.2f} %, quantized top-1 {100 * result.quant_accuracy:.2f} % "
+               f"({100 * (result.quant_accuracy - result.float_accuracy):+.2f} points) on {len(dataset.test)} test samples")
+    click.echo(f"{order}: {len(result.history)} stage(s), {trained} steps, {result.seconds:.1f} s on {device}")
+    click.echo(f"wrote {out} and {plan_out}")

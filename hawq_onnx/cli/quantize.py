@@ -1,0 +1,67 @@
+"""`hawq-onnx quantize`: the whole pipeline in one command."""
+
+from __future__ import annotations
+
+import click
+
+from hawq_onnx.cli._options import data_option, device_option, model_options, seed_option
+
+
+def _bits(value: str, allowed: tuple[int, ...], option: str) -> tuple[int, ...]:
+    from hawq_onnx.errors import HawqError
+
+    try:
+        bits = tuple(sorted({int(v) for v in value.split(",") if v.strip()}))
+    except ValueError:
+        raise HawqError(f"{option} {value!r} is not a comma-separated list of bit widths") from None
+    if not bits or any(b not in allowed for b in bits):
+        raise HawqError(f"{option} {value!r}: choose from {', '.join(map(str, allowed))}")
+    return bits
+
+
+@click.command("quantize")
+@model_options
+@data_option
+@click.option("--budget", default="8x", show_default=True,
+              help="Weight size: compression ratio against float32 (13x) or bytes (800KB, 1.2MiB).")
+@click.option("--w-bits", default="2,4,8", show_default=True, help="Candidate weight bits (2, 3, 4, 8).")
+@click.option("--a-bits", default="4", show_default=True,
+              help="Candidate activation bits inside the network (4, 8); first and last layer stay 8-bit.")
+@click.option("--epochs", type=float, default=None, help="Fine-tuning epochs, all stages together [default: 5].")
+@click.option("--order", type=click.Choice(["hawq", "single", "ptq"]), default="hawq", show_default=True,
+              help="hawq: most sensitive blocks first; single: all at once; ptq: calibration only.")
+@click.option("--lr", type=float, default=0.01, show_default=True)
+@click.option("--batches", type=int, default=1, show_default=True, help="Batches for the Hessian analysis.")
+@click.option("--batch-size", type=int, default=256, show_default=True, help="Batch size of the Hessian analysis.")
+@click.option("--target", type=click.Choice(["ort-cpu", "compact"]), default="ort-cpu", show_default=True)
+@click.option("--baseline", type=click.Choice(["ort-int8"]), default=None, help="Also validate ONNX Runtime's own int8.")
+@click.option("--runs", type=int, default=50, show_default=True, help="Latency runs per model and batch size (0: skip).")
+@click.option("--max-drop", type=float, default=None, help="Exit 1 when top-1 drops by more points than this.")
+@device_option
+@seed_option
+@click.option("--force", is_flag=True, help="Recompute every stage even when its inputs did not change.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+def command(model_ref, weights, input_shape, data, budget, w_bits, a_bits, epochs, order, lr, batches, batch_size,
+            target, baseline, runs, max_drop, device, seed, force, out):
+    """Analyze, allocate, fine-tune, export and validate: every artefact in OUT.
+
+    Without --model and --data it runs the embedded default: the zoo's digits CNN on
+    scikit-learn's digits.
+    """
+    from hawq_onnx.model_source import parse_input_shape
+    from hawq_onnx.pipeline import QuantizeConfig, run_quantize
+
+    cfg = QuantizeConfig(model_ref=model_ref, weights=weights, input_shape=parse_input_shape(input_shape), data=data,
+                         budget=budget, w_bits=_bits(w_bits, (2, 3, 4, 8), "--w-bits"),
+                         a_bits=_bits(a_bits, (4, 8), "--a-bits"), epochs=epochs, order=order, lr=lr,
+                         analysis_batches=batches, analysis_batch_size=batch_size, target=target, device=device,
+                         seed=seed, baseline=baseline, latency_runs=runs, max_drop=max_drop, force=force)
+    s = run_quantize(cfg, out, progress=True, say=lambda line: click.echo(line, err=True))
+    click.echo("")
+    click.echo(f"top-1: float {100 * s.float_top1:.2f} %, quantized {100 * s.quant_top1:.2f} % "
+               f"({-s.drop_points:+.2f} points)")
+    click.echo(f"weights: {s.weight_ratio:.2f}x smaller than float32; file: {s.file_ratio:.2f}x smaller")
+    if s.latency_speedup:
+        click.echo("latency (ONNX Runtime CPU): " + ", ".join(
+            f"{v:.2f}x at batch {b}" for b, v in sorted(s.latency_speedup.items())) + " vs float")
+    click.echo(f"report: {s.files['report.md']} ({s.seconds:.0f} s; reused: {', '.join(s.reused) or 'nothing'})")

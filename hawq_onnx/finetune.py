@@ -1,0 +1,500 @@
+"""Quantization-aware fine-tuning of a plan: HAWQ order, single stage, or post-training only.
+
+Everything happens on a BatchNorm-folded copy of the user's model (their module is never
+touched): BatchNorm statistics are frozen from the first step, as HAWQ-V3 does, because the
+weights that get quantized are the folded ones the exporter writes.
+
+Schedules (``order``):
+- ``hawq``: layers are grouped into blocks (their parent module, ``layer1.0`` for a ResNet
+  block; a layer directly under the root is its own block), ordered most sensitive first
+  (the sum of the plan's Omega, or Tr(H)/n from a sensitivity report). Stage k quantizes
+  blocks 1..k (earlier stages stay quantized), calibrates the new block and fine-tunes the
+  whole network. The step budget is shared: the last stage (everything quantized) gets
+  ``final_share`` of it, the earlier stages split the rest equally.
+- ``single``: quantize everything, calibrate, fine-tune once.
+- ``ptq``: calibrate only (observers on the calibration split, weight scales from the weights).
+
+Training: SGD with momentum (or AdamW) on the weights and biases; the step sizes get their LSQ
+gradient and are updated by Adam in log space (``LogAdam``), because the folded network's
+weights need a small learning rate (no BatchNorm left to absorb the curvature: SGD diverges on
+ResNet20 at lr 3e-3) at which plain SGD leaves the step sizes where calibration put them. Linear
+warm-up then cosine decay within each stage, optional distillation from the float model (KL
+on temperature-softened logits plus cross-entropy), seeded data order and augmentation.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from itertools import count
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from hawq_onnx.artifacts import write_with
+from hawq_onnx.bn_fold import fold_batchnorm
+from hawq_onnx.data import Dataset, Split
+from hawq_onnx.errors import HawqError
+from hawq_onnx.fake_quant import (DEFAULT_WEIGHT_METHOD, calibrate, export_plan_scales, quant_layers, quantize_model,
+                                  set_scale_learning, strip_fake_quant)
+from hawq_onnx.model_source import LoadedModel, apply_weights, model_fingerprint
+from hawq_onnx.observers import DEFAULT_OBSERVER, OBSERVERS
+from hawq_onnx.plan import Plan, plan_from_json
+from hawq_onnx.sensitivity_report import SensitivityReport
+
+log = logging.getLogger(__name__)
+
+ORDERS = ("hawq", "single", "ptq")
+OPTIMIZERS = ("sgd", "adam")
+AUGMENTS = ("auto", "none", "shift", "shift-flip")
+DEFAULT_EPOCHS = 5.0
+CHECKPOINT_FORMAT = "hawq-onnx-quantized"
+CHECKPOINT_VERSION = 1
+EVAL_BATCH = 256
+CALIB_BATCH = 128
+
+
+@dataclass
+class Block:
+    """Layers quantized together in one HAWQ stage."""
+
+    name: str
+    layers: list[str]
+    sensitivity: float = 0.0
+
+
+@dataclass
+class FinetuneResult:
+    model: nn.Module              # the fake-quant model (eval mode, step sizes frozen)
+    plan: Plan                    # the plan with the final scales and ranges
+    float_accuracy: float         # top-1 of the folded float model on the test split
+    quant_accuracy: float         # top-1 of the fake-quant model on the test split
+    seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    reference: str = ""           # the model reference (zoo name or FILE.py:factory)
+    fingerprint: str = ""         # of the folded model
+
+    def float_state_dict(self) -> dict[str, torch.Tensor]:
+        """The folded float weights after fine-tuning, keys as in the folded model."""
+        return {k: v.detach().cpu() for k, v in strip_fake_quant(self.model).state_dict().items()}
+
+
+# --- the pieces ------------------------------------------------------------------------------
+
+def fold_copy(module: nn.Module, input_shape: tuple[int, ...]) -> nn.Module:
+    """A BatchNorm-folded deepcopy in eval mode; ``module`` is untouched."""
+    folded = copy.deepcopy(module)
+    fold_batchnorm(folded, input_shape)
+    return folded.eval()
+
+
+def blocks_of(plan: Plan) -> list[Block]:
+    """Quantized layers grouped by parent module path, in plan (module) order."""
+    blocks: dict[str, Block] = {}
+    for lp in plan.layers:
+        if lp.w_bits is None and lp.a_bits is None:
+            continue
+        parent = lp.name.rpartition(".")[0]
+        key = parent if parent else lp.name
+        blocks.setdefault(key, Block(key, [])).layers.append(lp.name)
+    return list(blocks.values())
+
+
+def order_blocks(plan: Plan, sensitivity: SensitivityReport | None = None) -> list[Block]:
+    """Blocks most sensitive first: sum of Omega, or the block's Tr(H) / params from a report.
+
+    Ties keep module order (a stable sort).
+    """
+    blocks = blocks_of(plan)
+    for block in blocks:
+        if sensitivity is None:
+            block.sensitivity = float(sum(plan.layer(n).omega for n in block.layers))
+        else:
+            try:
+                layers = [sensitivity.layer(n) for n in block.layers]
+            except KeyError as exc:
+                raise HawqError(f"the sensitivity report has no layer {exc.args[0]}; "
+                                "analyze the model the plan was made for") from None
+            block.sensitivity = sum(l.trace for l in layers) / max(1, sum(l.params for l in layers))
+    return sorted(blocks, key=lambda b: -b.sensitivity)
+
+
+def stage_steps(total: int, stages: int, final_share: float) -> list[int]:
+    """Steps per stage: the last gets ``final_share`` of ``total``, the others split the rest."""
+    if stages <= 1:
+        return [total]
+    final = int(round(total * final_share))
+    rest = total - final
+    base, extra = divmod(rest, stages - 1)
+    return [base + (1 if k < extra else 0) for k in range(stages - 1)] + [final]
+
+
+def warmup_cosine(steps: int, warmup: float):
+    """LR multiplier: linear warm-up over ``warmup`` of the steps, then cosine decay to 0."""
+    warm = int(math.ceil(steps * warmup))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(1, steps - warm)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor | None, y: torch.Tensor,
+                      weight: float, temperature: float) -> torch.Tensor:
+    """(1 - weight) * CE(y) + weight * T^2 * KL(teacher_T || student_T) (Hinton et al.)."""
+    ce = F.cross_entropy(logits, y)
+    if teacher_logits is None or weight == 0.0:
+        return ce
+    t = temperature
+    kl = F.kl_div(F.log_softmax(logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
+                  reduction="batchmean", log_target=True)
+    return (1.0 - weight) * ce + weight * t * t * kl
+
+
+def default_augment(dataset: Dataset) -> str:
+    """Random shifts and flips for CIFAR-10 (its training recipe); none elsewhere (digits are not flippable)."""
+    return "shift-flip" if dataset.name.startswith("cifar10") else "none"
+
+
+def augment_batch(x: torch.Tensor, mode: str, generator: torch.Generator) -> torch.Tensor:
+    """Per-sample random crops of a zero-padded image (pad = H/8) and horizontal flips (NCHW only)."""
+    if mode == "none" or x.dim() != 4:
+        return x
+    n, _, h, w = x.shape
+    pad = max(1, h // 8)
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w)[None, :])
+    if mode == "shift-flip":
+        flip = torch.rand(n, generator=generator) < 0.5
+        cols = torch.where(flip[:, None], cols.flip(1), cols)
+    cols = cols[:, None, None, :]
+    return padded[torch.arange(n)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None], rows, cols]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, *, batch_size: int = EVAL_BATCH, device: str = "cpu") -> float:
+    """Top-1 accuracy (fraction) on a split."""
+    was_training = model.training
+    model.eval()
+    correct = 0
+    for x, y in split.batches(batch_size):
+        correct += int((model(x.to(device)).argmax(1).cpu() == y).sum())
+    model.train(was_training)
+    return correct / len(split)
+
+
+class LogAdam(torch.optim.Optimizer):
+    """Adam in log space for step sizes: s <- s * exp(-lr * m_hat / (sqrt(v_hat) + eps)) on g = s * dL/ds.
+
+    Multiplicative updates keep a step size positive and move it by relative amounts whatever
+    its magnitude (a dead channel's 1e-7 and an activation's 0.3 alike); Adam's normalisation
+    makes LSQ's gradient scale irrelevant here.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["t"], state["m"], state["v"] = 0, torch.zeros_like(p), torch.zeros_like(p)
+                state["t"] += 1
+                g = p.grad * p
+                state["m"].mul_(beta1).add_(g, alpha=1 - beta1)
+                state["v"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                m_hat = state["m"] / (1 - beta1 ** state["t"])
+                v_hat = state["v"] / (1 - beta2 ** state["t"])
+                p.mul_(torch.exp(-group["lr"] * m_hat / (v_hat.sqrt() + group["eps"])))
+
+
+def _freeze_batchnorm(model: nn.Module) -> None:
+    # BatchNorm that was not folded (not behind a conv) keeps its statistics: HAWQ-V3's choice.
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def _train_batches(split: Split, batch_size: int, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for epoch in count():
+        yield from split.batches(batch_size, shuffle=True, seed=seed * 100_003 + epoch, drop_last=True)
+
+
+def _subset(split: Split, fraction: float, seed: int) -> Split:
+    if fraction >= 1.0:
+        return split
+    n = max(1, int(round(len(split) * fraction)))
+    idx = np.sort(np.random.default_rng(seed).permutation(len(split))[:n])
+    return Split(split.x[idx], split.y[idx])
+
+
+def _resolve_device(device: str) -> str:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise HawqError("--device cuda: CUDA is not available on this machine; use --device cpu")
+    if device not in ("cpu", "cuda"):
+        raise HawqError(f"unknown device {device!r}; use cpu or cuda")
+    return device
+
+
+def _bits_only(plan: Plan) -> Plan:
+    return replace(plan, layers=[replace(lp, weight_scale=None, input_quant=None) for lp in plan.layers],
+                   calibration=None)
+
+
+@dataclass
+class _Training:
+    """What every stage's loop needs."""
+
+    teacher: nn.Module | None
+    optimizer: str
+    step_sizes: list[nn.Parameter]  # learned (LSQ) with LogAdam at scale_lr; empty when frozen
+    scale_lr: float
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
+    lr: float
+    momentum: float
+    weight_decay: float
+    warmup: float
+    distill_weight: float
+    temperature: float
+    augment: str
+    generator: torch.Generator
+    device: str
+    progress: bool
+
+
+def _train_stage(qmodel: nn.Module, steps: int, cfg: _Training, desc: str) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    steps_sizes = {id(p) for p in cfg.step_sizes}
+    params = [p for p in qmodel.parameters() if p.requires_grad and id(p) not in steps_sizes]
+    decay = [p for p in params if p.dim() > 1]  # weights; not biases
+    no_decay = [p for p in params if p.dim() <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "adam":
+        opt = torch.optim.AdamW(groups, lr=cfg.lr)
+    else:
+        opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    optimizers = [opt] + ([LogAdam(cfg.step_sizes, lr=cfg.scale_lr)] if cfg.step_sizes else [])
+    schedule = warmup_cosine(steps, cfg.warmup)
+    scheds = [torch.optim.lr_scheduler.LambdaLR(o, schedule) for o in optimizers]
+    qmodel.train()
+    _freeze_batchnorm(qmodel)
+    loss_sum, correct, seen = 0.0, 0, 0
+    start = time.perf_counter()
+    bar = tqdm(range(steps), desc=desc, disable=not cfg.progress, file=sys.stderr, leave=False)
+    for _ in bar:
+        x, y = next(cfg.batches)
+        x = augment_batch(x, cfg.augment, cfg.generator).to(cfg.device)
+        y = y.to(cfg.device)
+        teacher_logits = None
+        if cfg.teacher is not None:
+            with torch.no_grad():
+                teacher_logits = cfg.teacher(x)
+        logits = qmodel(x)
+        loss = distillation_loss(logits, teacher_logits, y, cfg.distill_weight, cfg.temperature)
+        if not torch.isfinite(loss):
+            raise HawqError(f"{desc}: the training loss became {float(loss.detach())}; lower --lr")
+        for o in optimizers:
+            o.zero_grad(set_to_none=True)
+        loss.backward()
+        for o, sched in zip(optimizers, scheds):
+            o.step()
+            sched.step()
+        loss_sum += float(loss.detach()) * len(y)
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(y)
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", top1=f"{100 * correct / seen:.1f}%")
+    bar.close()
+    qmodel.eval()
+    # The loss is checked before each step; the last step can still blow the weights up.
+    if not all(torch.isfinite(p).all() for p in qmodel.parameters()):
+        raise HawqError(f"{desc}: training diverged (weights became NaN or Inf); lower --lr")
+    return {"steps": steps, "loss": loss_sum / seen if seen else None,
+            "train_top1": correct / seen if seen else None, "seconds": time.perf_counter() - start}
+
+
+# --- the schedule ------------------------------------------------------------------------------
+
+def finetune(loaded: LoadedModel, plan: Plan, dataset: Dataset, *, order: str = "hawq",
+             epochs: float | None = None, steps: int | None = None, optimizer: str = "sgd", lr: float = 0.01,
+             momentum: float = 0.9,
+             weight_decay: float = 1e-4, batch_size: int = 128, distill: bool = True,
+             distill_weight: float = 0.5, temperature: float = 2.0, data_fraction: float = 1.0,
+             learn_scales: bool = True, scale_lr: float = 1e-3, weight_method: str = DEFAULT_WEIGHT_METHOD,
+             observer: str = DEFAULT_OBSERVER, final_share: float = 0.5, warmup: float = 0.05,
+             augment: str = "auto", seed: int = 0, device: str = "cpu", progress: bool = False,
+             sensitivity: SensitivityReport | None = None) -> FinetuneResult:
+    """Quantize ``loaded``'s model as ``plan`` says and fine-tune it (or only calibrate: ``ptq``).
+
+    ``epochs`` (fractions allowed) or ``steps`` is the whole training budget (default
+    DEFAULT_EPOCHS epochs). Scales already in ``plan`` are recomputed. Returns the fake-quant
+    model, the plan with its final scales, and top-1 of the float and quantized models on the
+    test split.
+    """
+    start = time.perf_counter()
+    if order not in ORDERS:
+        raise HawqError(f"unknown order {order!r}; use one of {', '.join(ORDERS)}")
+    if epochs is not None and steps is not None:
+        raise HawqError("give --epochs or --steps, not both")
+    if (epochs is not None and not 0 <= epochs < math.inf) or (steps is not None and steps < 0):
+        raise HawqError("--epochs and --steps must be finite and not negative")
+    if not 0.0 < data_fraction <= 1.0:
+        raise HawqError(f"--data-fraction must be in (0, 1], got {data_fraction}")
+    if not 0 < lr < math.inf or batch_size <= 0:
+        raise HawqError("--lr and --batch-size must be positive")
+    if not 0.0 <= distill_weight <= 1.0 or not temperature > 0:
+        raise HawqError("the distillation weight must be in [0, 1] and the temperature positive")
+    if not 0.0 <= final_share <= 1.0 or not 0.0 <= warmup < 1.0:
+        raise HawqError("final_share must be in [0, 1] and warmup in [0, 1)")
+    if not (math.isfinite(scale_lr) and scale_lr > 0):
+        raise HawqError(f"the step-size learning rate must be positive and finite, got {scale_lr}")
+    if optimizer not in OPTIMIZERS:
+        raise HawqError(f"unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
+    if observer not in OBSERVERS:
+        raise HawqError(f"unknown observer {observer!r}; use one of {', '.join(OBSERVERS)}")
+    if augment not in AUGMENTS:
+        raise HawqError(f"unknown augmentation {augment!r}; use one of {', '.join(AUGMENTS)}")
+    device = _resolve_device(device)
+    torch.manual_seed(seed)
+
+    folded = fold_copy(loaded.module, loaded.input_shape).to(device)
+    fingerprint = model_fingerprint(folded)
+    if plan.fingerprint != fingerprint:
+        raise HawqError(f"the plan was made for another model (fingerprint {plan.fingerprint}, this model "
+                        f"{fingerprint}); allocate a plan for this model")
+    if sensitivity is not None and sensitivity.fingerprint != fingerprint:
+        raise HawqError(f"the sensitivity report was made for another model (fingerprint {sensitivity.fingerprint}, "
+                        f"this model {fingerprint})")
+    for param in folded.parameters():
+        param.requires_grad_(False)
+
+    qmodel = quantize_model(folded, _bits_only(plan), weight_method=weight_method)
+    for param in qmodel.parameters():
+        param.requires_grad_(True)
+    step_sizes = set_scale_learning(qmodel, learn_scales)
+    wrapped = quant_layers(qmodel)
+    calib = list(dataset.calib.batches(CALIB_BATCH))
+    calib_kwargs = dict(observer=observer, weight_method=weight_method, device=device)
+
+    train = _subset(dataset.train, data_fraction, seed)
+    batch_size = min(batch_size, len(train))
+    if steps is None:
+        steps = int(round((DEFAULT_EPOCHS if epochs is None else epochs) * (len(train) // batch_size)))
+    if order == "ptq":
+        steps = 0
+    blocks = order_blocks(plan, sensitivity) if order == "hawq" else [Block("all", list(wrapped))]
+    budget = stage_steps(steps, len(blocks), final_share) if order == "hawq" else [steps]
+    if order == "hawq":
+        for q in wrapped.values():
+            q.enabled = False
+    cfg = _Training(teacher=folded if distill else None, optimizer=optimizer,
+                    step_sizes=step_sizes if learn_scales else [], scale_lr=scale_lr, batches=_train_batches(train, batch_size, seed),
+                    lr=lr, momentum=momentum, weight_decay=weight_decay, warmup=warmup,
+                    distill_weight=distill_weight if distill else 0.0, temperature=temperature,
+                    augment=default_augment(dataset) if augment == "auto" else augment,
+                    generator=torch.Generator().manual_seed(seed), device=device, progress=progress)
+
+    history: list[dict[str, Any]] = []
+    samples = 0
+    for k, (block, n_steps) in enumerate(zip(blocks, budget), 1):
+        for name in block.layers:
+            wrapped[name].enabled = True
+        samples = calibrate(qmodel, calib, layers=block.layers, **calib_kwargs)
+        entry: dict[str, Any] = {"stage": k, "block": block.name, "layers": list(block.layers),
+                                 "sensitivity": block.sensitivity, "steps": 0}
+        if n_steps > 0:
+            desc = f"stage {k}/{len(blocks)} {block.name}" if order == "hawq" else "fine-tuning"
+            entry.update(_train_stage(qmodel, n_steps, cfg, desc))
+            log.info("%s: %d steps, loss %.4f, train top-1 %.2f %%", desc, n_steps, entry["loss"],
+                     100 * entry["train_top1"])
+        history.append(entry)
+
+    set_scale_learning(qmodel, False)
+    for param in qmodel.parameters():
+        param.requires_grad_(False)
+    qmodel.eval()
+    float_accuracy = evaluate(folded, dataset.test, device=device)
+    quant_accuracy = evaluate(qmodel, dataset.test, device=device)
+    calibrated = export_plan_scales(qmodel, plan)
+    calibrated.calibration = {
+        "data": dataset.name, "samples": samples, "observer": observer, "weight_method": weight_method,
+        "order": order, "steps": steps, "batch_size": batch_size, "lr": lr, "distill": distill,
+        "learn_scales": learn_scales, "data_fraction": data_fraction, "seed": seed,
+        "blocks": [b.name for b in blocks] if order == "hawq" else None,
+        "float_top1": float_accuracy, "quant_top1": quant_accuracy,
+    }
+    return FinetuneResult(qmodel.cpu(), calibrated, float_accuracy, quant_accuracy, time.perf_counter() - start,
+                          history, loaded.reference, fingerprint)
+
+
+# --- quantized.pt ------------------------------------------------------------------------------
+
+@dataclass
+class QuantizedCheckpoint:
+    model: str                          # the model reference it was made from
+    fingerprint: str                    # of the folded model
+    state_dict: dict[str, torch.Tensor]  # folded float weights after fine-tuning
+    plan: Plan                          # calibrated
+
+
+def save_quantized(result: FinetuneResult, path: str | Path) -> Path:
+    """Write quantized.pt atomically: the folded fine-tuned float weights and the calibrated plan."""
+    payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model": result.reference,
+               "fingerprint": result.fingerprint, "state_dict": result.float_state_dict(),
+               "plan": result.plan.to_json()}
+    return write_with(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_quantized(path: str | Path, fingerprint: str | None = None) -> QuantizedCheckpoint:
+    """Read quantized.pt; with ``fingerprint``, check it belongs to that (folded) model."""
+    p = Path(path)
+    where = f"quantized checkpoint {p}"
+    if not p.is_file():
+        raise HawqError(f"{where} does not exist")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise HawqError(f"{where} is not a readable torch file ({exc.__class__.__name__}); "
+                        "write it with `hawq-onnx finetune`") from None
+    if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
+        raise HawqError(f"{where} is not a hawq-onnx quantized checkpoint (run `hawq-onnx finetune`)")
+    if obj.get("version") != CHECKPOINT_VERSION:
+        raise HawqError(f"{where} has version {obj.get('version')}, this hawq-onnx reads {CHECKPOINT_VERSION}")
+    state = obj.get("state_dict")
+    if (not isinstance(obj.get("model"), str) or not isinstance(obj.get("fingerprint"), str)
+            or not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values())):
+        raise HawqError(f"{where} is malformed (model, fingerprint or state_dict missing)")
+    plan = plan_from_json(obj.get("plan"), f"{where}: plan", obj["fingerprint"])
+    if fingerprint is not None and obj["fingerprint"] != fingerprint:
+        raise HawqError(f"{where} was made for another model (fingerprint {obj['fingerprint']}, this model "
+                        f"{fingerprint}); fine-tune this model")
+    return QuantizedCheckpoint(obj["model"], obj["fingerprint"], state, plan)
+
+
+def restore_quantized(loaded: LoadedModel, path: str | Path) -> tuple[nn.Module, Plan]:
+    """The folded float model with quantized.pt's fine-tuned weights, and its calibrated plan.
+
+    ``quantize_model(model, plan)`` on the pair gives the fine-tuned fake-quant model.
+    """
+    folded = fold_copy(loaded.module, loaded.input_shape)
+    ckpt = load_quantized(path, model_fingerprint(folded))
+    apply_weights(folded, ckpt.state_dict, str(path))
+    return folded, ckpt.plan
