@@ -1,0 +1,86 @@
+"""`quantize`: every stage into one folder, reuse of unchanged stages, the summary."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import matplotlib.image as mpimg
+import onnx
+import onnxruntime as ort
+import pytest
+
+from hawq_onnx.errors import HawqError
+from hawq_onnx.pipeline import STAGES_FILE, QuantizeConfig, run_quantize
+from hawq_onnx.plan import load_plan
+from hawq_onnx.sensitivity_report import load_sensitivity
+
+FAST = dict(analysis_batch_size=64, epochs=1.0, latency_runs=0)
+ARTEFACTS = ["sensitivity.json", "sensitivity.png", "plan.json", "pareto.png", "quantized.pt", "quantized.plan.json",
+             "model.float.onnx", "model.qdq.onnx", "report.json", "report.md"]
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("q")
+    lines: list[str] = []
+    summary = run_quantize(QuantizeConfig(**FAST), out, progress=False, say=lines.append)
+    return out, summary, lines
+
+
+def test_every_artefact_is_there_and_loads(first_run):
+    out, summary, _ = first_run
+    for name in ARTEFACTS:
+        assert (out / name).is_file(), name
+    for name in ("model.float.onnx", "model.qdq.onnx"):
+        onnx.checker.check_model(onnx.load(str(out / name)), full_check=True)
+        ort.InferenceSession(str(out / name), providers=["CPUExecutionProvider"])
+    for name in ("sensitivity.png", "pareto.png", "report.accuracy_vs_size.png", "report.layers.png"):
+        assert mpimg.imread(str(out / name)).shape[0] > 100
+    assert len(load_sensitivity(out / "sensitivity.json").layers) == 6
+    assert load_plan(out / "quantized.plan.json").calibrated
+    report = json.loads((out / "report.json").read_text())
+    assert report["models"]["quantized"]["accuracy"]["top1"] == pytest.approx(summary.quant_top1)
+
+
+def test_summary_meets_the_default_job_goals(first_run):
+    _, summary, _ = first_run
+    assert summary.weight_ratio >= 8.0            # at least 8x weight compression
+    assert summary.file_ratio > 4.0
+    assert summary.float_top1 >= 0.97
+    assert summary.drop_points <= 1.5             # even with one epoch; the full default run is in BENCHMARKS.md
+    assert summary.ran == ["analyze", "allocate", "finetune", "export", "validate"] and summary.reused == []
+
+
+def test_second_run_reuses_every_stage_and_force_recomputes_one(first_run):
+    out, summary, _ = first_run
+    lines: list[str] = []
+    again = run_quantize(QuantizeConfig(**FAST), out, progress=False, say=lines.append)
+    assert again.reused == ["analyze", "allocate", "finetune", "export", "validate"] and again.ran == []
+    assert any("reused" in line for line in lines)
+    assert again.quant_top1 == summary.quant_top1
+    # A changed budget reruns allocation and everything after it, not the analysis.
+    changed = run_quantize(QuantizeConfig(**{**FAST, "budget": "10x"}), out, progress=False)
+    assert changed.reused == ["analyze"] and changed.weight_ratio >= 10.0
+    # An output modified by hand is not trusted.
+    stages = json.loads((out / STAGES_FILE).read_text())
+    assert "analyze" in stages["stages"]
+    (out / "report.md").write_text("edited")
+    edited = run_quantize(QuantizeConfig(**{**FAST, "budget": "10x"}), out, progress=False)
+    assert edited.ran == ["validate"]
+
+
+def test_out_must_be_a_folder(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(HawqError, match="is a file"):
+        run_quantize(QuantizeConfig(**FAST), f, progress=False)
+
+
+def test_cli_one_line_errors(tmp_path):
+    r = subprocess.run([sys.executable, "-c", "from hawq_onnx.cli import main; main()", "quantize", "--budget", "100x",
+                        "--out", str(tmp_path / "o"), "--runs", "0", "--epochs", "1", "--batch-size", "32"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: budget 100x")
+    assert "Traceback" not in r.stderr
