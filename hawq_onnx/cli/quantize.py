@@ -59,7 +59,7 @@ def command(model_ref, weights, input_shape, data, budget, w_bits, a_bits, epoch
     s = run_quantize(cfg, out, progress=True, say=lambda line: click.echo(line, err=True))
     click.echo("")
     click.echo(f"top-1: float {100 * s.float_top1:.2f} %, quantized {100 * s.quant_top1:.2f} % "
-               f"({-s.drop_points:+.2f} points)")
+               f"({100 * (s.quant_top1 - s.float_top1) + 0.0:+.2f} points)")
     click.echo(f"weights: {s.weight_ratio:.2f}x smaller than float32; file: {s.file_ratio:.2f}x smaller")
     if s.latency_speedup:
         click.echo("latency (ONNX Runtime CPU): " + ", ".join(
