@@ -85,7 +85,8 @@ def main() -> None:
     ap.add_argument("--weights", default="../shared/models/resnet20-12fca82f.th")
     ap.add_argument("--model", default="resnet20-cifar10")
     ap.add_argument("--budget", default="13x")
-    ap.add_argument("--sensitivity", default=None, help="existing sensitivity.json (default: analyze, or reuse out-dir's)")
+    ap.add_argument("--sensitivity", default=None,
+                    help="existing sensitivity.json (default: out-dir's if there, else analyze)")
     ap.add_argument("--analysis-batches", type=int, default=1)
     ap.add_argument("--epochs", type=float, default=None)
     ap.add_argument("--steps", type=int, default=None)
@@ -132,7 +133,8 @@ def main() -> None:
             plans["uniform"] = plan
     if "random" in wanted:
         for k in range(args.random):
-            plans[f"random{k}"] = allocate(random_report(report, args.seed + k), args.budget, w_bits=W_BITS, a_bits=A_BITS)
+            plans[f"random{k}"] = allocate(random_report(report, args.seed + k), args.budget, w_bits=W_BITS,
+                                           a_bits=A_BITS)
 
     train = {"order": args.order, "epochs": args.epochs, "steps": args.steps, "batch_size": args.batch_size,
              "data_fraction": args.data_fraction, "seed": args.seed, "device": args.device}
@@ -151,7 +153,8 @@ def main() -> None:
         rows.append(row)
         print(f"{name:>9}: {row['ratio']:.2f}x, {int(row['weight_bytes']):,} B, bits "
               f"{''.join(str(b) for b in bits.values())}: PTQ {100 * row['ptq_top1']:.2f} %, fine-tuned "
-              f"{100 * row['finetuned_top1']:.2f} % ({row['steps']} steps, {row['finetune_seconds']:.0f} s)", flush=True)
+              f"{100 * row['finetuned_top1']:.2f} % ({row['steps']} steps, {row['finetune_seconds']:.0f} s)",
+              flush=True)
 
     randoms = [r for r in rows if r["allocation"].startswith("random")]
     summary = {r["allocation"]: r for r in rows if not r["allocation"].startswith("random")}
@@ -164,7 +167,8 @@ def main() -> None:
             "finetune_seconds": statistics.median(r["finetune_seconds"] for r in randoms)}
     float_top1 = rows[0]["float_top1"] if rows else float("nan")
     print(f"\nResNet20, budget {args.budget}, 4-bit activations inside, {args.order} order, "
-          f"{rows[0]['steps'] if rows else 0} steps, test images {len(data.test)}, float top-1 {100 * float_top1:.2f} %")
+          f"{rows[0]['steps'] if rows else 0} steps, test images {len(data.test)}, "
+          f"float top-1 {100 * float_top1:.2f} %")
     print("| allocation | ratio | PTQ top-1 | fine-tuned top-1 | drop | fine-tune time |")
     print("| --- | --- | --- | --- | --- | --- |")
     for key, r in summary.items():

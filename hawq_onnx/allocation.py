@@ -425,6 +425,9 @@ def allocate(report: SensitivityReport, budget: int | str, *, w_bits: Sequence[i
         bops_text, bops_limit = str(int(bops_limit)), int(bops_limit)
         if bops_limit <= 0:
             raise HawqError(f"BOPs limit {bops_text} must be positive")
+    if bops_limit is not None and bops_limit > float_bops:
+        raise HawqError(f"BOPs limit {bops_text} is above the float model's {format_bops(float_bops)} BOPs (32x32 "
+                        f"bits), so it limits nothing; give at most {format_bops(float_bops)} or leave --bops out")
     _check_feasible(problem, budget_bytes, budget_text, sorted(set(w_bits)), bops_limit, bops_text)
     if solver == "auto":
         solver = "dp" if bops_limit is None else "ilp"

@@ -88,7 +88,9 @@ def fold_batchnorm(model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple
     The model's own code is untouched: each folded BN module is swapped for nn.Identity.
     """
     model.eval()
-    param = next(model.parameters())
+    param = next(model.parameters(), None)
+    if param is None:  # no parameters, no BatchNorm to fold
+        return []
     example = torch.randn((2,) + tuple(input_shape), dtype=param.dtype, device=param.device,
                           generator=torch.Generator(device=param.device).manual_seed(0))
     try:

@@ -268,7 +268,8 @@ def quantize_model(model: nn.Module, plan: Plan, *, weight_method: str = DEFAULT
                 wrapped.weight_quant.init_scale(layer.weight, weight_method)
         if wrapped.input_quant is not None and lp.input_quant is not None:
             if lp.input_quant.bits != lp.a_bits:
-                raise HawqError(f"plan layer {lp.name}: input_quant has {lp.input_quant.bits} bits but a_bits is {lp.a_bits}")
+                raise HawqError(f"plan layer {lp.name}: input_quant has {lp.input_quant.bits} bits but a_bits "
+                                f"is {lp.a_bits}")
             wrapped.input_quant.set_qparams(lp.input_quant.scale, lp.input_quant.zero_point)
         _set_submodule(qmodel, lp.name, wrapped)
     return qmodel.to(next(model.parameters()).device)

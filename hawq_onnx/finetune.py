@@ -14,10 +14,10 @@ Schedules (``order``):
 - ``single``: quantize everything, calibrate, fine-tune once.
 - ``ptq``: calibrate only (observers on the calibration split, weight scales from the weights).
 
-Training: SGD with momentum (or AdamW) on the weights and biases; the step sizes get their LSQ
+Training: AdamW (default) or SGD with momentum on the weights and biases; the step sizes get their LSQ
 gradient and are updated by Adam in log space (``LogAdam``), because the folded network's
 weights need a small learning rate (no BatchNorm left to absorb the curvature: SGD diverges on
-ResNet20 at lr 3e-3) at which plain SGD leaves the step sizes where calibration put them. Linear
+ResNet20 from lr 1e-3) at which a plain optimizer leaves the step sizes where calibration put them. Linear
 warm-up then cosine decay within each stage, optional distillation from the float model (KL
 on temperature-softened logits plus cross-entropy), seeded data order and augmentation.
 """
@@ -53,7 +53,11 @@ from hawq_onnx.sensitivity_report import SensitivityReport
 log = logging.getLogger(__name__)
 
 ORDERS = ("hawq", "single", "ptq")
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("adam", "sgd")
+# Peak learning rates for the folded weights. Measured on ResNet20 (2-bit weights, 4-bit inputs,
+# 100 steps of 64): AdamW 1e-4 reached 54 % top-1 from 10.5 % after calibration; SGD 3e-4 40 %;
+# SGD 1e-3 diverged to 17 %, SGD 3e-3 at once.
+DEFAULT_LR = {"adam": 1e-4, "sgd": 3e-4}
 AUGMENTS = ("auto", "none", "shift", "shift-flip")
 DEFAULT_EPOCHS = 5.0
 CHECKPOINT_FORMAT = "hawq-onnx-quantized"
@@ -283,8 +287,8 @@ class _Training:
 def _train_stage(qmodel: nn.Module, steps: int, cfg: _Training, desc: str) -> dict[str, Any]:
     from tqdm import tqdm
 
-    steps_sizes = {id(p) for p in cfg.step_sizes}
-    params = [p for p in qmodel.parameters() if p.requires_grad and id(p) not in steps_sizes]
+    step_size_ids = {id(p) for p in cfg.step_sizes}
+    params = [p for p in qmodel.parameters() if p.requires_grad and id(p) not in step_size_ids]
     decay = [p for p in params if p.dim() > 1]  # weights; not biases
     no_decay = [p for p in params if p.dim() <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -331,10 +335,40 @@ def _train_stage(qmodel: nn.Module, steps: int, cfg: _Training, desc: str) -> di
             "train_top1": correct / seen if seen else None, "seconds": time.perf_counter() - start}
 
 
+def _check_options(*, order: str, epochs: float | None, steps: int | None, optimizer: str, lr: float | None,
+                   batch_size: int, data_fraction: float, distill_weight: float, temperature: float,
+                   final_share: float, warmup: float, scale_lr: float, observer: str, augment: str) -> float:
+    """One-line errors for bad settings; returns the learning rate to use."""
+    if order not in ORDERS:
+        raise HawqError(f"unknown order {order!r}; use one of {', '.join(ORDERS)}")
+    if epochs is not None and steps is not None:
+        raise HawqError("give --epochs or --steps, not both")
+    if (epochs is not None and not 0 <= epochs < math.inf) or (steps is not None and steps < 0):
+        raise HawqError("--epochs and --steps must be finite and not negative")
+    if not 0.0 < data_fraction <= 1.0:
+        raise HawqError(f"--data-fraction must be in (0, 1], got {data_fraction}")
+    if optimizer not in OPTIMIZERS:
+        raise HawqError(f"unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
+    lr = DEFAULT_LR[optimizer] if lr is None else lr
+    if not 0 < lr < math.inf or batch_size <= 0:
+        raise HawqError("--lr and --batch-size must be positive")
+    if not 0.0 <= distill_weight <= 1.0 or not temperature > 0:
+        raise HawqError("the distillation weight must be in [0, 1] and the temperature positive")
+    if not 0.0 <= final_share <= 1.0 or not 0.0 <= warmup < 1.0:
+        raise HawqError("final_share must be in [0, 1] and warmup in [0, 1)")
+    if not (math.isfinite(scale_lr) and scale_lr > 0):
+        raise HawqError(f"the step-size learning rate must be positive and finite, got {scale_lr}")
+    if observer not in OBSERVERS:
+        raise HawqError(f"unknown observer {observer!r}; use one of {', '.join(OBSERVERS)}")
+    if augment not in AUGMENTS:
+        raise HawqError(f"unknown augmentation {augment!r}; use one of {', '.join(AUGMENTS)}")
+    return lr
+
+
 # --- the schedule ------------------------------------------------------------------------------
 
 def finetune(loaded: LoadedModel, plan: Plan, dataset: Dataset, *, order: str = "hawq",
-             epochs: float | None = None, steps: int | None = None, optimizer: str = "sgd", lr: float = 0.01,
+             epochs: float | None = None, steps: int | None = None, optimizer: str = "adam", lr: float | None = None,
              momentum: float = 0.9,
              weight_decay: float = 1e-4, batch_size: int = 128, distill: bool = True,
              distill_weight: float = 0.5, temperature: float = 2.0, data_fraction: float = 1.0,
@@ -345,33 +379,17 @@ def finetune(loaded: LoadedModel, plan: Plan, dataset: Dataset, *, order: str = 
     """Quantize ``loaded``'s model as ``plan`` says and fine-tune it (or only calibrate: ``ptq``).
 
     ``epochs`` (fractions allowed) or ``steps`` is the whole training budget (default
-    DEFAULT_EPOCHS epochs). Scales already in ``plan`` are recomputed. Returns the fake-quant
+    DEFAULT_EPOCHS epochs); ``lr`` defaults to DEFAULT_LR[optimizer]; step sizes are learned
+    (``learn_scales``) with LogAdam at ``scale_lr``. Scales already in ``plan`` are recomputed
+    (``weight_method`` for weights, ``observer`` for input ranges). Returns the fake-quant
     model, the plan with its final scales, and top-1 of the float and quantized models on the
     test split.
     """
     start = time.perf_counter()
-    if order not in ORDERS:
-        raise HawqError(f"unknown order {order!r}; use one of {', '.join(ORDERS)}")
-    if epochs is not None and steps is not None:
-        raise HawqError("give --epochs or --steps, not both")
-    if (epochs is not None and not 0 <= epochs < math.inf) or (steps is not None and steps < 0):
-        raise HawqError("--epochs and --steps must be finite and not negative")
-    if not 0.0 < data_fraction <= 1.0:
-        raise HawqError(f"--data-fraction must be in (0, 1], got {data_fraction}")
-    if not 0 < lr < math.inf or batch_size <= 0:
-        raise HawqError("--lr and --batch-size must be positive")
-    if not 0.0 <= distill_weight <= 1.0 or not temperature > 0:
-        raise HawqError("the distillation weight must be in [0, 1] and the temperature positive")
-    if not 0.0 <= final_share <= 1.0 or not 0.0 <= warmup < 1.0:
-        raise HawqError("final_share must be in [0, 1] and warmup in [0, 1)")
-    if not (math.isfinite(scale_lr) and scale_lr > 0):
-        raise HawqError(f"the step-size learning rate must be positive and finite, got {scale_lr}")
-    if optimizer not in OPTIMIZERS:
-        raise HawqError(f"unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
-    if observer not in OBSERVERS:
-        raise HawqError(f"unknown observer {observer!r}; use one of {', '.join(OBSERVERS)}")
-    if augment not in AUGMENTS:
-        raise HawqError(f"unknown augmentation {augment!r}; use one of {', '.join(AUGMENTS)}")
+    lr = _check_options(order=order, epochs=epochs, steps=steps, optimizer=optimizer, lr=lr, batch_size=batch_size,
+                        data_fraction=data_fraction, distill_weight=distill_weight, temperature=temperature,
+                        final_share=final_share, warmup=warmup, scale_lr=scale_lr, observer=observer,
+                        augment=augment)
     device = _resolve_device(device)
     torch.manual_seed(seed)
 
@@ -406,8 +424,9 @@ def finetune(loaded: LoadedModel, plan: Plan, dataset: Dataset, *, order: str = 
         for q in wrapped.values():
             q.enabled = False
     cfg = _Training(teacher=folded if distill else None, optimizer=optimizer,
-                    step_sizes=step_sizes if learn_scales else [], scale_lr=scale_lr, batches=_train_batches(train, batch_size, seed),
-                    lr=lr, momentum=momentum, weight_decay=weight_decay, warmup=warmup,
+                    step_sizes=step_sizes if learn_scales else [], scale_lr=scale_lr,
+                    batches=_train_batches(train, batch_size, seed), lr=lr, momentum=momentum,
+                    weight_decay=weight_decay, warmup=warmup,
                     distill_weight=distill_weight if distill else 0.0, temperature=temperature,
                     augment=default_augment(dataset) if augment == "auto" else augment,
                     generator=torch.Generator().manual_seed(seed), device=device, progress=progress)
@@ -436,7 +455,8 @@ def finetune(loaded: LoadedModel, plan: Plan, dataset: Dataset, *, order: str = 
     calibrated = export_plan_scales(qmodel, plan)
     calibrated.calibration = {
         "data": dataset.name, "samples": samples, "observer": observer, "weight_method": weight_method,
-        "order": order, "steps": steps, "batch_size": batch_size, "lr": lr, "distill": distill,
+        "order": order, "steps": steps, "batch_size": batch_size, "optimizer": optimizer, "lr": lr,
+        "scale_lr": scale_lr if learn_scales else None, "distill": distill,
         "learn_scales": learn_scales, "data_fraction": data_fraction, "seed": seed,
         "blocks": [b.name for b in blocks] if order == "hawq" else None,
         "float_top1": float_accuracy, "quant_top1": quant_accuracy,

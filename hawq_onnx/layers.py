@@ -30,6 +30,22 @@ def quantizable_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, QUANTIZABLE) and n]
 
 
+def run_once(model: nn.Module, input_shape: tuple[int, ...]) -> torch.Tensor:
+    """One forward pass on zeros of shape (1, *input_shape), or a HawqError saying it fails."""
+    param = next(model.parameters(), None)
+    x = torch.zeros((1,) + tuple(input_shape), dtype=param.dtype if param is not None else torch.float32,
+                    device=param.device if param is not None else "cpu")
+    try:
+        with torch.no_grad():
+            return model(x)
+    except HawqError:
+        raise
+    except Exception as exc:
+        raise HawqError(f"the model does not run on an input of shape (1, {', '.join(map(str, input_shape))}) "
+                        f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
+                        "check --input-shape and the model's forward") from None
+
+
 def describe_layers(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerInfo]:
     """Every quantizable layer in module order, with MACs from one batch-1 forward pass."""
     modules = quantizable_modules(model)
@@ -49,16 +65,7 @@ def describe_layers(model: nn.Module, input_shape: tuple[int, ...]) -> list[Laye
 
     handles = [m.register_forward_hook(hook(n)) for n, m in modules]
     try:
-        param = next(model.parameters())
-        x = torch.zeros((1,) + tuple(input_shape), dtype=param.dtype, device=param.device)
-        with torch.no_grad():
-            model(x)
-    except HawqError:
-        raise
-    except Exception as exc:
-        raise HawqError(f"the model does not run on an input of shape (1, {', '.join(map(str, input_shape))}) "
-                        f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
-                        "check --input-shape and the model's forward") from None
+        run_once(model, input_shape)
     finally:
         for h in handles:
             h.remove()

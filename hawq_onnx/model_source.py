@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from hawq_onnx.errors import HawqError
-from hawq_onnx.layers import describe_layers
+from hawq_onnx.layers import run_once
 from hawq_onnx.models.registry import DEFAULT_MODEL, ZOO
 from hawq_onnx.models.spec import ModelSpec
 
@@ -161,9 +161,9 @@ def load_model(ref: str | None = None, weights: str | None = None,
         log.warning("model %s has no weights: using its random initialisation (pass --weights)", ref)
     check_finite(model, str(weights or ref))
     model.eval()
-    # Every command needs a model that runs on its input shape and has something to quantize:
-    # say so now, in one line, rather than from deep inside an export or a training loop.
-    describe_layers(model, spec.input_shape)
+    # Every command needs a model that runs on its input shape: say so now, in one line, rather
+    # than from deep inside an export or a training loop.
+    run_once(model, spec.input_shape)
     return LoadedModel(model, spec, ref, str(weights) if weights else None)
 
 

@@ -19,31 +19,34 @@ H_i = d^2 L / dW_i^2:
   loss Hessian w.r.t. the layer's INPUT as the layer sees it, per sample (the mean of the
   per-sample traces), plus the mean per-sample ||Q(x) - x||^2 at 4 and 8 activation bits.
 
-How the products are formed. A layer's output o = f(x, W) is linear in W and in x, so the block
-is a Gauss-Newton-shaped sandwich around the Hessian w.r.t. the output, exactly (no model
-assumption beyond "conv or linear"):  H_i v = J^T (d^2 L / do^2) (J v) with J v = f(x, v) and
-J^T g the layer's weight gradient; x^T-side: z^T H_x z = u^T (d^2 L / do^2) u with u = f(z, W).
-d^2 L / do^2 u is one double backward through the first-order graph dL/do, built ONCE per
-batch with create_graph=True and reused (retain_graph) by every product of every layer.
+How the products are formed. A layer's output o = f(x, W) (bias aside) is linear in W and in x,
+so the block is a sandwich around the Hessian w.r.t. the output, exactly, whatever the rest of
+the model: H_i v = J^T (d^2 L / do^2) (J v) with J v = f(x, v) and J^T g the layer's weight
+gradient; for the input, z^T H_x z = u^T (d^2 L / do^2) u with u = f(z, W). (d^2 L / do^2) u is
+one double backward through the first-order graph dL/do, built ONCE per batch with
+create_graph=True and reused (retain_graph) by every product of every layer. A layer called
+more than once per forward pass feeds its own later input, so o is not linear in W there: its
+block is taken by double backward w.r.t. W itself, from the same graph.
 
 Cost model (F forward, B backward, D_i one double backward from the loss down to layer i,
 which costs about 2-3x (F + B) of the part of the network after layer i):
 - per batch, once: F + B with create_graph (graphs are kept in memory up to
   ``max_cached_samples`` samples, about 3 MB per CIFAR sample for ResNet20; beyond, every round
   rebuilds them, F + B per batch per round, shared by all layers of the round);
-- per layer: 2 x sketch + power iterations + trace probes + activation probes products, each
-  one D_i per batch; a naive loop pays F + B + D_i per product instead.
+- per layer: 2 x sketch + power iterations + trace probes (+ activation probes, at most
+  ``act_max_probes``) products, each one D_i per batch; a naive loop pays F + B + D_i per product.
 Layers run in lockstep (one round = the next product of every unfinished layer), so rebuilt
 graphs are shared, and each layer stops on its own tolerances.
 
-Measured on ResNet20 (one batch of 256, folded, CPU), see benchmarks/bench_sensitivity.py:
+Measured on ResNet20 (one batch of 256, folded, CPU; benchmarks/bench_sensitivity.py):
 - one probe over ALL layers at once (cross terms vanish in expectation) is NOT used: the cross
-  terms dominate the variance, 2-90x the per-probe standard deviation of a per-layer probe
-  (layer3.2.conv2: 8.9 vs 0.35 relative), which costs far more than the per-layer products;
-- ``torch.autograd.grad(..., is_grads_batched=True)`` (vmap over probes) is 1.2-1.4x SLOWER per
+  terms dominate its variance, 2-25x the per-probe standard deviation of a per-layer probe
+  (layer3.2.conv2: 8.9 vs 0.35 of the trace), far more than the per-layer products cost;
+- ``torch.autograd.grad(..., is_grads_batched=True)`` (vmap over probes) is 1.0-1.4x SLOWER per
   vector than separate products on CPU, so products are formed one by one;
 - plain Hutchinson needs ~(0.3-0.5 / trace_tol)^2 probes per layer (0.3-0.5 relative standard
-  deviation per probe); Hutch++ with a 16-vector sketch leaves 0.01-0.06 on the residual.
+  deviation per probe); after a 16-vector Hutch++ sketch the residual's is 0.01-0.06, and the
+  power iteration from the sketch's Ritz vector converges in 2-4 products instead of 6-24.
 
 Seeds: every layer draws from its own ``torch.Generator`` seeded from ``seed`` and the layer
 name, so a layer's result does not depend on which other layers are analysed or on the device.
@@ -57,8 +60,9 @@ import math
 import sys
 import time
 import zlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -82,8 +86,8 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # receives one Hutchinson sample z^T H_x z of the input-activation Hessian).
 INPUT_PROBE = "input-probe"
 
-DEFAULTS: dict[str, Any] = {"eig_tol": 1e-3, "max_iter": 100, "trace_tol": 1e-2, "act_tol": 0.1,
-                            "min_probes": 8, "max_probes": 200, "sketch": 16}
+DEFAULTS: dict[str, Any] = {"eig_tol": 1e-3, "max_iter": 100, "trace_tol": 1e-2, "min_probes": 8, "max_probes": 200,
+                            "sketch": 16, "act_tol": 0.1, "act_max_probes": 32}
 
 
 @dataclass(frozen=True)
@@ -186,8 +190,8 @@ def input_hutchinson(tol: float, min_probes: int, max_probes: int):
 
 
 def layer_program(dim: int, like: torch.Tensor, gen: torch.Generator, *, sketch: int, eig_tol: float,
-                  max_iter: int, trace_tol: float, act_tol: float, min_probes: int, max_probes: int,
-                  with_input: bool):
+                  max_iter: int, trace_tol: float, min_probes: int, max_probes: int, act_tol: float,
+                  act_max_probes: int):
     """One layer's analysis: Hutch++ sketch -> power iteration from its top Ritz vector ->
     deflated Hutchinson trace -> input-activation trace."""
     if sketch > 0:
@@ -201,7 +205,9 @@ def layer_program(dim: int, like: torch.Tensor, gen: torch.Generator, *, sketch:
         v0 = torch.randn(dim, generator=gen).to(like)
     eigen = yield from power_iteration(v0, eig_tol, max_iter)
     trace = yield from deflated_hutchinson(q, exact, trace_tol, min_probes, max_probes, gen)
-    act = (yield from input_hutchinson(act_tol, min_probes, max_probes)) if with_input else Trace(0.0, 0.0, 0, True)
+    act = Trace(0.0, 0.0, 0, True)
+    if act_max_probes > 0:
+        act = yield from input_hutchinson(act_tol, min(min_probes, act_max_probes), act_max_probes)
     return eigen, trace, act
 
 
@@ -408,7 +414,7 @@ def _resolve_device(device: str | torch.device) -> torch.device:
 
 
 def _check_settings(eig_tol: float, max_iter: int, trace_tol: float, act_tol: float, min_probes: int,
-                    max_probes: int, sketch: int) -> None:
+                    max_probes: int, sketch: int, act_max_probes: int) -> None:
     for label, value in (("eigenvalue tolerance", eig_tol), ("trace tolerance", trace_tol),
                          ("activation trace tolerance", act_tol)):
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -419,8 +425,8 @@ def _check_settings(eig_tol: float, max_iter: int, trace_tol: float, act_tol: fl
         raise HawqError(f"min probes must be at least 2 (a standard error needs two), got {min_probes}")
     if max_probes < min_probes:
         raise HawqError(f"max probes ({max_probes}) must be at least min probes ({min_probes})")
-    if sketch < 0:
-        raise HawqError(f"sketch size must be 0 or more, got {sketch}")
+    if sketch < 0 or act_max_probes < 0:
+        raise HawqError(f"sketch size and activation probes must be 0 or more, got {sketch} and {act_max_probes}")
 
 
 def _layer_seed(seed: int, name: str) -> int:
@@ -431,17 +437,19 @@ def analyze(model: nn.Module, batches: Sequence[Batch], *, layers: Sequence[str]
             loss_fn: LossFn | None = None, eig_tol: float = DEFAULTS["eig_tol"], max_iter: int = DEFAULTS["max_iter"],
             trace_tol: float = DEFAULTS["trace_tol"], act_tol: float = DEFAULTS["act_tol"],
             min_probes: int = DEFAULTS["min_probes"], max_probes: int = DEFAULTS["max_probes"],
-            sketch: int = DEFAULTS["sketch"], seed: int = 0,
-            device: str | torch.device = "cpu", max_cached_samples: int = 1024,
-            progress: bool = False) -> list[LayerSensitivity]:
+            sketch: int = DEFAULTS["sketch"], act_max_probes: int = DEFAULTS["act_max_probes"],
+            activations: bool = True, seed: int = 0, device: str | torch.device = "cpu",
+            max_cached_samples: int = 1024, progress: bool = False) -> list[LayerSensitivity]:
     """Hessian sensitivity of every quantizable layer (or of ``layers``), in network order.
 
     ``batches``: (x, y) pairs; ``loss_fn(output, y)`` must average over the batch (default
     cross-entropy). The model is analysed in eval mode on ``device``; its parameters are not
-    changed (a copy is moved when it lives on another device)."""
+    changed (a copy is moved when it lives on another device). The input-activation terms are
+    cheap but capped at ``act_max_probes`` (their standard error is reported, not converged
+    on); ``activations=False`` skips them and leaves the layers without an activation term."""
     from tqdm import tqdm
 
-    _check_settings(eig_tol, max_iter, trace_tol, act_tol, min_probes, max_probes, sketch)
+    _check_settings(eig_tol, max_iter, trace_tol, act_tol, min_probes, max_probes, sketch, act_max_probes)
     dev = _resolve_device(device)
     batches = list(batches)
     if not batches or any(len(y) == 0 for _, y in batches):
@@ -475,8 +483,9 @@ def analyze(model: nn.Module, batches: Sequence[Batch], *, layers: Sequence[str]
         seconds = {n: 0.0 for n in names}
         programs = {n: layer_program(modules[n].weight.numel(), modules[n].weight.detach().flatten(), gens[n],
                                      sketch=sketch, eig_tol=eig_tol, max_iter=max_iter, trace_tol=trace_tol,
-                                     act_tol=act_tol, min_probes=min_probes, max_probes=max_probes,
-                                     with_input=inputs[n].elements > 0) for n in names}
+                                     min_probes=min_probes, max_probes=max_probes, act_tol=act_tol,
+                                     act_max_probes=act_max_probes if activations and inputs[n].elements else 0)
+                    for n in names}
         pending = {n: next(programs[n]) for n in names}
         results: dict[str, tuple[Eigen, Trace, Trace]] = {}
         with tqdm(total=len(names), unit="layer", desc="hessian", disable=not progress, file=sys.stderr) as bar:
@@ -508,8 +517,9 @@ def analyze(model: nn.Module, batches: Sequence[Batch], *, layers: Sequence[str]
             trace=trace.value, trace_std_error=_finite(trace.std_error), trace_probes=trace.probes,
             trace_converged=trace.converged, seconds=seconds[n],
             perturbation=weight_perturbations(modules[n].weight),
-            act_elements=inputs[n].elements, act_trace=act.value, act_trace_std_error=_finite(act.std_error),
-            act_perturbation=inputs[n].perturbation, status=status))
+            act_elements=inputs[n].elements if activations else 0, act_trace=act.value,
+            act_trace_std_error=_finite(act.std_error),
+            act_perturbation=inputs[n].perturbation if activations else {}, status=status))
         log.info("%s: eigenvalue %.4g (%d it), trace %.4g +- %.2g (%d probes)", n, eigen.value,
                  eigen.iterations, trace.value, trace.std_error, trace.probes)
     return out

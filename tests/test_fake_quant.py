@@ -229,7 +229,8 @@ def test_calibrated_plan_reproduces_the_model_exactly(digits, tmp_path):
     for lp in reloaded.layers:
         w = folded.get_submodule(lp.name).weight.detach().numpy()
         got = quant_layers(again)[lp.name].weight_quant(torch.from_numpy(w)).detach().numpy()
-        np.testing.assert_array_equal(got, fake_quantize_weight_np(w, np.asarray(lp.weight_scale, np.float32), lp.w_bits))
+        scale = np.asarray(lp.weight_scale, np.float32)
+        np.testing.assert_array_equal(got, fake_quantize_weight_np(w, scale, lp.w_bits))
 
 
 def test_strip_fake_quant_gives_the_folded_model(digits):

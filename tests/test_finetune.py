@@ -51,7 +51,7 @@ def test_fine_tuning_recovers_what_post_training_loses(digits):
     loaded, data = digits
     plan = make_plan(loaded, 2, 4)
     ptq = finetune(loaded, plan, data, order="ptq")
-    tuned = finetune(loaded, plan, data, order="single", steps=60, batch_size=64, lr=0.003)
+    tuned = finetune(loaded, plan, data, order="single", steps=60, batch_size=64, lr=1e-3)
     assert ptq.quant_accuracy < tuned.float_accuracy - 0.1
     assert tuned.quant_accuracy > ptq.quant_accuracy + 0.15
     assert tuned.history[0]["steps"] == 60 and tuned.history[0]["loss"] > 0
@@ -61,7 +61,7 @@ def test_hawq_order_quantizes_the_most_sensitive_block_first(digits):
     loaded, data = digits
     plan = make_plan(loaded, 4, 4)
     plan.layers[3].omega = 100.0  # "down"
-    result = finetune(loaded, plan, data, order="hawq", steps=12, batch_size=64, lr=0.003)
+    result = finetune(loaded, plan, data, order="hawq", steps=12, batch_size=64, lr=1e-3)
     blocks = [h["block"] for h in result.history]
     assert blocks[0] == plan.layers[3].name
     assert blocks[1:] == [lp.name for lp in sorted(plan.layers, key=lambda lp: -lp.omega)][1:]
@@ -124,7 +124,7 @@ def test_augmentation_shifts_and_flips():
 
 def test_checkpoint_round_trip_reproduces_the_fake_quant_model(digits, tmp_path):
     loaded, data = digits
-    result = finetune(loaded, make_plan(loaded, 4, 4), data, order="single", steps=8, batch_size=64, lr=0.003)
+    result = finetune(loaded, make_plan(loaded, 4, 4), data, order="single", steps=8, batch_size=64, lr=1e-3)
     save_quantized(result, tmp_path / "q.pt")
     ckpt = load_quantized(tmp_path / "q.pt", result.fingerprint)
     assert ckpt.plan == result.plan and ckpt.model == "digits-cnn"
@@ -158,7 +158,7 @@ def test_load_quantized_rejects_bad_files(digits, tmp_path):
 def test_same_seed_same_result(digits):
     loaded, data = digits
     plan = make_plan(loaded, 4, 4)
-    runs = [finetune(loaded, plan, data, order="hawq", steps=10, batch_size=64, lr=0.003, data_fraction=0.5, seed=s)
+    runs = [finetune(loaded, plan, data, order="hawq", steps=10, batch_size=64, lr=1e-3, data_fraction=0.5, seed=s)
             for s in (3, 3, 4)]
     a, b, c = (r.float_state_dict() for r in runs)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -185,7 +185,7 @@ def test_cli_end_to_end(digits, tmp_path):
     out = tmp_path / "q.pt"
     runner = CliRunner()
     res = runner.invoke(cli, ["finetune", "--plan", str(plan_path), "--steps", "6", "--batch-size", "64",
-                              "--lr", "0.003", "--out", str(out)])
+                              "--lr", "0.001", "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert "quantized top-1" in res.output and "6 steps" in res.output
     calibrated = load_plan(tmp_path / "q.plan.json")

@@ -8,7 +8,8 @@ Two kinds of interruption:
   temporary file and not yet renamed, and the child is signalled there: SIGTERM and SIGINT must
   unwind (the temporary file removed, the old output untouched, one error line, exit 130);
   SIGKILL cannot unwind, but must still leave the old output untouched (a hidden temporary file
-  may stay). Covered: the float export, the quantized export, and `package` (folder and zip).
+  may stay). Covered: the quantized export (the float export writes through the same
+  ``artifacts.write_bytes``) and `package` (folder and zip).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def _start(out):
                              "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-@pytest.mark.parametrize("sig,delay", [(signal.SIGTERM, 0.5), (signal.SIGINT, 2.5), (signal.SIGTERM, 4.5)])
+@pytest.mark.parametrize("sig,delay", [(signal.SIGTERM, 0.5), (signal.SIGINT, 3.0)])
 def test_interrupted_export(tmp_path, sig, delay):
     out = tmp_path / "model.onnx"
     out.write_bytes(OLD)
@@ -81,7 +82,6 @@ class Scenario:
 
 
 SCENARIOS = {
-    "float-export-sigint": Scenario(["export", "--out", "{d}/model.onnx"], "model.onnx", signal.SIGINT),
     "quantized-export-sigterm": Scenario(["export", "--quantized", "{a}/quantized.pt", "--out", "{d}/model.qdq.onnx"],
                                          "model.qdq.onnx", signal.SIGTERM),
     "quantized-export-sigkill": Scenario(["export", "--quantized", "{a}/quantized.pt", "--out", "{d}/model.qdq.onnx"],

@@ -109,7 +109,7 @@ def _exact_input_trace(model, name, batches) -> float:
     result = 0.0
     for x, y in batches:
         seen = []
-        handle = module.register_forward_pre_hook(lambda m, a: seen.append(a[0].detach().clone()))
+        handle = module.register_forward_pre_hook(lambda m, a, seen=seen: seen.append(a[0].detach().clone()))
         with torch.no_grad():
             model(x)
         handle.remove()
@@ -176,7 +176,7 @@ def test_plain_hutchinson_recovers_the_exact_trace_as_probes_grow():
 def test_activation_trace_matches_the_exact_input_hessian(name):
     model = _tiny(MLP)
     batches = _data(model, (5,), 24, 3)
-    r = analyze(model, batches, layers=[name], act_tol=0.01, max_probes=3000)[0]
+    r = analyze(model, batches, layers=[name], act_tol=0.01, act_max_probes=3000)[0]
     exact = _exact_input_trace(model, name, batches)
     assert abs(r.act_trace - exact) <= 3 * r.act_trace_std_error, (r.act_trace, exact)
     assert r.act_trace_std_error <= 0.01 * abs(r.act_trace)
@@ -211,13 +211,25 @@ def test_negative_dominant_eigenvalue_keeps_its_sign():
     assert r.trace == pytest.approx(float(exact.trace()), rel=1e-6)  # 12 weights: the sketch spans the block
 
 
+def test_activation_terms_are_capped_or_skipped():
+    model = _tiny(MLP)
+    batches = _data(model, (5,), 24, 3)
+    capped = analyze(model, batches, act_tol=1e-9, act_max_probes=5, sketch=0, max_probes=10)
+    assert all(r.act_trace != 0 and r.act_trace_std_error > 0 for r in capped)
+    skipped = analyze(model, batches, activations=False, sketch=0, max_probes=10)
+    assert all(r.act_elements == 0 and r.act_perturbation == {} and r.act_trace == 0 for r in skipped)
+    assert [r.trace for r in skipped] == [r.trace for r in capped]  # the weight terms do not depend on it
+
+
 def test_seeded_runs_are_identical_and_seeds_matter():
     model = _tiny(TinyConv)
     batches = _data(model, (1, 6, 6), 16, 3)
     kwargs = dict(sketch=0, max_probes=20)
     first, again = analyze(model, batches, seed=3, **kwargs), analyze(model, batches, seed=3, **kwargs)
     other = analyze(model, batches, seed=4, **kwargs)
-    strip = lambda rs: [{k: v for k, v in vars(r).items() if k != "seconds"} for r in rs]  # noqa: E731
+    def strip(rs):
+        return [{k: v for k, v in vars(r).items() if k != "seconds"} for r in rs]
+
     assert strip(first) == strip(again)
     assert [r.trace for r in first] != [r.trace for r in other]
     # a layer's result does not depend on the other layers analysed with it

@@ -25,17 +25,21 @@ def default_plan_out(out: str) -> Path:
               help="hawq: most sensitive blocks first, in stages; single: all at once; ptq: calibration only.")
 @click.option("--epochs", type=float, default=None, help="Training budget in epochs, all stages together [default: 5].")
 @click.option("--steps", type=int, default=None, help="Training budget in optimizer steps (instead of --epochs).")
-@click.option("--lr", type=float, default=0.01, show_default=True, help="Peak learning rate (SGD, warm-up then cosine).")
+@click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True,
+              help="For the weights (AdamW, or SGD with momentum); step sizes always use Adam in log space.")
+@click.option("--lr", type=float, default=None,
+              help="Peak learning rate, warm-up then cosine [default: 1e-4 adam, 3e-4 sgd].")
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--distill/--no-distill", default=True, show_default=True, help="Distil from the float model.")
-@click.option("--data-fraction", type=float, default=1.0, show_default=True, help="Train on this fraction of the training split.")
+@click.option("--data-fraction", type=float, default=1.0, show_default=True,
+              help="Train on this fraction of the training split.")
 @seed_option
 @device_option
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output quantized.pt.")
 @click.option("--plan-out", default=None, type=click.Path(dir_okay=False),
               help="Output calibrated plan [default: <out stem>.plan.json beside --out].")
-def command(model_ref, weights, input_shape, data, plan_path, sensitivity, order, epochs, steps, lr, batch_size,
-            distill, data_fraction, seed, device, out, plan_out):
+def command(model_ref, weights, input_shape, data, plan_path, sensitivity, order, epochs, steps, optimizer, lr,
+            batch_size, distill, data_fraction, seed, device, out, plan_out):
     """Quantize a model as its plan says and fine-tune it (HAWQ order), or calibrate only (ptq)."""
     from hawq_onnx.artifacts import check_output_path
     from hawq_onnx.data import load_data, resolve_source
@@ -52,13 +56,14 @@ def command(model_ref, weights, input_shape, data, plan_path, sensitivity, order
     plan = load_plan(plan_path, model_fingerprint(fold_copy(loaded.module, loaded.input_shape)))
     report = load_sensitivity(sensitivity) if sensitivity else None
     dataset = load_data(resolve_source(data, loaded.spec), loaded.spec, seed=seed)
-    result = finetune(loaded, plan, dataset, order=order, epochs=epochs, steps=steps, lr=lr,
+    result = finetune(loaded, plan, dataset, order=order, epochs=epochs, steps=steps, optimizer=optimizer, lr=lr,
                       batch_size=batch_size, distill=distill, data_fraction=data_fraction, seed=seed,
                       device=device, progress=True, sensitivity=report)
     save_quantized(result, out)
     save_plan(result.plan, plan_out)
     trained = sum(h["steps"] for h in result.history)
+    drop = 100 * (result.quant_accuracy - result.float_accuracy)
     click.echo(f"float top-1 {100 * result.float_accuracy:.2f} %, quantized top-1 {100 * result.quant_accuracy:.2f} % "
-               f"({100 * (result.quant_accuracy - result.float_accuracy):+.2f} points) on {len(dataset.test)} test samples")
+               f"({drop:+.2f} points) on {len(dataset.test)} test samples")
     click.echo(f"{order}: {len(result.history)} stage(s), {trained} steps, {result.seconds:.1f} s on {device}")
     click.echo(f"wrote {out} and {plan_out}")
