@@ -88,6 +88,7 @@ def main() -> None:
     ap.add_argument("--sensitivity", default=None,
                     help="existing sensitivity.json (default: out-dir's if there, else analyze)")
     ap.add_argument("--analysis-batches", type=int, default=1)
+    ap.add_argument("--trace-tol", type=float, default=None, help="Hutchinson tolerance (default: the engine's)")
     ap.add_argument("--epochs", type=float, default=None)
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--lr", type=float, default=None, help="default: finetune's")
@@ -117,7 +118,9 @@ def main() -> None:
         print(f"sensitivity: reused {sens_path}")
     else:
         t = time.perf_counter()
-        report = analyze_model(loaded, data, batches=args.analysis_batches, seed=args.seed, device=args.device)
+        options = {} if args.trace_tol is None else {"trace_tol": args.trace_tol}
+        report = analyze_model(loaded, data, batches=args.analysis_batches, seed=args.seed, device=args.device,
+                               **options)
         save_sensitivity(report, sens_path)
         print(f"sensitivity: {time.perf_counter() - t:.0f} s -> {sens_path}")
 

@@ -2,7 +2,7 @@
 
     python fuzz/fuzz_onnx.py [--cases 3000] [--seed 0] [--timeout 10]
 
-Each case mutates a real model (the digits CNN, float and a quantized variant), writes it to a
+Each case mutates a real model (the digits CNN, float and quantized), writes it to a
 file and runs the targets in a worker process with a time bound. Counts: ok (loaded), clean
 errors (HawqError, one line), tracebacks (any other exception: a bug), hangs, crashes. The goal
 is zero of the last three.
@@ -25,20 +25,13 @@ from onnx_mutations import mutate  # noqa: E402
 
 
 def seed_models() -> list[bytes]:
+    """The digits CNN's float and quantized (QDQ) exports, and any fuzz/seeds/*.onnx."""
     import onnx
 
-    from hawq_onnx.bn_fold import fold_batchnorm
-    from hawq_onnx.export import float_onnx
-    from hawq_onnx.model_source import load_model
+    from seed_artifacts import cached_artifacts
 
-    loaded = load_model("digits-cnn")
-    fold_batchnorm(loaded.module, loaded.spec.input_shape)
-    proto = float_onnx(loaded.module, loaded.spec.input_shape)
-    models = [proto.SerializeToString()]
-    try:  # a quantized variant when the exporter is there
-        from onnxruntime.quantization import QuantFormat, quantize_static  # noqa: F401
-    except ImportError:
-        pass
+    art = cached_artifacts()
+    models = [art.float_onnx.read_bytes()] + ([art.qdq_onnx.read_bytes()] if art.qdq_onnx else [])
     extra = Path(__file__).resolve().parent / "seeds"
     for p in sorted(extra.glob("*.onnx")) if extra.is_dir() else []:
         models.append(onnx.load(str(p)).SerializeToString())

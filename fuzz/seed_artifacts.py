@@ -99,8 +99,8 @@ def build_artifacts(folder: str | Path, budget: str = "4x", qdq: bool = True) ->
 _CACHE: dict[str, Artifacts] = {}
 
 
-def copy_artifacts(folder: str | Path) -> Artifacts:
-    """``build_artifacts`` once per process (the test modules share it), copied into ``folder``."""
+def cached_artifacts() -> Artifacts:
+    """``build_artifacts`` once per process (the test modules and fuzzers share it); read-only."""
     import atexit
     import shutil
     import tempfile
@@ -109,7 +109,14 @@ def copy_artifacts(folder: str | Path) -> Artifacts:
         tmp = tempfile.mkdtemp(prefix="hawq-seed-artifacts-")
         atexit.register(shutil.rmtree, tmp, ignore_errors=True)
         _CACHE["digits"] = build_artifacts(Path(tmp) / "digits")
-    src = _CACHE["digits"]
+    return _CACHE["digits"]
+
+
+def copy_artifacts(folder: str | Path) -> Artifacts:
+    """The cached artefacts, copied into ``folder`` (a test may break or hash its copy)."""
+    import shutil
+
+    src = cached_artifacts()
     folder = Path(folder)
     shutil.copytree(src.folder, folder)
     moved = {k: (folder / v.name if isinstance(v, Path) else v) for k, v in vars(src).items() if k != "folder"}

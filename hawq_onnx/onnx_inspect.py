@@ -291,8 +291,10 @@ def inspect_onnx(source: str | os.PathLike | onnx.ModelProto) -> Inspection:
         if src_node is not None and src_node.op_type == "Clip" and len(src_node.input) >= 3:
             lo, hi = inits.get(src_node.input[1]), inits.get(src_node.input[2])
             if lo is not None and hi is not None:
-                span = int(numpy_helper.to_array(hi)) - int(numpy_helper.to_array(lo)) + 1
-                return max(1, math.ceil(math.log2(span)))
+                lo_v, hi_v = (numpy_helper.to_array(t).reshape(-1) for t in (lo, hi))
+                if lo_v.size == 1 and hi_v.size == 1 and np.isfinite(lo_v).all() and np.isfinite(hi_v).all():
+                    span = int(hi_v[0]) - int(lo_v[0]) + 1
+                    return max(1, math.ceil(math.log2(span))) if span > 0 else None
         if src in inits:
             return STORAGE_BITS.get(inits[src].data_type)
         if src_node is not None and src_node.op_type == "QuantizeLinear":

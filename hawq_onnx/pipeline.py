@@ -131,23 +131,24 @@ def run_quantize(cfg: QuantizeConfig, out_dir: str | Path, *, progress: bool = T
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise HawqError(f"--out {out} is a file; give a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise HawqError(f"cannot create output folder {out}: {exc.strerror}") from None
     files = {name: out / name for name in (
         "sensitivity.json", "sensitivity.png", "plan.json", "pareto.png", "quantized.pt", "quantized.plan.json",
         "model.float.onnx", "model.qdq.onnx", "report.json", "report.md")}
     for p in (cfg.weights,):
         if p and Path(p).resolve().parent == out.resolve() and Path(p).name in files:
             raise HawqError(f"--weights {p} would be overwritten by an output; choose another --out folder")
-    cache = StageCache(out, cfg.force)
     reused: list[str] = []
     ran: list[str] = []
 
     loaded = load_model(cfg.model_ref, cfg.weights, cfg.input_shape)
     source = resolve_source(cfg.data, loaded.spec)
     dataset = load_data(source, loaded.spec, seed=cfg.seed)
+    # Inputs are checked before anything is written: a bad model or data leaves no folder behind.
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HawqError(f"cannot create output folder {out}: {exc.strerror}") from None
+    cache = StageCache(out, cfg.force)
     model_id = {"model": loaded.reference, "weights": _file_id(loaded.weights),
                 "input_shape": list(loaded.input_shape), "data": source}
 

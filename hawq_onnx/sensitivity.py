@@ -86,6 +86,7 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # receives one Hutchinson sample z^T H_x z of the input-activation Hessian).
 INPUT_PROBE = "input-probe"
 
+NO_LAYER = "the model has no quantizable layer (Conv1d, Conv2d or Linear): nothing to analyse"
 DEFAULTS: dict[str, Any] = {"eig_tol": 1e-3, "max_iter": 100, "trace_tol": 1e-2, "min_probes": 8, "max_probes": 200,
                             "sketch": 16, "act_tol": 0.1, "act_max_probes": 32}
 
@@ -455,6 +456,8 @@ def analyze(model: nn.Module, batches: Sequence[Batch], *, layers: Sequence[str]
     if not batches or any(len(y) == 0 for _, y in batches):
         raise HawqError("the sensitivity analysis needs at least one non-empty batch")
     loss_fn = loss_fn or F.cross_entropy
+    if not quantizable_modules(model):
+        raise HawqError(NO_LAYER)
     if next(model.parameters()).device != dev:
         model = copy.deepcopy(model).to(dev)
     all_modules = dict(quantizable_modules(model))
@@ -540,6 +543,9 @@ def analyze_model(loaded: LoadedModel, dataset: Dataset, *, batches: int = 1, ba
     if batches < 1 or batch_size < 1:
         raise HawqError(f"--batches and --batch-size must be positive (got {batches} and {batch_size})")
     _resolve_device(device)  # fail before the work
+    describe_layers(loaded.module, loaded.spec.input_shape)  # no quantizable layer: a clear error, now
+    if not quantizable_modules(loaded.module):
+        raise HawqError(NO_LAYER)
     start = time.perf_counter()
     model = copy.deepcopy(loaded.module)
     fold_batchnorm(model, loaded.spec.input_shape)

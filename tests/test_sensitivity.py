@@ -256,6 +256,8 @@ def test_bad_settings_are_hawq_errors():
         analyze(model, batches, eig_tol=0)
     with pytest.raises(HawqError, match="batch"):
         analyze(model, [])
+    with pytest.raises(HawqError, match="no quantizable layer"):
+        analyze(nn.Sequential(nn.ReLU()), batches)
     if not torch.cuda.is_available():
         with pytest.raises(HawqError, match="CUDA"):
             analyze(model, batches, device="cuda")

@@ -28,8 +28,7 @@ def command(model_ref, weights, input_shape, data, batches, batch_size, eig_tol,
             sketch, device, seed, out, plot):
     """Top Hessian eigenvalue and trace of every quantizable layer (HAWQ, HAWQ-V2)."""
     from hawq_onnx.artifacts import check_output_path
-    from hawq_onnx.data import load_data
-    from hawq_onnx.errors import HawqError
+    from hawq_onnx.data import load_data, resolve_source
     from hawq_onnx.model_source import load_model, parse_input_shape
     from hawq_onnx.sensitivity import analyze_model
     from hawq_onnx.sensitivity_report import save_sensitivity
@@ -38,16 +37,7 @@ def command(model_ref, weights, input_shape, data, batches, batch_size, eig_tol,
     if plot:
         check_output_path(plot, (weights, out))
     loaded = load_model(model_ref, weights, parse_input_shape(input_shape))
-    source = data or loaded.spec.extra.get("default_data")
-    if not source:
-        raise HawqError(f"model {loaded.spec.name} has no default data: pass --data (digits, cifar10:DIR or npz:FILE)")
-    try:
-        dataset = load_data(source, loaded.spec)
-    except HawqError as exc:
-        if data:
-            raise
-        raise HawqError(f"the default data of {loaded.spec.name} ({source}) cannot be loaded: {exc}; "
-                        "pass --data") from None
+    dataset = load_data(resolve_source(data, loaded.spec), loaded.spec)
     report = analyze_model(loaded, dataset, batches=batches, batch_size=batch_size, seed=seed, device=device,
                            progress=True, eig_tol=eig_tol, max_iter=max_iter, trace_tol=trace_tol,
                            max_probes=max_probes, sketch=sketch)
