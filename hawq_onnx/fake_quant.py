@@ -66,11 +66,12 @@ class FakeQuantSTE(torch.autograd.Function):
         qmin, qmax = ctx.qrange
         v = x / scale
         q = torch.round(v) + zero_point
-        below, above = q < qmin, q > qmax
-        grad_x = grad * ~(below | above) if ctx.needs_input_grad[0] else None
+        inside = (q >= qmin) & (q <= qmax)
+        grad_x = grad * inside if ctx.needs_input_grad[0] else None
         grad_scale = None
         if ctx.needs_input_grad[1]:
-            d = torch.where(below, qmin - zero_point, torch.where(above, qmax - zero_point, torch.round(v) - v))
+            # round(v) - v inside, (qmin - z) or (qmax - z) where saturated, in one expression
+            d = (q.clamp_(qmin, qmax) - zero_point) - v * inside
             grad_scale = (grad * d * ctx.grad_factor).sum_to_size(scale.shape)
         return grad_x, grad_scale, None, None, None, None
 

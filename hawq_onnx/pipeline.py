@@ -42,7 +42,7 @@ class QuantizeConfig:
     analysis_batch_size: int = 256
     epochs: float | None = None
     order: str = "hawq"
-    lr: float = 0.01
+    lr: float | None = None  # None: fine-tuning's default for its optimizer
     batch_size: int = 128
     distill: bool = True
     data_fraction: float = 1.0

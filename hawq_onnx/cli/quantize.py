@@ -30,7 +30,7 @@ def _bits(value: str, allowed: tuple[int, ...], option: str) -> tuple[int, ...]:
 @click.option("--epochs", type=float, default=None, help="Fine-tuning epochs, all stages together [default: 5].")
 @click.option("--order", type=click.Choice(["hawq", "single", "ptq"]), default="hawq", show_default=True,
               help="hawq: most sensitive blocks first; single: all at once; ptq: calibration only.")
-@click.option("--lr", type=float, default=0.01, show_default=True)
+@click.option("--lr", type=float, default=None, help="Peak fine-tuning learning rate [default: the optimizer's own].")
 @click.option("--batches", type=int, default=1, show_default=True, help="Batches for the Hessian analysis.")
 @click.option("--batch-size", type=int, default=256, show_default=True, help="Batch size of the Hessian analysis.")
 @click.option("--target", type=click.Choice(["ort-cpu", "compact"]), default="ort-cpu", show_default=True)
