@@ -173,7 +173,7 @@ def run_cases(cases: Iterable[tuple[str, bytes]], run_one: Callable[[Path], str]
             path.write_bytes(data)
             if not forked:  # in-process (the test suite): a time bound by SIGALRM, other errors raise
                 old = signal.signal(signal.SIGALRM, _alarm)
-                signal.alarm(int(math.ceil(timeout)))
+                signal.alarm(math.ceil(timeout))
                 try:
                     kind, detail = "result", run_one(path)
                 except Finding as f:

@@ -10,6 +10,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -139,11 +140,25 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text} is out of range")
+    return value
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def read_json(path: str | os.PathLike, what: str) -> Any:
+    """A JSON file hawq-onnx could have written: NaN, Infinity and out-of-range numbers are refused
+    here, as ``write_json`` never writes them (a value copied on would fail there, far later)."""
     p = Path(path)
     if not p.is_file():
         raise HawqError(f"{what} file {p} does not exist")
     try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise HawqError(f"{what} file {p} is not valid JSON ({exc.__class__.__name__}: {exc})") from None
+        return json.loads(p.read_text(encoding="utf-8"), parse_float=_finite_float, parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        detail = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise HawqError(f"{what} file {p} is not valid JSON ({exc.__class__.__name__}: {detail})") from None

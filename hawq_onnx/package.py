@@ -65,8 +65,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from hawq_onnx.artifacts import (atomic_path, check_writable_folder, current_umask, sha256_file, write_json,
-                                 write_text)
+from hawq_onnx.artifacts import (atomic_path, check_writable_folder, current_umask, read_json, sha256_file,
+                                 write_json, write_text)
 from hawq_onnx.bundle import (BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, MANIFEST_NAME, ROLE_ONNX,
                               ROLE_OPERATORS_CONFIG, ROLE_ORT)
 from hawq_onnx.errors import HawqError
@@ -213,7 +213,7 @@ def _metadata_list(model: onnx.ModelProto, key: str, numbers: bool) -> list | No
             ok = bool(value) and all(math.isfinite(v) for v in value)
         else:
             ok = isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         ok = False
     if not ok:
         what = "finite numbers" if numbers else "strings"
@@ -384,13 +384,11 @@ def validation_figures(report_path: Path) -> dict[str, Any]:
     ``quantized.batch1.median_ms``, ``quantized.size_ratio``); any other JSON object gives every
     number under a key naming accuracy, latency or size, keyed by its dotted JSON path.
     """
-    if not report_path.is_file():
-        raise HawqError(f"validation report {report_path} does not exist")
     try:
-        report = json.loads(report_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise HawqError(f"validation report {report_path} is not valid JSON ({exc.__class__.__name__}); pass the "
-                        "file that hawq-onnx validate --json writes, not the Markdown --report") from None
+        report = read_json(report_path, "validation report")
+    except HawqError as exc:
+        raise HawqError(f"{exc}; pass the file that hawq-onnx validate --json writes, not the Markdown "
+                        "--report") from None
     if not isinstance(report, dict):
         raise HawqError(f"validation report {report_path} is JSON but not an object; pass the report.json "
                         "that hawq-onnx validate writes")

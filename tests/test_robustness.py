@@ -216,6 +216,7 @@ def make_bad_inputs(b: Path, a: Artifacts) -> None:
     (b / "latin1.json").write_bytes(b"\xff\xfe{")
     s = a.sensitivity
     _json_variant(s, b / "sens_nan.json", lambda o: o["layers"][1].update(trace=float("nan")))
+    _json_variant(s, b / "sens_bad_trace.json", lambda o: o["layers"][1].update(trace="big"))
     _json_variant(s, b / "sens_no_layers.json", lambda o: o.update(layers=[]))
     _json_variant(s, b / "sens_extra_key.json", lambda o: o["layers"][0].update(extra=1))
     _json_variant(s, b / "sens_bad_type.json", lambda o: o["layers"][0].update(params="many"))
@@ -230,6 +231,8 @@ def make_bad_inputs(b: Path, a: Artifacts) -> None:
     _json_variant(p, b / "plan_no_name.json", lambda o: o["layers"][1].update(name=None))
     _json_variant(p, b / "plan_unknown_layer.json", lambda o: o["layers"][1].update(name="nothere"))
     _json_variant(p, b / "plan_other.json", lambda o: o.update(fingerprint="0123456789abcdef"))
+    _json_variant(a.plan, b / "plan_nan.json", lambda o: o["totals"].update(omega=float("nan")))
+    (b / "report_nan.json").write_text('{"quantized": {"accuracy": {"top1": NaN}}}')
 
     def fewer_channels(o):
         o["layers"][1]["out_channels"] = 3
@@ -386,6 +389,8 @@ CASES = [
     Case("allocate-sensitivity-is-plan", "allocate --sensitivity {a}/plan.json --budget 4x --out {o}/p.json",
          "not a hawq-onnx sensitivity file"),
     Case("allocate-sensitivity-nan", "allocate --sensitivity {b}/sens_nan.json --budget 4x --out {o}/p.json",
+         "not valid JSON .*NaN"),
+    Case("allocate-sensitivity-bad-trace", "allocate --sensitivity {b}/sens_bad_trace.json --budget 4x --out {o}/p.json",
          "layer block_conv1 has an invalid trace"),
     Case("allocate-sensitivity-no-layers", "allocate --sensitivity {b}/sens_no_layers.json --budget 4x --out {o}/p.json",
          "lists no layers"),
@@ -428,8 +433,10 @@ CASES = [
          "'nothere' is not a Conv1d, Conv2d or Linear"),
     Case("finetune-plan-wrong-channels", "finetune --plan {b}/plan_channels.json --order ptq --out {o}/q.pt",
          "3 output channels"),
+    Case("finetune-plan-holds-nan", "finetune --plan {b}/plan_nan.json --order ptq --out {o}/q.pt",
+         "not valid JSON .*NaN"),
     Case("finetune-sensitivity-other-model", FT + " --sensitivity {b}/sens_other.json", "another model"),
-    Case("finetune-sensitivity-malformed", FT + " --sensitivity {b}/sens_nan.json", "invalid trace"),
+    Case("finetune-sensitivity-malformed", FT + " --sensitivity {b}/sens_bad_trace.json", "invalid trace"),
     Case("finetune-data-wrong-shape", FT + " --data npz:{b}/wrong_shape.npz", "do not fit the model input"),
     Case("finetune-data-empty", FT + " --data npz:{b}/empty.npz", "at least one sample"),
     Case("finetune-data-labels", FT + " --data npz:{b}/labels.npz", "labels out of range"),
@@ -475,7 +482,7 @@ CASES = [
     Case("validate-data-nan", VAL_OK + " --data npz:{b}/nan.npz", "inputs hold NaN or Inf"),
     Case("validate-input-shape-wrong", VAL_OK + " --data digits --input-shape 3,32,32", "do not fit the model input"),
     Case("validate-model-raises", VAL_OK + " --data digits --model {b}/models.py:raises", "raised RuntimeError"),
-    Case("validate-sensitivity-malformed", VAL_OK + " --data digits --sensitivity {b}/sens_nan.json", "invalid trace"),
+    Case("validate-sensitivity-malformed", VAL_OK + " --data digits --sensitivity {b}/sens_nan.json", "NaN"),
     Case("validate-json-is-input", VAL_OK + " --data digits --json {a}/model.float.onnx", "also an input"),
     Case("validate-report-under-a-file", VAL_OK + " --data digits --report {a}/weights.pt/r.md", "is a file"),
     Case("validate-json-in-proc", VAL_OK + " --data digits --json /proc/hawq-onnx-test.json", "not writable"),
@@ -496,6 +503,8 @@ CASES = [
     Case("package-zip-in-proc", "package {a}/model.qdq.onnx --out /proc/hawq-onnx-test.zip", "not writable"),
     Case("package-report-not-json", "package {a}/model.qdq.onnx --out {o}/bundle --report {b}/truncated.json",
          "not valid JSON"),
+    Case("package-report-holds-nan", "package {a}/model.qdq.onnx --out {o}/bundle --report {b}/report_nan.json",
+         "not valid JSON .*NaN"),
     Case("package-model-raises", "package {a}/model.qdq.onnx --out {o}/bundle --model {b}/models.py:raises",
          "raised RuntimeError"),
 
