@@ -250,6 +250,40 @@ def _infer_shapes_batch1(model: onnx.ModelProto) -> dict[str, list[int]]:
     return shapes
 
 
+# Running the model is the fallback for shapes static inference cannot follow (TorchScript's
+# option-A shortcuts, shapes computed from tensor values); not worth it on a very large model.
+RUN_FOR_SHAPES_MAX_BYTES = 256 * 2 ** 20
+
+
+def _run_shapes_batch1(model: onnx.ModelProto, names: list[str]) -> dict[str, list[int]]:
+    """Shapes of ``names`` from one ONNX Runtime run on zeros at batch 1; {} where it cannot run."""
+    if not names or model.ByteSize() > RUN_FOR_SHAPES_MAX_BYTES:
+        return {}
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    inits = {i.name for i in m.graph.initializer}
+    feeds = {}
+    try:
+        import onnxruntime as ort
+
+        for inp in m.graph.input:
+            if inp.name in inits:
+                continue
+            dims = [d.dim_value if d.HasField("dim_value") else 1 for d in inp.type.tensor_type.shape.dim]
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
+            feeds[inp.name] = np.zeros(dims, dtype=dtype)
+        known = {o.name for o in m.graph.output}
+        m.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in known)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.log_severity_level = 3
+        session = ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        values = session.run(names, feeds)
+    except Exception:  # any model ORT cannot build or run at batch 1 simply keeps its unknown shapes
+        return {}
+    return {n: list(v.shape) for n, v in zip(names, values) if v.ndim and all(d > 0 for d in v.shape)}
+
+
 def inspect_onnx(source: str | os.PathLike | onnx.ModelProto) -> Inspection:
     if isinstance(source, onnx.ModelProto):
         model, path, file_bytes = source, None, None
@@ -268,6 +302,9 @@ def inspect_onnx(source: str | os.PathLike | onnx.ModelProto) -> Inspection:
                 t.name = n.output[0]
                 inits.setdefault(n.output[0], t)
     shapes = _infer_shapes_batch1(model)
+    unknown = [t for n in graph.node if n.op_type in LAYER_OPS and n.output and n.input
+               for t in (n.output[0], n.input[0]) if t and t not in shapes]
+    shapes.update(_run_shapes_batch1(model, unknown))
 
     def trace_weight(name: str) -> tuple[TensorProto | None, list[onnx.NodeProto]]:
         path_nodes: list[onnx.NodeProto] = []

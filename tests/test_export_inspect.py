@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import onnx
@@ -104,6 +105,34 @@ def test_inspect_traces_packed_weights(dtype, values, storage, bits):
 def test_inspect_sees_4bit_activations():
     (row,) = inspect_onnx(_qdq_graph(TensorProto.INT4, [1, 2, 3, 4], clip_levels=16)).layers
     assert row.act_bits == 4
+
+
+class _OptionAShortcut(torch.nn.Module):
+    """A strided slice and a channel Pad before a conv: what TorchScript exports of option-A ResNets."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(16, 16, 3, padding=1)
+        self.fc = torch.nn.Linear(16, 4)
+
+    def forward(self, x):
+        y = torch.nn.functional.pad(self.a(x)[:, :, ::2, ::2], (0, 0, 0, 0, 4, 4))
+        return self.fc(self.b(y).mean((2, 3)))
+
+
+def test_inspect_counts_macs_where_shape_inference_gives_up():
+    from hawq_onnx.export import _export_torchscript
+    from hawq_onnx.onnx_inspect import _infer_shapes_batch1
+
+    with warnings.catch_warnings():  # TorchScript says it cannot constant-fold the strided Slice
+        warnings.simplefilter("ignore")
+        proto = _export_torchscript(_OptionAShortcut().eval(), torch.randn(2, 3, 8, 8), 21)
+    static = _infer_shapes_batch1(proto)
+    layers = [n for n in proto.graph.node if n.op_type in ("Conv", "Gemm")]
+    assert [n.output[0] in static for n in layers] == [True, False, False]
+    ins = inspect_onnx(proto)
+    assert [row.macs for row in ins.layers] == [8 * 8 * 8 * 27, 16 * 4 * 4 * 144, 4 * 16]
+    assert ins.layer_macs == 13824 + 36864 + 64
 
 
 def test_cli_export_and_inspect_json(tmp_path):
