@@ -8,6 +8,7 @@ memory: the sources this tool targets are small, and ONNX Runtime wants numpy ar
 from __future__ import annotations
 
 import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -172,6 +173,34 @@ def resolve_source(source: str | None, spec: ModelSpec) -> str:
     if default is None:
         raise HawqError(f"model {spec.name} has no embedded data: pass --data (digits, cifar10:DIR or npz:FILE)")
     return default
+
+
+def sample_shape(source: str | None) -> tuple[int, ...] | None:
+    """One input sample's shape (no batch) in ``source``, for a model that declares none.
+
+    Reads only the header of an npz file's ``x``. Channels-last images (N, H, W, 1|3) give
+    (C, H, W), the layout the data is fed in. None where the source says nothing readable: the
+    loader reports that properly later."""
+    if not source:
+        return None
+    kind, _, arg = source.partition(":")
+    if kind == "digits" and not arg:
+        return (1, 8, 8)
+    if kind == "cifar10" and arg:
+        return (3, 32, 32)
+    if kind != "npz" or not arg:
+        return None
+    try:
+        with zipfile.ZipFile(arg.split(",")[0]) as z, z.open("x.npy") as f:
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}[np.lib.format.read_magic(f)]
+            shape = read_header(f)[0]
+    except Exception:  # anything unreadable: load_data says what is wrong with the file
+        return None
+    sample = tuple(int(d) for d in shape[1:])
+    if len(sample) == 3 and sample[2] in (1, 3) and sample[0] > 4 and sample[1] > 4:
+        return (sample[2], sample[0], sample[1])
+    return sample or None
 
 
 def load_data(source: str, spec: ModelSpec, calibration_size: int = CALIBRATION_SIZE, seed: int = 0) -> Dataset:

@@ -135,8 +135,12 @@ def check_finite(model: nn.Module, source: str) -> None:
 
 
 def load_model(ref: str | None = None, weights: str | None = None,
-               input_shape: tuple[int, ...] | None = None) -> LoadedModel:
-    """Build the model, load its weights, check them, and put it in eval mode."""
+               input_shape: tuple[int, ...] | None = None,
+               data_shape: tuple[int, ...] | None = None) -> LoadedModel:
+    """Build the model, load its weights, check them, and put it in eval mode.
+
+    The input shape is ``input_shape``, else the model's own, else ``data_shape`` (one sample of
+    the data it will see, ``data.sample_shape``)."""
     ref = ref or DEFAULT_MODEL
     if ref in ZOO:
         spec = ZOO[ref]
@@ -146,6 +150,9 @@ def load_model(ref: str | None = None, weights: str | None = None,
         model = _build(factory, ref)
         declared = getattr(model, "input_shape", None) or getattr(factory, "input_shape", None)
         shape = input_shape or (tuple(int(d) for d in declared) if declared else None)
+        if shape is None and data_shape:
+            shape = tuple(data_shape)
+            log.info("model %s declares no input shape: using the data's, %s", ref, shape)
         if shape is None:
             raise HawqError(f"model {ref!r} declares no input shape: pass --input-shape C,H,W")
         classes = getattr(model, "class_names", None)

@@ -115,7 +115,7 @@ def run_quantize(cfg: QuantizeConfig, out_dir: str | Path, *, progress: bool = T
     """Run every stage into ``out_dir`` and return the figures of the final validation."""
     from hawq_onnx.allocation import allocate
     from hawq_onnx.allocation_plot import plot_pareto
-    from hawq_onnx.data import load_data, resolve_source
+    from hawq_onnx.data import load_data, resolve_source, sample_shape
     from hawq_onnx.export import float_onnx, save_onnx
     from hawq_onnx.finetune import finetune, fold_copy, restore_quantized, save_quantized
     from hawq_onnx.model_source import load_model
@@ -140,7 +140,7 @@ def run_quantize(cfg: QuantizeConfig, out_dir: str | Path, *, progress: bool = T
     reused: list[str] = []
     ran: list[str] = []
 
-    loaded = load_model(cfg.model_ref, cfg.weights, cfg.input_shape)
+    loaded = load_model(cfg.model_ref, cfg.weights, cfg.input_shape, data_shape=sample_shape(cfg.data))
     source = resolve_source(cfg.data, loaded.spec)
     dataset = load_data(source, loaded.spec, seed=cfg.seed)
     # Inputs are checked before anything is written: a bad model or data leaves no folder behind.

@@ -243,7 +243,7 @@ def export_plan(model_ref: str | None, weights: str | None, input_shape: tuple[i
     checkpoint (a ``plan_path`` given too must have the same bits). Calibration data: ``data``,
     else the data the plan was calibrated on, else the model's default.
     """
-    from hawq_onnx.data import load_data, resolve_source
+    from hawq_onnx.data import load_data, resolve_source, sample_shape
     from hawq_onnx.finetune import fold_copy, restore_quantized
     from hawq_onnx.model_source import load_model, model_fingerprint
     from hawq_onnx.plan import load_plan
@@ -251,7 +251,8 @@ def export_plan(model_ref: str | None, weights: str | None, input_shape: tuple[i
     if plan_path is None and quantized_path is None:
         raise HawqError("a quantized export needs --plan plan.json or --quantized quantized.pt")
     given = load_plan(plan_path) if plan_path is not None else None  # a bad file fails before the model loads
-    loaded = load_model(model_ref, weights, input_shape)
+    calibrated_on = (given.calibration or {}).get("data") if given is not None else None
+    loaded = load_model(model_ref, weights, input_shape, data_shape=sample_shape(data or calibrated_on))
     if quantized_path is not None:
         folded, plan = restore_quantized(loaded, quantized_path)
         if given is not None:

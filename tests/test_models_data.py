@@ -8,7 +8,9 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 
+from hawq_onnx.cli import cli
 from hawq_onnx.data import load_data
 from hawq_onnx.errors import HawqError
 from hawq_onnx.layers import describe_layers
@@ -82,6 +84,33 @@ def test_user_model_file_and_module(tmp_path):
         load_model(f"{tmp_path}/nope.py:make")
     m = load_model("hawq_onnx.models.digits_cnn:DigitsCNN", input_shape=(1, 8, 8))  # package.module:factory
     assert type(m.module).__name__ == "DigitsCNN" and m.spec.input_shape == (1, 8, 8)
+
+
+def test_input_shape_from_the_data(tmp_path):
+    from hawq_onnx.data import sample_shape
+
+    f = tmp_path / "mymodel.py"
+    f.write_text("import torch.nn as nn\n"
+                 "def make():\n    return nn.Sequential(nn.Conv1d(2, 4, 3), nn.Flatten(), nn.Linear(4 * 30, 3))\n")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "seq.npz", x=rng.normal(size=(40, 2, 32)).astype(np.float32), y=rng.integers(0, 3, 40))
+    np.savez(tmp_path / "hwc.npz", x=rng.integers(0, 255, (40, 16, 16, 3), dtype=np.uint8), y=rng.integers(0, 3, 40))
+    assert sample_shape(f"npz:{tmp_path}/seq.npz") == (2, 32)
+    assert sample_shape(f"npz:{tmp_path}/hwc.npz,{tmp_path}/seq.npz") == (3, 16, 16)  # fed as C,H,W
+    assert sample_shape("digits") == (1, 8, 8) and sample_shape("cifar10:anywhere") == (3, 32, 32)
+    assert sample_shape(f"npz:{tmp_path}/missing.npz") is None and sample_shape(None) is None
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    assert sample_shape(f"npz:{tmp_path}/junk.npz") is None
+    loaded = load_model(f"{f}:make", data_shape=sample_shape(f"npz:{tmp_path}/seq.npz"))
+    assert loaded.spec.input_shape == (2, 32)
+    assert load_model(f"{f}:make", input_shape=(2, 32), data_shape=(9, 9)).spec.input_shape == (2, 32)
+    with pytest.raises(HawqError, match=r"does not run on an input of shape \(1, 3, 16, 16\)"):
+        load_model(f"{f}:make", data_shape=(3, 16, 16))
+    out = tmp_path / "s.json"
+    res = CliRunner().invoke(cli, ["analyze", "--model", f"{f}:make", "--data", f"npz:{tmp_path}/seq.npz",
+                                   "--batch-size", "16", "--trace-tol", "0.2", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert out.is_file()
 
 
 def test_weights_errors(tmp_path):

@@ -9,7 +9,7 @@ model_option = click.option("--model", "model_ref", default=None, metavar="M",
 weights_option = click.option("--weights", default=None, metavar="CKPT",
                               help="state_dict checkpoint (plain or {'state_dict': ...}).")
 input_shape_option = click.option("--input-shape", default=None, metavar="C,H,W",
-                                  help="Input shape without batch, for models that declare none.")
+                                  help="Input shape without batch, for models that declare none (default: one sample of --data).")
 data_option = click.option("--data", default=None, metavar="D",
                            help="digits | cifar10:DIR | npz:FILE. Default: the model's own (digits for digits-cnn).")
 device_option = click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)

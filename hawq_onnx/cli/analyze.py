@@ -28,7 +28,7 @@ def command(model_ref, weights, input_shape, data, batches, batch_size, eig_tol,
             sketch, device, seed, out, plot):
     """Top Hessian eigenvalue and trace of every quantizable layer (HAWQ, HAWQ-V2)."""
     from hawq_onnx.artifacts import check_output_path
-    from hawq_onnx.data import load_data, resolve_source
+    from hawq_onnx.data import load_data, resolve_source, sample_shape
     from hawq_onnx.model_source import load_model, parse_input_shape
     from hawq_onnx.sensitivity import analyze_model
     from hawq_onnx.sensitivity_report import save_sensitivity
@@ -36,7 +36,7 @@ def command(model_ref, weights, input_shape, data, batches, batch_size, eig_tol,
     check_output_path(out, (weights,))
     if plot:
         check_output_path(plot, (weights, out))
-    loaded = load_model(model_ref, weights, parse_input_shape(input_shape))
+    loaded = load_model(model_ref, weights, parse_input_shape(input_shape), data_shape=sample_shape(data))
     dataset = load_data(resolve_source(data, loaded.spec), loaded.spec)
     report = analyze_model(loaded, dataset, batches=batches, batch_size=batch_size, seed=seed, device=device,
                            progress=True, eig_tol=eig_tol, max_iter=max_iter, trace_tol=trace_tol,

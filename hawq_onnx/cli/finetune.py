@@ -42,7 +42,7 @@ def command(model_ref, weights, input_shape, data, plan_path, sensitivity, order
             batch_size, distill, data_fraction, seed, device, out, plan_out):
     """Quantize a model as its plan says and fine-tune it (HAWQ order), or calibrate only (ptq)."""
     from hawq_onnx.artifacts import check_output_path
-    from hawq_onnx.data import load_data, resolve_source
+    from hawq_onnx.data import load_data, resolve_source, sample_shape
     from hawq_onnx.finetune import finetune, fold_copy, save_quantized
     from hawq_onnx.model_source import load_model, model_fingerprint, parse_input_shape
     from hawq_onnx.plan import load_plan, save_plan
@@ -52,7 +52,7 @@ def command(model_ref, weights, input_shape, data, plan_path, sensitivity, order
     inputs = (weights, plan_path, sensitivity)
     check_output_path(out, inputs)
     check_output_path(plan_out, inputs + (out,))
-    loaded = load_model(model_ref, weights, parse_input_shape(input_shape))
+    loaded = load_model(model_ref, weights, parse_input_shape(input_shape), data_shape=sample_shape(data))
     plan = load_plan(plan_path, model_fingerprint(fold_copy(loaded.module, loaded.input_shape)))
     report = load_sensitivity(sensitivity) if sensitivity else None
     dataset = load_data(resolve_source(data, loaded.spec), loaded.spec, seed=seed)
