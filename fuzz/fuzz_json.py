@@ -17,7 +17,6 @@ Counts per target as in ``harness.py``; exit status 1 when anything but ok/clean
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -25,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Report, run_cases, run_cli, speedups  # noqa: E402
+from harness import Report, fuzz_main, run_cases, run_cli  # noqa: E402
 from json_mutations import mutate  # noqa: E402
-from seed_artifacts import Artifacts, build_artifacts  # noqa: E402
+from seed_artifacts import Artifacts  # noqa: E402
 
 TARGETS = ("allocate", "export", "finetune", "package")
 
@@ -91,23 +90,5 @@ def fuzz(target: str, art: Artifacts, count: int, seed: int, timeout: float, for
                      forked=forked)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--cases", type=int, default=3000, help="cases per target")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--timeout", type=float, default=30.0)
-    ap.add_argument("--targets", default=",".join(TARGETS))
-    args = ap.parse_args()
-    speedups()
-    bad = 0
-    with tempfile.TemporaryDirectory() as tmp:
-        art = build_artifacts(Path(tmp) / "seed")
-        for target in args.targets.split(","):
-            report = fuzz(target, art, args.cases, args.seed, args.timeout)
-            print(report.line(target), flush=True)
-            bad += report.bad
-    sys.exit(1 if bad else 0)
-
-
 if __name__ == "__main__":
-    main()
+    fuzz_main(TARGETS, fuzz, default_timeout=30.0)

@@ -15,7 +15,6 @@ or exit 2 with one error line and no output at all.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -24,9 +23,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import Report, run_cases, run_cli, speedups  # noqa: E402
+from harness import Report, fuzz_main, run_cases, run_cli  # noqa: E402
 from onnx_mutations import mutate  # noqa: E402
-from seed_artifacts import Artifacts, build_artifacts  # noqa: E402
+from seed_artifacts import Artifacts  # noqa: E402
 
 TARGETS = ("validate", "package")
 
@@ -62,23 +61,5 @@ def fuzz(target: str, art: Artifacts, count: int, seed: int, timeout: float, for
     return run_cases(cases, run_one, timeout=timeout, suffix=".onnx", forked=forked)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--cases", type=int, default=3000, help="cases per target")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--timeout", type=float, default=60.0)
-    ap.add_argument("--targets", default=",".join(TARGETS))
-    args = ap.parse_args()
-    speedups()
-    bad = 0
-    with tempfile.TemporaryDirectory() as tmp:
-        art = build_artifacts(Path(tmp) / "seed")
-        for target in args.targets.split(","):
-            report = fuzz(target, art, args.cases, args.seed, args.timeout)
-            print(report.line(target), flush=True)
-            bad += report.bad
-    sys.exit(1 if bad else 0)
-
-
 if __name__ == "__main__":
-    main()
+    fuzz_main(TARGETS, fuzz, default_timeout=60.0)

@@ -206,3 +206,27 @@ def run_cases(cases: Iterable[tuple[str, bytes]], run_one: Callable[[Path], str]
             path.unlink(missing_ok=True)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def fuzz_main(targets: Iterable[str], fuzz: Callable[..., "Report"], default_timeout: float) -> None:
+    """The command line of a target-by-target CLI fuzzer: build the seed artefacts, run each target,
+    print its counts; exit 1 when any case was a traceback, a hang, a crash or a partial output."""
+    import argparse
+
+    from seed_artifacts import build_artifacts
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cases", type=int, default=3000, help="cases per target")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--timeout", type=float, default=default_timeout)
+    ap.add_argument("--targets", default=",".join(targets))
+    args = ap.parse_args()
+    speedups()
+    bad = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        art = build_artifacts(Path(tmp) / "seed")
+        for target in args.targets.split(","):
+            report = fuzz(target, art, args.cases, args.seed, args.timeout)
+            print(report.line(target), flush=True)
+            bad += report.bad
+    sys.exit(1 if bad else 0)
