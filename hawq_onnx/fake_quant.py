@@ -175,7 +175,9 @@ class ActivationFakeQuant(nn.Module):
 class QuantLayer(nn.Module):
     """One planned conv/linear: input quantizer (a_bits) -> layer with fake-quantized weight (w_bits).
 
-    ``enabled = False`` runs the wrapped layer in float (used by staged fine-tuning).
+    ``enabled = False`` runs the wrapped layer in float (used by staged fine-tuning);
+    ``quantize_input = False`` leaves only the input float, the bias still on its int32 grid
+    (the exporter matches tensors on such a model, see ``hawq_onnx.region_grids``).
     """
 
     def __init__(self, layer: nn.Module, w_bits: int | None, a_bits: int | None, name: str = "") -> None:
@@ -188,6 +190,7 @@ class QuantLayer(nn.Module):
         self.weight_quant = WeightFakeQuant(w_bits, layer.weight.shape[0]) if w_bits is not None else None
         self.input_quant = ActivationFakeQuant(a_bits) if a_bits is not None else None
         self.enabled = True
+        self.quantize_input = True
 
     def quantized_bias(self) -> torch.Tensor | None:
         """The bias on the int32 grid of scale s_w * s_a where weight and input are quantized."""
@@ -201,7 +204,7 @@ class QuantLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return self.layer(x)
-        if self.input_quant is not None:
+        if self.input_quant is not None and self.quantize_input:
             x = self.input_quant(x)
         w = self.layer.weight if self.weight_quant is None else self.weight_quant(self.layer.weight)
         b = self.quantized_bias()
@@ -245,7 +248,9 @@ def quantize_model(model: nn.Module, plan: Plan, *, weight_method: str = DEFAULT
     Layers with w_bits None keep a float weight; a_bits None leaves their input float; layers
     with neither are not wrapped. Where the plan has scales (``weight_scale``, ``input_quant``)
     they are used exactly, frozen; otherwise weight scales come from the weights
-    (``weight_method``) and activation quantizers wait for :func:`calibrate`. The result is in
+    (``weight_method``) and activation quantizers wait for :func:`calibrate`. The exporter's
+    grids between layers (``plan.region_grids``) are inserted too: the result is then a
+    torch.fx GraphModule computing what the exported file computes. The result is in
     eval mode with every step size frozen (``requires_grad=False``); ``model`` is untouched.
     """
     qmodel = copy.deepcopy(model)
@@ -273,7 +278,12 @@ def quantize_model(model: nn.Module, plan: Plan, *, weight_method: str = DEFAULT
                                 f"is {lp.a_bits}")
             wrapped.input_quant.set_qparams(lp.input_quant.scale, lp.input_quant.zero_point)
         _set_submodule(qmodel, lp.name, wrapped)
-    return qmodel.to(next(model.parameters()).device)
+    qmodel = qmodel.to(next(model.parameters()).device)
+    if plan.region_grids:
+        from hawq_onnx.region_grids import apply_region_grids  # it builds on this module
+
+        qmodel = apply_region_grids(qmodel, plan.region_grids)
+    return qmodel
 
 
 @torch.no_grad()

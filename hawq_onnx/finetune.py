@@ -200,6 +200,17 @@ def evaluate(model: nn.Module, split: Split, *, batch_size: int = EVAL_BATCH, de
     return correct / len(split)
 
 
+@torch.no_grad()
+def predict_scores(model: nn.Module, x: np.ndarray, *, batch_size: int = EVAL_BATCH, device: str = "cpu") -> np.ndarray:
+    """The model's output scores (N, classes) for inputs ``x``, in eval mode."""
+    was_training = model.training
+    model.eval()
+    out = [model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size])).to(device)).cpu().numpy()
+           for i in range(0, len(x), batch_size)]
+    model.train(was_training)
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
 class LogAdam(torch.optim.Optimizer):
     """Adam in log space for step sizes: s <- s * exp(-lr * m_hat / (sqrt(v_hat) + eps)) on g = s * dL/ds.
 

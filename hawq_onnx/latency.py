@@ -136,7 +136,7 @@ def _worker(request: dict) -> dict:
     for label, path in request["models"].items():
         so = ort.SessionOptions()
         so.use_per_session_threads = False
-        so.log_severity_level = 3
+        so.log_severity_level = 4  # failures reach the user as our one-line message
         try:
             sess = ort.InferenceSession(path, so, providers=request["providers"])
         except Exception as exc:

@@ -145,3 +145,10 @@ def accuracy(logits: np.ndarray, y: np.ndarray, num_classes: int) -> Accuracy:
 def agreement(logits_a: np.ndarray, logits_b: np.ndarray) -> float:
     """Fraction of samples where both models pick the same class."""
     return float((logits_a.argmax(axis=1) == logits_b.argmax(axis=1)).mean())
+
+
+def logit_error_steps(logits: np.ndarray, reference: np.ndarray, percentile: float = 99.0) -> float:
+    """The ``percentile`` of |logits - reference|, in steps of an 8-bit grid over the reference's range."""
+    lo, hi = float(reference.min()), float(reference.max())
+    step = max(hi - lo, 1e-12) / 255.0
+    return float(np.percentile(np.abs(logits - reference), percentile) / step)

@@ -117,7 +117,8 @@ def run_quantize(cfg: QuantizeConfig, out_dir: str | Path, *, progress: bool = T
     from hawq_onnx.allocation_plot import plot_pareto
     from hawq_onnx.data import load_data, resolve_source, sample_shape
     from hawq_onnx.export import float_onnx, save_onnx
-    from hawq_onnx.finetune import finetune, fold_copy, restore_quantized, save_quantized
+    from hawq_onnx.fake_quant import quantize_model
+    from hawq_onnx.finetune import finetune, fold_copy, predict_scores, restore_quantized, save_quantized
     from hawq_onnx.model_source import load_model
     from hawq_onnx.plan import load_plan, save_plan
     from hawq_onnx.qdq_export import quantize_onnx
@@ -133,7 +134,7 @@ def run_quantize(cfg: QuantizeConfig, out_dir: str | Path, *, progress: bool = T
         raise HawqError(f"--out {out} is a file; give a folder")
     files = {name: out / name for name in (
         "sensitivity.json", "sensitivity.png", "plan.json", "pareto.png", "quantized.pt", "quantized.plan.json",
-        "model.float.onnx", "model.qdq.onnx", "report.json", "report.md")}
+        "model.float.onnx", "model.qdq.onnx", "model.qdq.plan.json", "report.json", "report.md")}
     for p in (cfg.weights,):
         if p and Path(p).resolve().parent == out.resolve() and Path(p).name in files:
             raise HawqError(f"--weights {p} would be overwritten by an output; choose another --out folder")
@@ -216,9 +217,10 @@ def run_quantize(cfg: QuantizeConfig, out_dir: str | Path, *, progress: bool = T
         exported = quantize_onnx(tuned, loaded.input_shape, plan, dataset.calib.x, target=cfg.target,
                                  progress=progress)
         save_onnx(exported.model, files["model.qdq.onnx"])
+        save_plan(exported.plan, files["model.qdq.plan.json"])
 
     stage("export", stage_key("export", **model_id, quantized=_file_id(files["quantized.pt"]), target=cfg.target),
-          [files["model.float.onnx"], files["model.qdq.onnx"]], export_stage)
+          [files["model.float.onnx"], files["model.qdq.onnx"], files["model.qdq.plan.json"]], export_stage)
 
     # 5. Validation under ONNX Runtime.
     val_opts = {"baseline": cfg.baseline, "runs": cfg.latency_runs, "threads": cfg.threads,
@@ -226,16 +228,23 @@ def run_quantize(cfg: QuantizeConfig, out_dir: str | Path, *, progress: bool = T
     result_box: dict[str, Any] = {}
 
     def validate_stage() -> None:
+        tuned, _ = restore_quantized(loaded, files["quantized.pt"])
+        qmodel = quantize_model(tuned.cpu(), load_plan(files["model.qdq.plan.json"]))
+
+        def reference(x):  # the fake-quant model the file should reproduce, on the CPU like the file
+            return predict_scores(qmodel, x)
+
         result = validate(files["model.float.onnx"], files["model.qdq.onnx"], dataset, model_ref=None,
                           input_shape=loaded.input_shape, threads=cfg.threads, runs=cfg.latency_runs,
                           baseline=cfg.baseline, sensitivity=files["sensitivity.json"], max_drop=cfg.max_drop,
-                          progress=progress)
+                          reference=reference, progress=progress)
         write_result_json(result, files["report.json"])
         write_markdown(result, files["report.md"])
         result_box["result"] = result
 
     stage("validate", stage_key("validate", float=_file_id(files["model.float.onnx"]),
-                                quant=_file_id(files["model.qdq.onnx"]), data=source, **val_opts),
+                                quant=_file_id(files["model.qdq.onnx"]), plan=_file_id(files["model.qdq.plan.json"]),
+                                data=source, **val_opts),
           [files["report.json"], files["report.md"]], validate_stage)
 
     report_json = read_json(files["report.json"], "report")

@@ -32,6 +32,22 @@ class ActivationQuant:
 
 
 @dataclass
+class RegionGrid:
+    """A grid the exporter adds between layers (q in [0, 2^bits - 1]), named on both sides.
+
+    ``node``: the torch.fx node of the fake-quant model whose output it rounds, for every user
+    but the planned layers that quantize their own input (``hawq_onnx.region_grids``);
+    ``tensor``: the ONNX tensor it rounds in the exported file.
+    """
+
+    node: str
+    tensor: str
+    bits: int
+    scale: float
+    zero_point: int
+
+
+@dataclass
 class LayerPlan:
     name: str
     kind: str
@@ -60,6 +76,7 @@ class Plan:
     allocation: dict[str, Any] = field(default_factory=dict)  # method, candidates, sensitivity sha
     pareto: list[dict[str, Any]] = field(default_factory=list)
     calibration: dict[str, Any] | None = None  # data, samples, method; after fine-tuning
+    region_grids: list[RegionGrid] = field(default_factory=list)  # set by the exporter
     format: str = FORMAT
     version: int = VERSION
 
@@ -133,6 +150,17 @@ def _check_layer(layer: LayerPlan, where: str) -> None:
             raise HawqError(f"{where}: layer {layer.name} has an input zero point outside [0, 2^{q.bits})")
 
 
+def _check_region_grid(grid: RegionGrid, where: str) -> None:
+    if not (isinstance(grid.node, str) and grid.node and isinstance(grid.tensor, str)):
+        raise HawqError(f"{where}: a region grid has no node name (a non-empty string)")
+    if not (_is_int(grid.bits) and grid.bits in ACTIVATION_BITS):
+        raise HawqError(f"{where}: region grid {grid.node} has bits {grid.bits!r:.20}, not one of {ACTIVATION_BITS}")
+    if not _is_scale(grid.scale):
+        raise HawqError(f"{where}: region grid {grid.node} has a scale that is not a positive number in float32")
+    if not (_is_int(grid.zero_point) and 0 <= grid.zero_point < 2 ** grid.bits):
+        raise HawqError(f"{where}: region grid {grid.node} has a zero point outside [0, 2^{grid.bits})")
+
+
 def load_plan(path: str | Path, fingerprint: str | None = None) -> Plan:
     """Read and validate a plan; with ``fingerprint``, check it belongs to that model."""
     return plan_from_json(read_json(path, "plan"), f"plan {path}", fingerprint)
@@ -157,7 +185,14 @@ def plan_from_json(obj: Any, where: str = "plan", fingerprint: str | None = None
             _check_layer(layer, where)
             layers.append(layer)
         fields = {k: obj[k] for k in ("budget", "totals", "allocation", "pareto", "calibration") if k in obj}
-        plan = Plan(model=obj["model"], fingerprint=obj["fingerprint"], layers=layers, **fields)
+        grids = obj.get("region_grids", [])
+        if not isinstance(grids, list) or not all(isinstance(raw, dict) for raw in grids):
+            raise TypeError("'region_grids' is not a list of objects")
+        region_grids = [RegionGrid(**raw) for raw in grids]
+        for grid in region_grids:
+            _check_region_grid(grid, where)
+        plan = Plan(model=obj["model"], fingerprint=obj["fingerprint"], layers=layers, region_grids=region_grids,
+                    **fields)
         for key, kind in (("model", str), ("fingerprint", str), ("budget", dict), ("totals", dict),
                           ("allocation", dict), ("pareto", list)):
             if not isinstance(getattr(plan, key), kind):

@@ -11,7 +11,9 @@ Steps (each an ONNX-to-ONNX pass list from ``hawq_onnx.passes.pipelines``):
    (conv outputs, residual Add inputs and outputs, pooling) get 8-bit ranges observed by
    running ONNX Runtime on the partially quantized model (the plan's own Q/DQ in place), so
    the ranges see the quantized upstream;
-6. activation Q/DQ, the target's rewrites and clean-up.
+6. activation Q/DQ, the target's rewrites and clean-up;
+7. the grids of step 5 named in PyTorch (``hawq_onnx.region_grids``): the returned plan carries
+   them, and ``fake_quant.quantize_model`` of that plan computes what the file computes.
 
 The plan must be calibrated (weight scales and input ranges, written by ``finetune``); an
 uncalibrated plan is refused with the command that calibrates it. The same inputs give the same
@@ -23,7 +25,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,14 +39,15 @@ from hawq_onnx.errors import HawqError
 from hawq_onnx.export import float_onnx
 from hawq_onnx.passes import pipelines
 from hawq_onnx.passes.convert_opset import required_opset
-from hawq_onnx.passes.insert_activation_qdq import EdgeQuant, QParams, calibration_sites, place
+from hawq_onnx.passes.insert_activation_qdq import EdgeQuant, QParams, TensorPlacement, calibration_sites, place, resolve
 from hawq_onnx.passes.layer_binding import BoundLayer, LayerRequest, bind_layers
 from hawq_onnx.passes.quantize_weights import WeightQuantSpec
-from hawq_onnx.plan import Plan
+from hawq_onnx.plan import Plan, RegionGrid
 
 log = logging.getLogger(__name__)
 
 CALIBRATION_BATCH = 64
+REGION_PROBE_SAMPLES = 32  # inputs on which ONNX tensors and PyTorch nodes are matched by value
 PRODUCER = "hawq-onnx"
 
 
@@ -59,6 +62,7 @@ class QuantizedExport:
     calibration_sites: int
     calibration_samples: int
     warnings: list[str] = field(default_factory=list)
+    plan: Plan | None = None  # the plan exported, with its region grids: the PyTorch reference of the file
 
     @property
     def file_bytes(self) -> int:
@@ -113,15 +117,10 @@ def _copy(model: ir.Model) -> ir.Model:
     return ir.from_proto(ir.to_proto(model))
 
 
-def observe_ranges(model: ir.Model, tensors: list[str], x: np.ndarray, batch_size: int = CALIBRATION_BATCH,
-                   progress: bool = False) -> dict[str, tuple[float, float]]:
-    """Min and max of each tensor over ``x``, run by ONNX Runtime (1 thread, no graph optimization)."""
+def _session_with_outputs(model: ir.Model, tensors: list[str]):
+    """An ONNX Runtime session (1 thread, no graph optimization) that also outputs ``tensors``."""
     import onnxruntime as ort
 
-    if not tensors:
-        return {}
-    if len(x) == 0:
-        raise HawqError("calibration needs at least one sample; the calibration split is empty")
     proto = ir.to_proto(model)
     existing = {o.name for o in proto.graph.output}
     for name in tensors:
@@ -131,11 +130,22 @@ def observe_ranges(model: ir.Model, tensors: list[str], x: np.ndarray, batch_siz
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # failures become our one-line error
     try:
         session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
         raise HawqError(f"ONNX Runtime cannot load the partially quantized model: {str(exc).splitlines()[0]}") from None
+    return session
+
+
+def observe_ranges(model: ir.Model, tensors: list[str], x: np.ndarray, batch_size: int = CALIBRATION_BATCH,
+                   progress: bool = False) -> dict[str, tuple[float, float]]:
+    """Min and max of each tensor over ``x``, run by ONNX Runtime (1 thread, no graph optimization)."""
+    if not tensors:
+        return {}
+    if len(x) == 0:
+        raise HawqError("calibration needs at least one sample; the calibration split is empty")
+    session = _session_with_outputs(model, tensors)
     input_name = session.get_inputs()[0].name
     lo = {t: np.inf for t in tensors}
     hi = {t: -np.inf for t in tensors}
@@ -215,12 +225,76 @@ def quantize_onnx(module: nn.Module, input_shape: tuple[int, ...], plan: Plan, c
     sites = calibration_sites(place(model.graph, prepared.edges))
     partial = pipelines.activation_stage(target, prepared.edges, None)(_copy(model)).model
     ranges = observe_ranges(partial, sites, calibration_x, progress=progress)
+    plan = replace(plan, region_grids=[])  # grids come from this calibration, not from an earlier export
+    grids = _region_grids(module, plan, model, _region_tensors(model.graph, place(model.graph, prepared.edges), prepared.edges, ranges),
+                          calibration_x[:REGION_PROBE_SAMPLES], warnings)
 
     model = pipelines.activation_stage(target, prepared.edges, ranges)(model).model
     proto = _finish(model)
     bits = {b.layer: (plan.layer(b.layer).w_bits, plan.layer(b.layer).a_bits) for b in prepared.bound}
     return QuantizedExport(proto, target, prepared.opset, prepared.bound, bits, prepared.unplanned, len(sites),
-                           len(calibration_x), warnings)
+                           len(calibration_x), warnings, replace(plan, region_grids=grids))
+
+
+def _region_tensors(graph: ir.Graph, placements: dict[str, TensorPlacement], edges: list[EdgeQuant],
+                    ranges: dict[str, tuple[float, float]]) -> dict[str, QParams]:
+    """The tensors whose shared grid some consumer other than a planned layer's input reads."""
+    planned = {(e.node, e.input) for e in edges}
+    values = {v.name: v for v in graph.inputs}
+    values.update({v.name: v for n in graph for v in n.outputs})
+    out = {}
+    for name, p in placements.items():
+        qp = resolve(p.shared, ranges)
+        if qp is not None and any((u.node.name, u.idx) not in planned for u in values[name].uses()):
+            out[name] = qp
+    return out
+
+
+def _region_grids(module: nn.Module, plan: Plan, weights_only: ir.Model, tensors: dict[str, QParams],
+                  probe_x: np.ndarray, warnings: list[str]) -> list[RegionGrid]:
+    """The region grids named in PyTorch: ONNX tensors matched by value to the fake-quant model's fx nodes.
+
+    Both sides are matched with quantized weights and biases but float activations
+    (``weights_only``; ``QuantLayer.quantize_input`` off): any rounding of an activation would
+    make every tensor downstream differ between a model that has it and one that does not yet.
+    The fx graph, and so its node names, is the one the grids are applied to.
+    """
+    from hawq_onnx import fake_quant, region_grids
+
+    if not tensors or len(probe_x) == 0:
+        return []
+    qmodel = fake_quant.quantize_model(module, plan)
+    for q in fake_quant.quant_layers(qmodel).values():
+        q.quantize_input = False
+    try:
+        gm = region_grids.trace(qmodel)
+    except HawqError as exc:
+        warnings.append(f"{exc}: the PyTorch fake-quant model keeps the {len(tensors)} tensor(s) the exporter "
+                        "quantizes between layers float, so it differs slightly from the file")
+        log.warning(warnings[-1])
+        return []
+    names = list(tensors)
+    session = _session_with_outputs(weights_only, names)
+    x = np.ascontiguousarray(probe_x, np.float32)
+    onnx_values = dict(zip(names, session.run(names, {session.get_inputs()[0].name: x})))
+    matched = region_grids.match(onnx_values, region_grids.node_values(gm, torch.from_numpy(x)))
+    grids: dict[str, RegionGrid] = {}
+    unmodelled = [t for t in names if t not in matched]
+    for tensor in names:
+        if tensor not in matched:
+            continue
+        qp = tensors[tensor]
+        grid = RegionGrid(matched[tensor], tensor, qp.bits, qp.scale, qp.zero_point)
+        known = grids.get(grid.node)
+        if known is None:
+            grids[grid.node] = grid
+        elif (known.bits, known.scale, known.zero_point) != (grid.bits, grid.scale, grid.zero_point):
+            unmodelled.append(tensor)  # one PyTorch tensor, two ONNX grids: only the first is modelled
+    if unmodelled:
+        warnings.append(f"{len(unmodelled)} tensor(s) the exporter quantizes between layers have no PyTorch "
+                        f"counterpart (e.g. {unmodelled[0]}): the fake-quant model keeps them float")
+        log.warning(warnings[-1])
+    return list(grids.values())
 
 
 def _consistent(plan: Plan, embedded: Plan, where: str) -> None:

@@ -110,6 +110,10 @@ def _header_lines(result: ValidationResult) -> list[str]:
         lines.append("latency: not measured (--runs 0)")
     c = result.quantized.census
     lines.append(f"kernels: ONNX Runtime's optimized graph ({c.provider}, level {c.optimization_level})")
+    r = result.fake_quant
+    if r is not None:
+        lines.append(f"against the PyTorch fake-quant model: same top-1 on {_pct(r.top1)} of {r.samples:,} samples, "
+                     f"99th-percentile logit error {r.p99_steps:.2f} steps of an 8-bit output grid")
     return lines
 
 

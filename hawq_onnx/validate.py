@@ -22,7 +22,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import onnx
@@ -34,8 +34,8 @@ from hawq_onnx.latency import LatencyResult, LatencyStats, measure_latency
 from hawq_onnx.models.spec import ModelSpec
 from hawq_onnx.onnx_inspect import Inspection, inspect_onnx, layer_name, load_onnx
 from hawq_onnx.ort_baseline import BASELINES, ort_int8
-from hawq_onnx.ort_eval import (EVAL_BATCH_SIZE, Accuracy, accuracy, agreement, check_input_fits, model_io,
-                                open_session, predict, resolve_providers)
+from hawq_onnx.ort_eval import (EVAL_BATCH_SIZE, Accuracy, accuracy, agreement, check_input_fits, logit_error_steps,
+                                model_io, open_session, predict, resolve_providers)
 from hawq_onnx.sensitivity_report import SensitivityReport, load_sensitivity
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,18 @@ class LayerReport:
 
 
 @dataclass
+class ReferenceAgreement:
+    """The quantized file under ONNX Runtime against the PyTorch fake-quant model it was exported from."""
+
+    samples: int
+    top1: float          # fraction of samples with the same top class
+    p99_steps: float     # 99th percentile |logit error|, in 8-bit steps of the reference's logit range
+
+    def to_json(self) -> dict[str, Any]:
+        return vars(self).copy()
+
+
+@dataclass
 class ValidationResult:
     data: str
     samples: int
@@ -105,6 +117,7 @@ class ValidationResult:
     latency: LatencyResult | None
     max_drop: float | None = None
     sensitivity: str | None = None
+    fake_quant: ReferenceAgreement | None = None
 
     def model(self, label: str) -> ModelResult:
         for m in self.models:
@@ -143,6 +156,7 @@ class ValidationResult:
                     k: v for k, v in self.latency.to_json().items() if k != "models"},
                 "layers": [vars(layer) for layer in self.layers],
                 "sensitivity": self.sensitivity,
+                "fake_quant_agreement": None if self.fake_quant is None else self.fake_quant.to_json(),
                 "gate": {"max_drop": self.max_drop, "passed": self.gate_passed}}
 
 
@@ -249,10 +263,12 @@ def validate(float_path: str | Path, quant_path: str | Path, data: str | Dataset
              provider: str | None = None, baseline: str | None = None, baseline_out: str | Path | None = None,
              sensitivity: str | Path | None = None, limit: int | None = None,
              eval_batch_size: int = EVAL_BATCH_SIZE, max_drop: float | None = None,
+             reference: Callable[[np.ndarray], np.ndarray] | None = None,
              progress: bool = False) -> ValidationResult:
     """Measure ``quant_path`` against ``float_path`` (and an optional baseline) under ONNX Runtime.
 
-    ``runs=0`` skips the latency measurement. The gate (``max_drop``) is recorded, not raised:
+    ``reference``: the PyTorch fake-quant model's scores for a batch of test inputs; the
+    quantized file's agreement with it is reported. ``runs=0`` skips the latency measurement. The gate (``max_drop``) is recorded, not raised:
     call :meth:`ValidationResult.check_gate` after writing the reports.
     """
     if baseline is not None and baseline not in BASELINES:
@@ -341,9 +357,19 @@ def validate(float_path: str | Path, quant_path: str | Path, data: str | Dataset
             m.latency = latency.models[m.label]
             m.speedup = {b: latency.speedup(m.label, FLOAT, b) for b in latency.batch_sizes}
 
+    fake_quant = None
+    if reference is not None:
+        ref_logits = reference(test.x)
+        if ref_logits.shape != logits[QUANTIZED].shape:
+            raise HawqError(f"the PyTorch reference gives scores of shape {ref_logits.shape[1:]} but {quant_path} "
+                            f"{logits[QUANTIZED].shape[1:]}: not the same model")
+        fake_quant = ReferenceAgreement(len(test), agreement(logits[QUANTIZED], ref_logits),
+                                        logit_error_steps(logits[QUANTIZED], ref_logits))
+
     quant = models[1]
     layers = _layer_reports(inspections[QUANTIZED], quant.census, inspections[FLOAT], sens)
     return ValidationResult(data=source, samples=len(test), num_classes=dataset.num_classes,
                             input_name=float_io.input_name, input_shape=tuple(test.x.shape[1:]),
                             normalisation=normalisation, models=models, layers=layers, latency=latency,
-                            max_drop=max_drop, sensitivity=str(sensitivity) if sensitivity is not None else None)
+                            max_drop=max_drop, sensitivity=str(sensitivity) if sensitivity is not None else None,
+                            fake_quant=fake_quant)

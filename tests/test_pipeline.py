@@ -18,7 +18,7 @@ from hawq_onnx.sensitivity_report import load_sensitivity
 
 FAST = dict(analysis_batch_size=64, latency_runs=0)
 ARTEFACTS = ["sensitivity.json", "sensitivity.png", "plan.json", "pareto.png", "quantized.pt", "quantized.plan.json",
-             "model.float.onnx", "model.qdq.onnx", "report.json", "report.md"]
+             "model.float.onnx", "model.qdq.onnx", "model.qdq.plan.json", "report.json", "report.md"]
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +42,11 @@ def test_every_artefact_is_there_and_loads(first_run):
     assert load_plan(out / "quantized.plan.json").calibrated
     report = json.loads((out / "report.json").read_text())
     assert report["models"]["quantized"]["accuracy"]["top1"] == pytest.approx(summary.quant_top1)
+    # The file computes what the PyTorch fake-quant model of its exported plan computes (issue 5's bar).
+    assert load_plan(out / "model.qdq.plan.json").region_grids
+    agreement = report["fake_quant_agreement"]
+    assert agreement["samples"] == 359 and agreement["top1"] >= 0.995 and agreement["p99_steps"] <= 1.0
+    assert "against the PyTorch fake-quant model" in (out / "report.md").read_text()
 
 
 def test_summary_meets_the_default_job_goals(first_run):

@@ -28,7 +28,7 @@ from hawq_onnx.export import float_onnx
 from hawq_onnx.finetune import FinetuneResult, fold_copy, save_quantized
 from hawq_onnx.layers import describe_layers
 from hawq_onnx.model_source import load_model, model_fingerprint
-from hawq_onnx.plan import LayerPlan, Plan, save_plan
+from hawq_onnx.plan import LayerPlan, Plan, RegionGrid, load_plan, save_plan
 from hawq_onnx.qdq_export import export_plan, plan_only_onnx, prepare, quantize_onnx
 from hawq_onnx.quantization import STORAGE_BITS, activation_qparams, quantize_weight, storage_bytes
 
@@ -104,12 +104,35 @@ def exported_a4(digits):
     return plan, result
 
 
-def test_ort_agrees_with_the_fake_quant_reference(digits, exported_a8):
+def test_ort_agrees_with_the_fake_quant_reference(digits, exported_a8, exported_a4):
     _, folded, _, x_all, _ = digits
-    plan, result = exported_a8
-    top1, p99_steps = agreement(ort_logits(result.model, x_all), reference_logits(folded, plan, x_all))
-    assert top1 >= 0.995
-    assert p99_steps <= 1.0
+    for plan, result in (exported_a8, exported_a4):
+        assert not result.warnings
+        # The exported plan names the grids the file adds between layers (residual Add, its inputs, pooling).
+        assert {g.node for g in result.plan.region_grids} >= {"block_conv2", "relu"}
+        assert all(g.bits == 8 for g in result.plan.region_grids if g.node == "block_conv2")
+        top1, p99_steps = agreement(ort_logits(result.model, x_all), reference_logits(folded, result.plan, x_all))
+        assert top1 >= 0.995
+        assert p99_steps <= 1.0
+    # Without them the reference is not the file: 4-bit activations make the difference visible.
+    plan, result = exported_a4
+    _, p99_steps = agreement(ort_logits(result.model, x_all), reference_logits(folded, plan, x_all))
+    assert p99_steps > 1.0
+
+
+def test_region_grids_round_trip_through_plan_json(digits, exported_a4, tmp_path):
+    _, folded, _, x_all, _ = digits
+    _, result = exported_a4
+    path = tmp_path / "exported.plan.json"
+    save_plan(result.plan, path)
+    again = load_plan(path)
+    assert again.region_grids == result.plan.region_grids
+    np.testing.assert_array_equal(reference_logits(folded, again, x_all[:64]),
+                                  reference_logits(folded, result.plan, x_all[:64]))
+    alien = Plan(again.model, again.fingerprint, again.layers,
+                 region_grids=[RegionGrid("no_such_node", "t", 8, 0.1, 0)])
+    with pytest.raises(HawqError, match="region grids name 1 tensor"):
+        fake_quant.quantize_model(folded, alien)
 
 
 def test_every_quantized_layer_runs_as_an_integer_kernel(exported_a8, exported_a4, tmp_path):
@@ -172,9 +195,10 @@ def test_4bit_activations_have_16_levels_and_the_plan_edges_are_exact(digits, ex
     exact = plan_only_onnx(prepare(folded, loaded.input_shape, plan, float_model))
     top1, p99_steps = agreement(ort_logits(exact, x_all), reference_logits(folded, plan, x_all))
     assert top1 == 1.0 and p99_steps < 0.01
-    # The deployed model adds 8-bit grids on the residual Add (integer kernels need them): close, not exact.
-    top1, _ = agreement(ort_logits(proto, x_all), reference_logits(folded, plan, x_all))
-    assert top1 >= 0.99
+    # The deployed model adds 8-bit grids on the residual Add (integer kernels need them); the
+    # exported plan carries them, and its reference is exact too.
+    top1, p99_steps = agreement(ort_logits(proto, x_all), reference_logits(folded, result.plan, x_all))
+    assert top1 == 1.0 and p99_steps < 0.01
 
 
 def test_export_is_deterministic(digits, exported_a8):
@@ -192,7 +216,7 @@ def test_compact_target_keeps_sub_byte_types(digits, exported_a8, tmp_path):
     assert ops["Cast"] == 0 and ops["Clip"] == 0
     # ONNX Runtime 1.32 rejects INT2 weights beside fused uint8 activations; unoptimized it runs them.
     logits = ort_logits(result.model, x_all, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    top1, p99_steps = agreement(logits, reference_logits(folded, plan, x_all))
+    top1, p99_steps = agreement(logits, reference_logits(folded, result.plan, x_all))
     assert top1 >= 0.995 and p99_steps <= 1.0
 
 
@@ -247,7 +271,8 @@ def test_user_model_with_depthwise_residual_and_linear_layers(tmp_path):
     assert bound["token_mix"].op_type in ("MatMul", "Gemm") and bound["token_mix"].weight != "token_mix.weight"
     assert bound["token_mix"].channel_axis == 1
     assert not result.unplanned
-    top1, p99_steps = agreement(ort_logits(result.model, test), reference_logits(folded, plan, test))
+    assert not result.warnings and result.plan.region_grids  # the residual add's grids, named in PyTorch
+    top1, p99_steps = agreement(ort_logits(result.model, test), reference_logits(folded, result.plan, test))
     assert top1 >= 0.995 and p99_steps <= 1.0
     ops = optimized_ops(result.model, tmp_path)
     assert ops["QLinearConv"] == 3
@@ -265,8 +290,10 @@ def test_cli_exports_a_plan_and_reports(exported_a8, tmp_path):
     plan_path = tmp_path / "plan.json"
     save_plan(plan, plan_path)
     out = tmp_path / "model.qdq.onnx"
-    done = run_cli("export", "--plan", str(plan_path), "--out", str(out))
+    exported_plan = tmp_path / "exported.plan.json"
+    done = run_cli("export", "--plan", str(plan_path), "--out", str(out), "--plan-out", str(exported_plan))
     assert done.returncode == 0, done.stderr
+    assert load_plan(exported_plan).region_grids and "grid(s) between layers named in PyTorch" in done.stdout
     assert "layers by bits (w weights, a activations, f float): w2a8: 1, w3a8: 1, w4a8: 2, w8a8: 2" in done.stdout
     assert f"{out.stat().st_size:,} bytes, opset 25" in done.stdout
     onnx.checker.check_model(str(out), full_check=True)
@@ -274,3 +301,6 @@ def test_cli_exports_a_plan_and_reports(exported_a8, tmp_path):
     assert missing.returncode == 2
     assert missing.stderr.strip().startswith("error: plan file") and "Traceback" not in missing.stderr
     assert not (tmp_path / "x.onnx").exists()
+    same = run_cli("export", "--plan", str(plan_path), "--out", str(tmp_path / "y.onnx"),
+                   "--plan-out", str(tmp_path / "y.onnx"))
+    assert same.returncode == 2 and "same file" in same.stderr and not (tmp_path / "y.onnx").exists()

@@ -18,7 +18,10 @@ from hawq_onnx.cli._options import data_option, model_options
                    "compact: plain INT4/INT2/uint4 Q/DQ.")
 @data_option
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .onnx file.")
-def command(model_ref, weights, input_shape, plan_path, quantized_path, target, data, out):
+@click.option("--plan-out", default=None, type=click.Path(dir_okay=False),
+              help="Also write the plan as exported: with the 8-bit grids between layers, named in PyTorch, "
+                   "so that the fake-quant model of this plan computes what the file computes.")
+def command(model_ref, weights, input_shape, plan_path, quantized_path, target, data, out, plan_out):
     """Export a model to ONNX: float (BatchNorm folded, dynamic batch), or quantized by a plan.
 
     The quantized export calibrates the 8-bit tensors between planned layers (residual adds,
@@ -29,14 +32,21 @@ def command(model_ref, weights, input_shape, plan_path, quantized_path, target, 
     from hawq_onnx.model_source import parse_input_shape
 
     check_output_path(out, (weights, plan_path, quantized_path))
+    if plan_out is not None:
+        from pathlib import Path
+
+        if Path(plan_out).resolve() == Path(out).resolve():
+            raise click.UsageError("--plan-out and --out name the same file")
+        check_output_path(plan_out, (weights, plan_path, quantized_path))
     shape = parse_input_shape(input_shape)
     if plan_path is None and quantized_path is None:
         from hawq_onnx.bn_fold import fold_batchnorm
         from hawq_onnx.export import float_onnx
         from hawq_onnx.model_source import load_model
 
-        if data is not None or target != "ort-cpu":
-            raise click.UsageError("--data and --target apply to the quantized export (--plan or --quantized)")
+        if data is not None or target != "ort-cpu" or plan_out is not None:
+            raise click.UsageError("--data, --target and --plan-out apply to the quantized export "
+                                   "(--plan or --quantized)")
         loaded = load_model(model_ref, weights, shape)
         fold_batchnorm(loaded.module, loaded.spec.input_shape)
         proto = float_onnx(loaded.module, loaded.spec.input_shape)
@@ -49,10 +59,15 @@ def command(model_ref, weights, input_shape, plan_path, quantized_path, target, 
     exported = export_plan(model_ref, weights, shape, plan_path, quantized_path, target=target, data=data,
                            progress=True)
     save_onnx(exported.model, out)
+    if plan_out is not None:
+        from hawq_onnx.plan import save_plan
+
+        save_plan(exported.plan, plan_out)
     layers = ", ".join(f"{k}: {v}" for k, v in exported.bits_histogram().items())
     click.echo(f"wrote {out} ({exported.file_bytes:,} bytes, opset {exported.opset}, target {exported.target})")
     click.echo(f"  layers by bits (w weights, a activations, f float): {layers}")
     click.echo(f"  inter-layer tensors calibrated: {exported.calibration_sites} "
-               f"on {exported.calibration_samples} samples")
+               f"on {exported.calibration_samples} samples; {len(exported.plan.region_grids)} grid(s) between "
+               f"layers named in PyTorch" + (f", in {plan_out}" if plan_out else " (--plan-out writes them)"))
     if exported.unplanned:
         click.echo(f"  not in the plan, left float: {len(exported.unplanned)} (warnings above)")
