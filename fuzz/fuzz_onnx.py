@@ -3,24 +3,22 @@
     python fuzz/fuzz_onnx.py [--cases 3000] [--seed 0] [--timeout 10]
 
 Each case mutates a real model (the digits CNN, float and quantized), writes it to a
-file and runs the targets in a worker process with a time bound. Counts: ok (loaded), clean
-errors (HawqError, one line), tracebacks (any other exception: a bug), hangs, crashes. The goal
-is zero of the last three.
+file and runs the targets in a worker process with a time bound (``harness.run_cases``). Counts:
+ok (loaded), clean errors (HawqError, one line), and the findings: tracebacks (any other
+exception: a bug), multi-line errors, native output on stderr (ONNX Runtime's logger), hangs,
+crashes. The goal is zero findings.
 """
 
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import sys
-import tempfile
-import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import Finding, Report, run_cases  # noqa: E402
 from onnx_mutations import mutate  # noqa: E402
 
 
@@ -49,47 +47,17 @@ def run_targets(path: str) -> str:
         open_session(path)
         return "ok"
     except HawqError as exc:
-        assert "\n" not in str(exc), f"multi-line error: {exc!r}"
+        if "\n" in str(exc):
+            raise Finding("bad-error", f"multi-line error: {str(exc)[:200]!r}") from None
         return "clean"
 
 
-def _worker(path: str, queue) -> None:
-    try:
-        queue.put(("result", run_targets(path)))
-    except BaseException as exc:  # noqa: BLE001
-        queue.put(("traceback", f"{exc.__class__.__name__}: {str(exc)[:200]}"))
-
-
-def fuzz(cases: int, seed: int, timeout: float, workdir: Path) -> Counter:
+def fuzz(cases: int, seed: int, timeout: float, workdir: Path | None = None) -> Report:
+    """``cases`` mutated seed models, each through :func:`run_targets` in its own forked process."""
     rng = np.random.default_rng(seed)
     models = seed_models()
-    counts: Counter = Counter()
-    ctx = mp.get_context("fork")
-    for i in range(cases):
-        name, data = mutate(models[i % len(models)], rng)
-        path = workdir / f"case{i}.onnx"
-        path.write_bytes(data)
-        queue = ctx.Queue()
-        proc = ctx.Process(target=_worker, args=(str(path), queue))
-        proc.start()
-        proc.join(timeout)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
-            counts["hang"] += 1
-            print(f"HANG case {i} ({name})", file=sys.stderr)
-        elif proc.exitcode != 0:
-            counts["crash"] += 1
-            print(f"CRASH case {i} ({name}): exit {proc.exitcode}", file=sys.stderr)
-        else:
-            kind, detail = queue.get()
-            if kind == "traceback":
-                counts["traceback"] += 1
-                print(f"TRACEBACK case {i} ({name}): {detail}", file=sys.stderr)
-            else:
-                counts[detail] += 1
-        path.unlink(missing_ok=True)
-    return counts
+    mutated = (mutate(models[i % len(models)], rng) for i in range(cases))
+    return run_cases(mutated, lambda path: run_targets(str(path)), timeout=timeout, suffix=".onnx", workdir=workdir)
 
 
 def main() -> None:
@@ -98,12 +66,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=10.0)
     args = ap.parse_args()
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        counts = fuzz(args.cases, args.seed, args.timeout, Path(tmp))
-    print(f"{args.cases} cases in {time.perf_counter() - start:.0f} s: "
-          + ", ".join(f"{k} {counts.get(k, 0)}" for k in ("ok", "clean", "traceback", "hang", "crash")))
-    sys.exit(1 if counts["traceback"] or counts["hang"] or counts["crash"] else 0)
+    report = fuzz(args.cases, args.seed, args.timeout)
+    print(report.line("inspect + ONNX Runtime load"), flush=True)
+    sys.exit(1 if report.bad else 0)
 
 
 if __name__ == "__main__":
