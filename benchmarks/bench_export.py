@@ -40,12 +40,13 @@ from hawq_onnx import fake_quant
 from hawq_onnx.artifacts import write_json
 from hawq_onnx.data import load_data
 from hawq_onnx.export import float_onnx, save_onnx
-from hawq_onnx.finetune import fold_copy, restore_quantized
+from hawq_onnx.finetune import fold_copy, predict_scores, restore_quantized
 from hawq_onnx.kernel_census import is_integer_op
 from hawq_onnx.latency import measure_latency
 from hawq_onnx.layers import describe_layers
 from hawq_onnx.model_source import load_model, model_fingerprint
 from hawq_onnx.onnx_inspect import inspect_onnx, tensor_bytes
+from hawq_onnx.ort_eval import agreement, logit_error_steps
 from hawq_onnx.ort_baseline import ort_int8
 from hawq_onnx.plan import LayerPlan, Plan, load_plan
 from hawq_onnx.qdq_export import quantize_onnx
@@ -81,14 +82,17 @@ def weight_bytes(path: Path) -> int:
     return sum(tensor_bytes(inits[row.weight]) for row in inspect_onnx(model).layers if row.weight in inits)
 
 
-def top1(path: Path, x: np.ndarray, y: np.ndarray, threads: int) -> float:
+def ort_scores(path: Path, x: np.ndarray, threads: int) -> np.ndarray:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    pred = np.concatenate([session.run(None, {name: x[i:i + 500]})[0].argmax(1) for i in range(0, len(x), 500)])
-    return float(np.mean(pred == y))
+    return np.concatenate([session.run(None, {name: x[i:i + 500]})[0] for i in range(0, len(x), 500)])
+
+
+def top1(path: Path, x: np.ndarray, y: np.ndarray, threads: int) -> float:
+    return float(np.mean(ort_scores(path, x, threads).argmax(1) == y))
 
 
 def integer_census(path: Path, out_dir: Path) -> dict[str, int]:
@@ -150,13 +154,18 @@ def main() -> None:
         seconds = time.perf_counter() - start
         paths[label] = out_dir / f"model.{label}.onnx"
         save_onnx(exported.model, paths[label])
-        qmodel = fake_quant.quantize_model(module, plan)
-        with torch.no_grad():
-            ref = torch.cat([qmodel(torch.from_numpy(x_test[i:i + 500])) for i in range(0, len(x_test), 500)]).numpy()
+        # The file against two PyTorch references: the plan alone, and the plan as exported (with
+        # the grids the file adds between layers, hawq_onnx.region_grids).
+        refs = {name: predict_scores(fake_quant.quantize_model(module, p), x_test, batch_size=500)
+                for name, p in (("plan", plan), ("exported_plan", exported.plan))}
+        logits = ort_scores(paths[label], x_test, args.threads)
         ratio = sum(lp.params * 32 for lp in plan.layers) / sum(lp.params * (lp.w_bits or 32) for lp in plan.layers)
         exports[label] = {"source": source, "export_s": round(seconds, 2), "bits": exported.bits_histogram(),
                           "nominal_ratio": round(ratio, 2), "opset": exported.opset,
-                          "fake_quant_top1": float(np.mean(ref.argmax(1) == y_test))}
+                          "region_grids": len(exported.plan.region_grids),
+                          "fake_quant_top1": float(np.mean(refs["exported_plan"].argmax(1) == y_test)),
+                          "agreement": {name: {"top1": agreement(logits, ref), "p99_steps": logit_error_steps(logits, ref)}
+                                        for name, ref in refs.items()}}
 
     float_weight_bytes = weight_bytes(paths["float"])
     rows = {}
@@ -186,6 +195,10 @@ def main() -> None:
         print(f"\n{label}: {e['source']}; {e['bits']}; nominal weight compression {e['nominal_ratio']}x; "
               f"opset {e['opset']}; export {e['export_s']} s; "
               f"PyTorch fake-quant top-1 {100 * e['fake_quant_top1']:.2f} %")
+        for name, a in e["agreement"].items():
+            print(f"  ONNX Runtime against the fake-quant model of the {name.replace('_', ' ')}: same top-1 on "
+                  f"{100 * a['top1']:.2f} %, 99th-percentile logit error {a['p99_steps']:.3g} steps"
+                  + (f" ({e['region_grids']} region grids)" if name == "exported_plan" else ""))
     write_json(out_dir / "bench_export.json", {"rows": json.loads(json.dumps(rows, default=str)), "exports": exports,
                                               "latency": latency.to_json(), "argv": sys.argv[1:]})
 
