@@ -138,6 +138,14 @@ def _session_with_outputs(model: ir.Model, tensors: list[str]):
     return session
 
 
+def _run(session, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    try:
+        return session.run(outputs, feeds)
+    except Exception as exc:  # ONNX Runtime raises its own types for shape and type errors at run time
+        raise HawqError(f"ONNX Runtime cannot run the partially quantized model on the calibration data: "
+                        f"{str(exc).splitlines()[0][:300]}") from None
+
+
 def observe_ranges(model: ir.Model, tensors: list[str], x: np.ndarray, batch_size: int = CALIBRATION_BATCH,
                    progress: bool = False) -> dict[str, tuple[float, float]]:
     """Min and max of each tensor over ``x``, run by ONNX Runtime (1 thread, no graph optimization)."""
@@ -151,7 +159,7 @@ def observe_ranges(model: ir.Model, tensors: list[str], x: np.ndarray, batch_siz
     hi = {t: -np.inf for t in tensors}
     starts = range(0, len(x), batch_size)
     for i in tqdm(starts, desc="calibrate", disable=not progress, file=sys.stderr, leave=False):
-        outs = session.run(tensors, {input_name: np.ascontiguousarray(x[i:i + batch_size], np.float32)})
+        outs = _run(session, tensors, {input_name: np.ascontiguousarray(x[i:i + batch_size], np.float32)})
         for t, arr in zip(tensors, outs):
             lo[t] = min(lo[t], float(arr.min()))
             hi[t] = max(hi[t], float(arr.max()))
@@ -276,7 +284,7 @@ def _region_grids(module: nn.Module, plan: Plan, weights_only: ir.Model, tensors
     names = list(tensors)
     session = _session_with_outputs(weights_only, names)
     x = np.ascontiguousarray(probe_x, np.float32)
-    onnx_values = dict(zip(names, session.run(names, {session.get_inputs()[0].name: x})))
+    onnx_values = dict(zip(names, _run(session, names, {session.get_inputs()[0].name: x})))
     matched = region_grids.match(onnx_values, region_grids.node_values(gm, torch.from_numpy(x)))
     grids: dict[str, RegionGrid] = {}
     unmodelled = [t for t in names if t not in matched]
