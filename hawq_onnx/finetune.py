@@ -414,6 +414,12 @@ def finetune(loaded: LoadedModel, plan: Plan, dataset: Dataset, *, order: str = 
                         f"this model {fingerprint})")
     for param in folded.parameters():
         param.requires_grad_(False)
+    if plan.region_grids:
+        # An exported plan's grids between layers were calibrated for the weights it was exported
+        # with; the exporter calibrates them again for the fine-tuned ones.
+        log.info("the plan's %d region grids (from an export) are dropped: export recalibrates them",
+                 len(plan.region_grids))
+        plan = replace(plan, region_grids=[])
 
     qmodel = quantize_model(folded, _bits_only(plan), weight_method=weight_method)
     for param in qmodel.parameters():

@@ -25,7 +25,7 @@ from hawq_onnx import fake_quant
 from hawq_onnx.data import load_data
 from hawq_onnx.errors import HawqError
 from hawq_onnx.export import float_onnx
-from hawq_onnx.finetune import FinetuneResult, fold_copy, save_quantized
+from hawq_onnx.finetune import FinetuneResult, finetune, fold_copy, save_quantized
 from hawq_onnx.layers import describe_layers
 from hawq_onnx.model_source import load_model, model_fingerprint
 from hawq_onnx.plan import LayerPlan, Plan, RegionGrid, load_plan, save_plan
@@ -133,6 +133,14 @@ def test_region_grids_round_trip_through_plan_json(digits, exported_a4, tmp_path
                  region_grids=[RegionGrid("no_such_node", "t", 8, 0.1, 0)])
     with pytest.raises(HawqError, match="region grids name 1 tensor"):
         fake_quant.quantize_model(folded, alien)
+
+
+def test_finetuning_an_exported_plan_drops_its_region_grids(digits, exported_a4):
+    loaded, folded, data, _, _ = digits
+    _, result = exported_a4
+    tuned = finetune(loaded, result.plan, data, steps=2, order="single")
+    assert tuned.plan.region_grids == []  # calibrated for other weights: the next export makes its own
+    assert set(tuned.float_state_dict()) == set(folded.state_dict())
 
 
 def test_every_quantized_layer_runs_as_an_integer_kernel(exported_a8, exported_a4, tmp_path):
