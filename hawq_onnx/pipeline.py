@@ -68,6 +68,7 @@ class QuantizeSummary:
     weight_ratio: float            # float32 weight bytes / nominal quantized weight bytes (the plan)
     file_ratio: float              # float file bytes / quantized file bytes
     latency_speedup: dict[int, float] = field(default_factory=dict)  # batch -> float ms / quantized ms
+    fake_quant_agreement: float | None = None  # top-1 agreement of the file with the PyTorch fake-quant model
     seconds: float = 0.0
     gate_passed: bool | None = None
 
@@ -268,7 +269,8 @@ def _summarise(out: Path, report: dict[str, Any], plan, reused: list[str], ran: 
         drop_points=float(q["drop_points"]),
         weight_ratio=float(plan.totals.get("ratio", 0.0)),
         file_ratio=f["file_bytes"] / q["file_bytes"],
-        latency_speedup={int(b): float(v) for b, v in (q.get("speedup") or {}).items()}, seconds=seconds)
+        latency_speedup={int(b): float(v) for b, v in (q.get("speedup") or {}).items()},
+        fake_quant_agreement=(report.get("fake_quant_agreement") or {}).get("top1"), seconds=seconds)
 
 
 def summary_json(summary: QuantizeSummary) -> dict[str, Any]:

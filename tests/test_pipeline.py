@@ -46,6 +46,7 @@ def test_every_artefact_is_there_and_loads(first_run):
     assert load_plan(out / "model.qdq.plan.json").region_grids
     agreement = report["fake_quant_agreement"]
     assert agreement["samples"] == 359 and agreement["top1"] >= 0.995 and agreement["p99_steps"] <= 1.0
+    assert summary.fake_quant_agreement == agreement["top1"]
     assert "against the PyTorch fake-quant model" in (out / "report.md").read_text()
 
 

@@ -64,4 +64,7 @@ def command(model_ref, weights, input_shape, data, budget, w_bits, a_bits, epoch
     if s.latency_speedup:
         click.echo("latency (ONNX Runtime CPU): " + ", ".join(
             f"{v:.2f}x at batch {b}" for b, v in sorted(s.latency_speedup.items())) + " vs float")
+    if s.fake_quant_agreement is not None:
+        click.echo(f"ONNX Runtime against the PyTorch fake-quant model: same top-1 on "
+                   f"{100 * s.fake_quant_agreement:.2f} % of the test samples")
     click.echo(f"report: {s.files['report.md']} ({s.seconds:.0f} s; reused: {', '.join(s.reused) or 'nothing'})")
