@@ -33,7 +33,10 @@ MARK = "PAUSED-MID-WRITE"
 # The CLI with os.fsync stopping mid-write: the new bytes are in the temporary file, the target
 # is not replaced yet. The child waits there for the signal.
 PAUSED_CLI = f"""
-import os, sys, time
+import os, signal, sys, time
+# A shell without job control starts background jobs with SIGINT ignored, and Python keeps it
+# ignored: give the child Ctrl-C's usual meaning however the suite was launched.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 def paused_fsync(fd):
     sys.stderr.write("{MARK}\\n")
     sys.stderr.flush()
