@@ -47,7 +47,7 @@ from hawq_onnx.plan import Plan, RegionGrid
 log = logging.getLogger(__name__)
 
 CALIBRATION_BATCH = 64
-REGION_PROBE_SAMPLES = 32  # inputs on which ONNX tensors and PyTorch nodes are matched by value
+REGION_PROBE_SAMPLES = 8  # inputs on which ONNX tensors and PyTorch nodes are matched by value
 PRODUCER = "hawq-onnx"
 
 
