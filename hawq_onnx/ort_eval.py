@@ -16,6 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from hawq_onnx.errors import HawqError
+from hawq_onnx.quantization import activation_qparams
 
 CPU = "CPUExecutionProvider"
 EVAL_BATCH_SIZE = 256
@@ -148,7 +149,6 @@ def agreement(logits_a: np.ndarray, logits_b: np.ndarray) -> float:
 
 
 def logit_error_steps(logits: np.ndarray, reference: np.ndarray, percentile: float = 99.0) -> float:
-    """The ``percentile`` of |logits - reference|, in steps of an 8-bit grid over the reference's range."""
-    lo, hi = float(reference.min()), float(reference.max())
-    step = max(hi - lo, 1e-12) / 255.0
+    """The ``percentile`` of |logits - reference|, in steps of the 8-bit activation grid over the reference's range."""
+    step, _ = activation_qparams(float(reference.min()), float(reference.max()), 8)
     return float(np.percentile(np.abs(logits - reference), percentile) / step)

@@ -39,7 +39,7 @@ from hawq_onnx.errors import HawqError
 from hawq_onnx.export import float_onnx
 from hawq_onnx.passes import pipelines
 from hawq_onnx.passes.convert_opset import required_opset
-from hawq_onnx.passes.insert_activation_qdq import EdgeQuant, QParams, TensorPlacement, calibration_sites, place, resolve
+from hawq_onnx.passes.insert_activation_qdq import EdgeQuant, QParams, calibration_sites, off_plan_grids, place
 from hawq_onnx.passes.layer_binding import BoundLayer, LayerRequest, bind_layers
 from hawq_onnx.passes.quantize_weights import WeightQuantSpec
 from hawq_onnx.plan import Plan, RegionGrid
@@ -230,32 +230,19 @@ def quantize_onnx(module: nn.Module, input_shape: tuple[int, ...], plan: Plan, c
     model = pipelines.region_stage(target, prepared.edges)(prepared.model).model
 
     # Calibrate the inter-layer grids on the model with the plan's own Q/DQ in place.
-    sites = calibration_sites(place(model.graph, prepared.edges))
+    placements = place(model.graph, prepared.edges)
+    sites = calibration_sites(placements)
     partial = pipelines.activation_stage(target, prepared.edges, None)(_copy(model)).model
     ranges = observe_ranges(partial, sites, calibration_x, progress=progress)
     plan = replace(plan, region_grids=[])  # grids come from this calibration, not from an earlier export
-    grids = _region_grids(module, plan, model, _region_tensors(model.graph, place(model.graph, prepared.edges), prepared.edges, ranges),
-                          calibration_x[:REGION_PROBE_SAMPLES], warnings)
+    off_plan = off_plan_grids(model.graph, placements, prepared.edges, ranges)
+    grids = _region_grids(module, plan, model, off_plan, calibration_x[:REGION_PROBE_SAMPLES], warnings)
 
     model = pipelines.activation_stage(target, prepared.edges, ranges)(model).model
     proto = _finish(model)
     bits = {b.layer: (plan.layer(b.layer).w_bits, plan.layer(b.layer).a_bits) for b in prepared.bound}
     return QuantizedExport(proto, target, prepared.opset, prepared.bound, bits, prepared.unplanned, len(sites),
                            len(calibration_x), warnings, replace(plan, region_grids=grids))
-
-
-def _region_tensors(graph: ir.Graph, placements: dict[str, TensorPlacement], edges: list[EdgeQuant],
-                    ranges: dict[str, tuple[float, float]]) -> dict[str, QParams]:
-    """The tensors whose shared grid some consumer other than a planned layer's input reads."""
-    planned = {(e.node, e.input) for e in edges}
-    values = {v.name: v for v in graph.inputs}
-    values.update({v.name: v for n in graph for v in n.outputs})
-    out = {}
-    for name, p in placements.items():
-        qp = resolve(p.shared, ranges)
-        if qp is not None and any((u.node.name, u.idx) not in planned for u in values[name].uses()):
-            out[name] = qp
-    return out
 
 
 def _region_grids(module: nn.Module, plan: Plan, weights_only: ir.Model, tensors: dict[str, QParams],

@@ -281,6 +281,29 @@ def resolve(grid: Grid | None, ranges: Mapping[str, tuple[float, float]] | None)
     return QParams(INTER_LAYER_BITS, scale, zero_point)
 
 
+def _values_by_name(graph: ir.Graph) -> dict[str, ir.Value]:
+    values = {v.name: v for v in graph.inputs}
+    values.update({v.name: v for n in graph for v in n.outputs})
+    return values
+
+
+def off_plan_grids(graph: ir.Graph, placements: Mapping[str, TensorPlacement], edges: Sequence[EdgeQuant],
+                   ranges: Mapping[str, tuple[float, float]]) -> dict[str, QParams]:
+    """Tensor -> its shared grid, where some consumer other than a planned layer's input reads it.
+
+    These are the grids the plan does not describe: the ones a PyTorch reference must add
+    (``hawq_onnx.region_grids``). A planned layer quantizes its own input to its plan grid.
+    """
+    planned = {(e.node, e.input) for e in edges}
+    values = _values_by_name(graph)
+    out = {}
+    for name, p in placements.items():
+        qp = resolve(p.shared, ranges)
+        if qp is not None and any((u.node.name, u.idx) not in planned for u in values[name].uses()):
+            out[name] = qp
+    return out
+
+
 def _zero_point_array(qp: QParams) -> tuple[np.ndarray, ir.DataType]:
     lo, hi = activation_qrange(qp.bits)
     if not lo <= qp.zero_point <= hi:
@@ -307,8 +330,7 @@ class InsertActivationQDQPass(ir.passes.InPlacePass):
             raise HawqError(f"plan edges name nodes not in the graph: {', '.join(unknown[:5])}")
         placements = place(graph, self.edges)
         names = NameScope(graph)
-        values = {v.name: v for v in graph.inputs}
-        values.update({v.name: v for n in graph for v in n.outputs})
+        values = _values_by_name(graph)
         modified = False
         for name, p in placements.items():
             modified |= self._insert(graph, names, values[name], p)
