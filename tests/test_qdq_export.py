@@ -21,16 +21,16 @@ import pytest
 import torch
 from onnx import TensorProto, numpy_helper
 
-from hawq_onnx import fake_quant
+from hawq_onnx import fake_quant, ort_eval
 from hawq_onnx.data import load_data
 from hawq_onnx.errors import HawqError
 from hawq_onnx.export import float_onnx
 from hawq_onnx.finetune import FinetuneResult, finetune, fold_copy, save_quantized
 from hawq_onnx.layers import describe_layers
 from hawq_onnx.model_source import load_model, model_fingerprint
-from hawq_onnx.plan import LayerPlan, Plan, RegionGrid, load_plan, save_plan
-from hawq_onnx.qdq_export import export_plan, plan_only_onnx, prepare, quantize_onnx
-from hawq_onnx.quantization import STORAGE_BITS, activation_qparams, quantize_weight, storage_bytes
+from hawq_onnx.plan import LayerPlan, Plan, RegionGrid, load_plan, plan_from_json, save_plan
+from hawq_onnx.qdq_export import export_plan, observe_ranges, plan_only_onnx, prepare, quantize_onnx
+from hawq_onnx.quantization import STORAGE_BITS, quantize_weight, storage_bytes
 
 TESTS = Path(__file__).resolve().parent
 # Every weight width and storage type (INT8, INT4 with 3 and 4 bits, INT2), 8-bit activations.
@@ -66,8 +66,7 @@ def ort_logits(proto: onnx.ModelProto, x: np.ndarray, level=ort.GraphOptimizatio
 
 def agreement(logits: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
     """(top-1 agreement, 99th percentile |error| in steps of the logits' 8-bit grid)."""
-    step, _ = activation_qparams(float(reference.min()), float(reference.max()), 8)
-    return float(np.mean(logits.argmax(1) == reference.argmax(1))), float(np.percentile(np.abs(logits - reference), 99) / step)
+    return ort_eval.agreement(logits, reference), ort_eval.logit_error_steps(logits, reference)
 
 
 def optimized_ops(proto: onnx.ModelProto, tmp_path: Path) -> collections.Counter:
@@ -133,6 +132,32 @@ def test_region_grids_round_trip_through_plan_json(digits, exported_a4, tmp_path
                  region_grids=[RegionGrid("no_such_node", "t", 8, 0.1, 0)])
     with pytest.raises(HawqError, match="region grids name 1 tensor"):
         fake_quant.quantize_model(folded, alien)
+
+
+@pytest.mark.parametrize("grids, message", [
+    ({"node": "relu"}, "malformed"),                                                  # fields missing
+    ([{"node": "relu", "tensor": "t", "bits": 8, "scale": 0.1, "zero_point": 0, "x": 1}], "malformed"),
+    ([{"node": "", "tensor": "t", "bits": 8, "scale": 0.1, "zero_point": 0}], "no node name"),
+    ([{"node": "relu", "tensor": "t", "bits": 5, "scale": 0.1, "zero_point": 0}], "has bits 5"),
+    ([{"node": "relu", "tensor": "t", "bits": 8, "scale": -0.1, "zero_point": 0}], "scale that is not"),
+    ([{"node": "relu", "tensor": "t", "bits": 4, "scale": 0.1, "zero_point": 16}], "zero point outside"),
+])
+def test_malformed_region_grids_are_refused(exported_a4, grids, message):
+    _, result = exported_a4
+    obj = result.plan.to_json()
+    obj["region_grids"] = grids
+    with pytest.raises(HawqError, match=message):
+        plan_from_json(obj)
+
+
+def test_a_calibration_run_that_fails_is_one_hawq_error(digits, exported_a8):
+    loaded, folded, _, _, float_model = digits
+    plan, _ = exported_a8
+    prepared = prepare(folded, loaded.input_shape, plan, float_model)
+    tensor = prepared.model.graph.outputs[0].name
+    wrong = np.zeros((2, 3, 5, 5), np.float32)  # the model takes (N, 1, 8, 8)
+    with pytest.raises(HawqError, match="cannot run the partially quantized model on the calibration data"):
+        observe_ranges(prepared.model, [tensor], wrong)
 
 
 def test_finetuning_an_exported_plan_drops_its_region_grids(digits, exported_a4):

@@ -22,6 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 from hawq_onnx.bn_fold import fold_batchnorm
 from hawq_onnx.cli import cli
 from hawq_onnx.data import load_data
+from hawq_onnx.errors import HawqError
 from hawq_onnx.export import float_onnx, save_onnx
 from hawq_onnx.kernel_census import is_integer_op, kernel_census
 from hawq_onnx.latency import measure_latency
@@ -105,6 +106,18 @@ def test_accuracy_and_sizes_match_independent_ort(pair, digits):
     assert r.quantized.size_ratio == pytest.approx(os.path.getsize(pair["int8"]) / os.path.getsize(pair["float"]))
     assert r.quantized.bytes_by_type["int8"] > 0 and "int8" not in r.float.bytes_by_type
     assert r.latency is None and r.quantized.latency == {}
+
+
+def test_agreement_with_a_reference_model(pair, digits):
+    x = digits.test.x[:60]
+    float_scores = ort.InferenceSession(str(pair["float"]), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    # The float model as its own "reference": the file's scores are exactly the reference's.
+    r = validate(pair["float"], pair["float"], digits, runs=0, limit=60, reference=lambda batch: float_scores)
+    assert r.fake_quant is not None and r.fake_quant.samples == 60
+    assert r.fake_quant.top1 == 1.0 and r.fake_quant.p99_steps < 1e-3
+    assert r.to_json()["fake_quant_agreement"]["top1"] == 1.0
+    with pytest.raises(HawqError, match="PyTorch reference gives scores of shape"):
+        validate(pair["float"], pair["float"], digits, runs=0, limit=60, reference=lambda batch: float_scores[:, :3])
 
 
 def test_limit_and_top5(pair, digits):
