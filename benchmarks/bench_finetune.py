@@ -16,13 +16,16 @@ calibration only and (b) fine-tuning, for:
   range), same solver, so each one fills the budget as the Hessian one does; the median is shown.
 Every allocation is fine-tuned with the same schedule and seed. ``--test-limit`` (smoke runs
 only) evaluates on the first N test images. Writes ``sensitivity.json`` (reused if present),
-each plan and ``results.json`` into ``--out-dir``.
+each plan and ``results.json`` into ``--out-dir``; ``results.json`` is rewritten after every
+allocation, and a rerun with the same schedule reuses the rows of allocations whose bits are
+unchanged (so an interrupted comparison, or one with more ``--random`` allocations, resumes).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import statistics
 import time
 from pathlib import Path
@@ -77,6 +80,23 @@ def uniform_plan(report: SensitivityReport, budget: str) -> Plan | None:
         except HawqError:
             continue
     return None
+
+
+def _finished_rows(path: Path, train: dict, test_images: int) -> dict[str, dict]:
+    """Rows of an earlier run with the same schedule and test set, by allocation name."""
+    if not path.is_file():
+        return {}
+    earlier = json.loads(path.read_text())
+    if earlier.get("train") != train or earlier.get("test_images") != test_images:
+        return {}
+    return {r["allocation"]: r for r in earlier.get("rows", [])}
+
+
+def _write_results(path: Path, args: argparse.Namespace, train: dict, test_images: int, rows: list[dict]) -> None:
+    write_json(path, {"args": vars(args), "train": train, "test_images": test_images,
+                      "float_top1": rows[0]["float_top1"] if rows else None, "rows": rows,
+                      "device": torch.cuda.get_device_name() if train["device"] == "cuda" else "cpu",
+                      "threads": torch.get_num_threads()})
 
 
 def main() -> None:
@@ -143,12 +163,18 @@ def main() -> None:
              "data_fraction": args.data_fraction, "seed": args.seed, "device": args.device}
     if args.lr is not None:
         train["lr"] = args.lr
+    results_path = out / "results.json"
+    done = _finished_rows(results_path, train, len(data.test))
     rows = []
     for name, plan in plans.items():
         save_plan(plan, out / f"plan.{name}.json")
+        bits = {lp.name: lp.w_bits for lp in plan.layers}
+        if name in done and done[name]["w_bits"] == bits:
+            rows.append(done[name])
+            print(f"{name:>9}: reused from {results_path}", flush=True)
+            continue
         ptq = finetune(loaded, plan, data, order="ptq", seed=args.seed, device=args.device)
         tuned = finetune(loaded, plan, data, progress=True, **train)
-        bits = {lp.name: lp.w_bits for lp in plan.layers}
         row = {"allocation": name, "weight_bytes": plan.totals["weight_bytes"], "ratio": plan.totals["ratio"],
                "omega": plan.totals["omega"], "w_bits": bits, "float_top1": tuned.float_accuracy,
                "ptq_top1": ptq.quant_accuracy, "finetuned_top1": tuned.quant_accuracy,
@@ -158,6 +184,7 @@ def main() -> None:
               f"{''.join(str(b) for b in bits.values())}: PTQ {100 * row['ptq_top1']:.2f} %, fine-tuned "
               f"{100 * row['finetuned_top1']:.2f} % ({row['steps']} steps, {row['finetune_seconds']:.0f} s)",
               flush=True)
+        _write_results(results_path, args, train, len(data.test), rows)
 
     randoms = [r for r in rows if r["allocation"].startswith("random")]
     summary = {r["allocation"]: r for r in rows if not r["allocation"].startswith("random")}
@@ -177,10 +204,8 @@ def main() -> None:
     for key, r in summary.items():
         print(f"| {key} | {r['ratio']:.2f}x | {100 * r['ptq_top1']:.2f} % | {100 * r['finetuned_top1']:.2f} % | "
               f"{100 * (float_top1 - r['finetuned_top1']):.2f} | {r['finetune_seconds']:.0f} s |")
-    write_json(out / "results.json", {"args": vars(args), "float_top1": float_top1, "rows": rows,
-                                      "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
-                                      "threads": torch.get_num_threads()})
-    print(f"wrote {out / 'results.json'}")
+    _write_results(results_path, args, train, len(data.test), rows)
+    print(f"wrote {results_path}")
 
 
 if __name__ == "__main__":
