@@ -3,7 +3,8 @@
 Targets:
 - ``ort-cpu``: what ONNX Runtime's CPU provider runs as integer kernels. Sub-byte weights stay
   packed on disk and are widened by a Cast that ORT folds at load; 4-bit activations are
-  uint8 Q -> Clip(0, 15) -> DQ.
+  uint8 Q -> Clip(0, 15) -> DQ; 8-bit weights of layers with full-range 8-bit inputs are stored
+  uint8 (zero point 128), which x86 CPUs without VNNI run without int16 saturation.
 - ``compact``: plain ONNX sub-byte types (INT4/INT2 weights, uint4 activations) behind direct
   DequantizeLinear, for runtimes that take them (ORT 1.32 rejects an INT2 weight beside
   fused uint8 activations and runs INT4 weights in float).
@@ -35,6 +36,7 @@ from hawq_onnx.passes.insert_activation_qdq import EdgeQuant, InsertActivationQD
 from hawq_onnx.passes.onnx_simplify import OnnxSimplifyPass
 from hawq_onnx.passes.quantize_weights import QuantizeWeightsPass, WeightQuantSpec
 from hawq_onnx.passes.split_shared_add import SplitSharedAddPass
+from hawq_onnx.passes.unsigned_wide_input_weights import UnsignedWideInputWeightsPass
 from hawq_onnx.passes.widen_sub_byte_weights import WidenSubByteWeightsPass
 
 TARGETS = ("ort-cpu", "compact")
@@ -77,7 +79,7 @@ def activation_stage(target: str, edges: Sequence[EdgeQuant],
     _check_target(target)
     passes: list[ir.passes.PassBase] = [InsertActivationQDQPass(edges, ranges)]
     if target == "ort-cpu":
-        passes += [ClipSubByteActivationsPass(), WidenSubByteWeightsPass()]
+        passes += [ClipSubByteActivationsPass(), WidenSubByteWeightsPass(), UnsignedWideInputWeightsPass()]
     return ir.passes.PassManager(passes)
 
 
