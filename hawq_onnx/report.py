@@ -88,6 +88,9 @@ def _kernel_lines(result: ValidationResult) -> list[str]:
         out.append(f"{m.label}: {c.integer_kernels} integer kernels ({ops}); layers: {c.count('integer')} integer, "
                    f"{c.count('emulated')} emulated, {c.count('float')} float; "
                    f"{c.dequantize_nodes} DequantizeLinear / {c.quantize_nodes} QuantizeLinear left")
+        if m.kernel_agreement is not None:
+            out[-1] += (f"; same top-1 as the file run unoptimized (Q/DQ as written) on "
+                        f"{_pct(m.kernel_agreement)} of the samples")
     return out
 
 

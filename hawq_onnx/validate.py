@@ -45,6 +45,7 @@ VERSION = 1
 MEAN_KEY = "hawq_onnx.mean"
 STD_KEY = "hawq_onnx.std"
 FLOAT, QUANTIZED = "float", "quantized"
+KERNEL_AGREEMENT_WARNING = 0.995  # issue 5's bar for the file against its fake-quant model
 NO_NORMALISATION = "none (inputs in [0, 1]; no --model and no ONNX metadata)"
 
 
@@ -61,6 +62,10 @@ class ModelResult:
     size_ratio: float | None = None    # file bytes / float file bytes
     latency: dict[int, LatencyStats] = field(default_factory=dict)
     speedup: dict[int, float] = field(default_factory=dict)   # float median / this median, per batch
+    # Top-1 agreement of the deployed session with the same file run with graph optimizations off
+    # (every Q/DQ as written, the layers in float): below 1, ONNX Runtime's integer kernels compute
+    # something else than the file says (int16 saturation of U8S8 kernels on CPUs without VNNI).
+    kernel_agreement: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         census = self.census.to_json()
@@ -69,8 +74,9 @@ class ModelResult:
                 "accuracy": self.accuracy.to_json(), "drop_points": self.drop_points, "agreement": self.agreement,
                 "latency": {str(b): s.to_json() for b, s in self.latency.items()},
                 "speedup": {str(b): v for b, v in self.speedup.items()},
-                "kernels": {k: census[k] for k in ("optimization_level", "provider", "integer_ops", "integer_kernels",
-                                                   "dequantize_nodes", "quantize_nodes", "layers_by_mode")}}
+                "kernels": {**{k: census[k] for k in ("optimization_level", "provider", "integer_ops", "integer_kernels",
+                                                      "dequantize_nodes", "quantize_nodes", "layers_by_mode")},
+                            "agreement_with_unoptimized": self.kernel_agreement}}
 
 
 @dataclass
@@ -257,6 +263,23 @@ def _layer_reports(quant: Inspection, census: KernelCensus, float_ins: Inspectio
     return rows
 
 
+def _kernel_agreement(path: Path, io, x: np.ndarray, deployed: np.ndarray, threads: int, providers: Sequence[str],
+                      eval_batch_size: int, progress: bool, label: str) -> float:
+    """Top-1 agreement of ``deployed`` (default session) with ``path`` run without graph optimizations."""
+    import onnxruntime as ort
+
+    from hawq_onnx.ort_session import open_session as open_with, session_options
+
+    plain = open_with(path, session_options(threads, level=ort.GraphOptimizationLevel.ORT_DISABLE_ALL),
+                      list(providers))
+    same = agreement(deployed, predict(plain, io, x, eval_batch_size, progress, desc=f"{label} unoptimized"))
+    if same < KERNEL_AGREEMENT_WARNING:
+        log.warning("%s: ONNX Runtime's optimized session agrees with the same file run unoptimized on only %.2f %% "
+                    "of the samples: its integer kernels do not compute what the file's Q/DQ says (on x86 CPUs "
+                    "without VNNI, U8S8 kernels saturate int16 sums of 8-bit products)", label, 100 * same)
+    return same
+
+
 def validate(float_path: str | Path, quant_path: str | Path, data: str | Dataset, *,
              model_ref: str | None = None, input_shape: tuple[int, ...] | None = None,
              threads: int = 2, batch_sizes: Sequence[int] = (1, 64), runs: int = 50, warmup: int = 5,
@@ -320,11 +343,15 @@ def validate(float_path: str | Path, quant_path: str | Path, data: str | Dataset
                                 f"model outputs (N, {', '.join(map(str, float_io.output_shape))}): not the same model")
             sessions[label] = (session, io)
         logits: dict[str, np.ndarray] = {}
+        kernel_agreement: dict[str, float] = {}
         for label, (session, io) in sessions.items():
             logits[label] = predict(session, io, test.x, eval_batch_size, progress, desc=f"{label} top-1")
             if logits[label].shape != logits[FLOAT].shape:
                 raise HawqError(f"{paths[label]} gives scores of shape {logits[label].shape[1:]} but the float model "
                                 f"{logits[FLOAT].shape[1:]}: not the same model")
+            if label != FLOAT:
+                kernel_agreement[label] = _kernel_agreement(paths[label], io, test.x, logits[label], threads,
+                                                            providers, eval_batch_size, progress, label)
         del sessions
 
         latency = None
@@ -353,6 +380,7 @@ def validate(float_path: str | Path, quant_path: str | Path, data: str | Dataset
         if m is not ref:
             m.drop_points = 100.0 * (ref.accuracy.correct_top1 - m.accuracy.correct_top1) / ref.accuracy.samples
             m.agreement = agreement(logits[FLOAT], logits[m.label])
+            m.kernel_agreement = kernel_agreement.get(m.label)
         if latency is not None:
             m.latency = latency.models[m.label]
             m.speedup = {b: latency.speedup(m.label, FLOAT, b) for b in latency.batch_sizes}

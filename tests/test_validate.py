@@ -120,6 +120,35 @@ def test_agreement_with_a_reference_model(pair, digits):
         validate(pair["float"], pair["float"], digits, runs=0, limit=60, reference=lambda batch: float_scores[:, :3])
 
 
+def _unoptimized_pred(path: Path, x: np.ndarray) -> np.ndarray:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0].argmax(1)
+
+
+def test_integer_kernels_against_the_file_run_unoptimized(pair, digits, caplog):
+    r = validate(pair["float"], pair["int8"], digits, runs=0)
+    x = digits.test.x
+    _, deployed = _ort_top1(pair["int8"], x, digits.test.y)
+    expected = float((deployed == _unoptimized_pred(pair["int8"], x)).mean())
+    assert r.float.kernel_agreement is None
+    assert r.quantized.kernel_agreement == pytest.approx(expected)
+    assert r.to_json()["models"]["quantized"]["kernels"]["agreement_with_unoptimized"] == pytest.approx(expected)
+    # A session that computes something else than the file says is flagged (as U8S8 saturation is
+    # on CPUs without VNNI): here the "deployed" scores are another sample's.
+    from hawq_onnx.ort_eval import model_io, open_session
+    from hawq_onnx.validate import _kernel_agreement
+
+    io = model_io(open_session(pair["int8"], 1), pair["int8"])
+    scores = ort.InferenceSession(str(pair["int8"]), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    with caplog.at_level("WARNING"):
+        same = _kernel_agreement(pair["int8"], io, x, np.roll(scores, 1, axis=0), 1, ["CPUExecutionProvider"],
+                                 64, False, "quantized")
+    assert same < 0.5 and "agrees with the same file run unoptimized on only" in caplog.text
+
+
 def test_limit_and_top5(pair, digits):
     # 10 classes: top-5 is not reported; --limit evaluates the first N test samples only.
     r = validate(pair["float"], pair["int8"], digits, runs=0, limit=40)
