@@ -39,11 +39,17 @@ def resolve_providers(provider: str | None) -> list[str]:
     return [name] if name == CPU else [name, CPU]
 
 
-def open_session(path: str | Path, threads: int, providers: Sequence[str] = (CPU,)):
-    """The session a user deploys: default optimizations, ``threads`` intra-op threads of its own."""
+def open_session(path: str | Path, threads: int, providers: Sequence[str] = (CPU,), optimized: bool = True):
+    """The session a user deploys (default optimizations), ``threads`` intra-op threads of its own.
+
+    ``optimized=False``: no graph optimizations, every Q/DQ run as written (the file's own arithmetic).
+    """
+    import onnxruntime as ort
+
     from hawq_onnx.ort_session import open_session as _open, session_options
 
-    return _open(path, session_options(threads), list(providers))
+    level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimized else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return _open(path, session_options(threads, level=level), list(providers))
 
 
 @dataclass(frozen=True)

@@ -266,12 +266,7 @@ def _layer_reports(quant: Inspection, census: KernelCensus, float_ins: Inspectio
 def _kernel_agreement(path: Path, io, x: np.ndarray, deployed: np.ndarray, threads: int, providers: Sequence[str],
                       eval_batch_size: int, progress: bool, label: str) -> float:
     """Top-1 agreement of ``deployed`` (default session) with ``path`` run without graph optimizations."""
-    import onnxruntime as ort
-
-    from hawq_onnx.ort_session import open_session as open_with, session_options
-
-    plain = open_with(path, session_options(threads, level=ort.GraphOptimizationLevel.ORT_DISABLE_ALL),
-                      list(providers))
+    plain = open_session(path, threads, providers, optimized=False)
     same = agreement(deployed, predict(plain, io, x, eval_batch_size, progress, desc=f"{label} unoptimized"))
     if same < KERNEL_AGREEMENT_WARNING:
         log.warning("%s: ONNX Runtime's optimized session agrees with the same file run unoptimized on only %.2f %% "

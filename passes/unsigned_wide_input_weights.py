@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from hawq_onnx.passes.graph_edit import NameScope, add_initializer, constant_array
+from hawq_onnx.passes.graph_edit import NameScope, add_initializer, constant_array, nodes_of
 
 INT16_MAX = 32767
 UINT8_MAX = 255
@@ -65,18 +65,18 @@ class UnsignedWideInputWeightsPass(ir.passes.InPlacePass):
         graph = model.graph
         names = NameScope(graph)
         modified = False
-        for dq in [n for n in graph if n.op_type == "DequantizeLinear"]:
+        for dq in nodes_of(graph, ["DequantizeLinear"]):
             w, zp = dq.inputs[0], dq.inputs[2] if len(dq.inputs) > 2 else None
             if w is None or not w.is_initializer() or w.const_value.dtype != ir.DataType.INT8:
                 continue
+            if any(use.node is not dq for use in w.uses()):
+                continue  # read elsewhere as int8: leave it alone
             q = constant_array(w).astype(np.int16)
             zero = constant_array(zp)  # the exporter always writes it (quantize_weights)
             if zero is None or np.any(zero != 0) or q.size == 0:
                 continue  # only symmetric weights: zero point 0
             if not _can_saturate(dq, int(np.abs(q).max())):
                 continue
-            if any(use.node is not dq for use in w.uses()):
-                continue  # read elsewhere as int8: leave it alone
             shifted = (q + U8_WEIGHT_ZERO_POINT).astype(np.uint8)  # [-128, 127] -> [0, 255]
             w.const_value = ir.Tensor(shifted, dtype=ir.DataType.UINT8, name=w.name)
             w.type, w.shape = None, None  # the tensor carries both (see graph_edit.add_initializer)
