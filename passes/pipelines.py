@@ -3,8 +3,10 @@
 Targets:
 - ``ort-cpu``: what ONNX Runtime's CPU provider runs as integer kernels. Sub-byte weights stay
   packed on disk and are widened by a Cast that ORT folds at load; 4-bit activations are
-  uint8 Q -> Clip(0, 15) -> DQ; 8-bit weights of layers with full-range 8-bit inputs are stored
-  uint8 (zero point 128), which x86 CPUs without VNNI run without int16 saturation.
+  uint8 Q -> Clip(0, 15) -> DQ; a requantization between nested grids is a QLinearAdd of zero
+  and a zero Pad between Q/DQ runs on the integers, so neither leaves uint8; 8-bit weights of
+  layers with full-range 8-bit inputs are stored uint8 (zero point 128), which x86 CPUs
+  without VNNI run without int16 saturation.
 - ``compact``: plain ONNX sub-byte types (INT4/INT2 weights, uint4 activations) behind direct
   DequantizeLinear, for runtimes that take them (ORT 1.32 rejects an INT2 weight beside
   fused uint8 activations and runs INT4 weights in float).
@@ -33,6 +35,8 @@ from hawq_onnx.passes.drop_intermediate_shapes import DropIntermediateShapesPass
 from hawq_onnx.passes.fold_batchnorm import FoldBatchNormPass
 from hawq_onnx.passes.global_average_pool import ReduceMeanToGlobalAveragePoolPass
 from hawq_onnx.passes.insert_activation_qdq import EdgeQuant, InsertActivationQDQPass
+from hawq_onnx.passes.integer_pad import IntegerPadPass
+from hawq_onnx.passes.integer_requantize import IntegerRequantizePass
 from hawq_onnx.passes.onnx_simplify import OnnxSimplifyPass
 from hawq_onnx.passes.quantize_weights import QuantizeWeightsPass, WeightQuantSpec
 from hawq_onnx.passes.split_shared_add import SplitSharedAddPass
@@ -79,7 +83,8 @@ def activation_stage(target: str, edges: Sequence[EdgeQuant],
     _check_target(target)
     passes: list[ir.passes.PassBase] = [InsertActivationQDQPass(edges, ranges)]
     if target == "ort-cpu":
-        passes += [ClipSubByteActivationsPass(), WidenSubByteWeightsPass(), UnsignedWideInputWeightsPass()]
+        passes += [ClipSubByteActivationsPass(), IntegerRequantizePass(), IntegerPadPass(),
+                   WidenSubByteWeightsPass(), UnsignedWideInputWeightsPass()]
     return ir.passes.PassManager(passes)
 
 

@@ -175,7 +175,11 @@ def test_every_quantized_layer_runs_as_an_integer_kernel(exported_a8, exported_a
         ops = optimized_ops(result.model, tmp_path)
         assert ops["QLinearConv"] == 5 and ops["QGemm"] == 1       # the 5 convs and the Linear
         assert ops["Conv"] == ops["Gemm"] == ops["MatMul"] == 0     # nothing left in float
-        assert ops["QLinearAdd"] == 1 and ops["QLinearGlobalAveragePool"] == 1  # the residual and the pooling
+        assert ops["QLinearGlobalAveragePool"] == 1 and ops["QuantizeLinear"] == 1  # only the input is quantized in float
+        assert ops["DequantizeLinear"] == 0                         # QGemm writes the float logits itself
+    assert optimized_ops(exported_a8[1].model, tmp_path)["QLinearAdd"] == 1  # the residual
+    # and the 4-bit plan's requantization of a conv output shared with the residual (IntegerRequantizePass)
+    assert optimized_ops(exported_a4[1].model, tmp_path)["QLinearAdd"] == 2
 
 
 def test_file_size_is_the_weights_bits_plus_a_little(exported_a8, exported_a4, tmp_path):

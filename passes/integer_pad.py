@@ -1,0 +1,69 @@
+"""Run a zero Pad between Q/DQ of one grid on the integers: DQ -> Pad(0) -> Q becomes Pad(zero point).
+
+ONNX Runtime drops the Q/DQ pairs around Reshape, Transpose, Slice or MaxPool and runs them
+on uint8, but not around Pad (its pad value would have to become the zero point), so a
+quantized ResNet's option-A shortcut (Slice, then a zero Pad of the channels) dequantizes,
+pads in float and quantizes again. When the DequantizeLinear before the Pad and the
+QuantizeLinear after it use the same scale and zero point, padding the integers with the
+zero point gives the same integers: Q(DQ(q)) = q, and Q(0.0) = zero point. ResNet20 at
+batch 64 on 2 threads: the float Pad and its Q/DQ took about 1 ms of 30.
+
+Preserves: every value the graph computes (bit for bit), the Pad's node and output names
+(the QuantizeLinear's readers now read the Pad), the grid. Rewrites only a constant-mode Pad
+with no pad value or a zero one, per-tensor scale and zero point given as constants on both
+sides, and a QuantizeLinear that is the Pad output's only reader.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from hawq_onnx.passes.graph_edit import constant_array, nodes_of, sole_user
+
+
+def _same_grid(dq: ir.Node, q: ir.Node) -> bool:
+    if len(dq.inputs) < 3 or len(q.inputs) < 3 or dq.inputs[2] is None or q.inputs[2] is None:
+        return False
+    arrays = [constant_array(v) for v in (dq.inputs[1], dq.inputs[2], q.inputs[1], q.inputs[2])]
+    if any(a is None or a.size != 1 for a in arrays):
+        return False
+    dq_scale, dq_zp, q_scale, q_zp = arrays
+    return dq_zp.dtype == q_zp.dtype and float(dq_scale) == float(q_scale) and int(dq_zp) == int(q_zp)
+
+
+def _pads_zero(pad: ir.Node) -> bool:
+    mode = pad.attributes.get("mode")
+    if mode is not None and mode.as_string() != "constant":
+        return False
+    if len(pad.inputs) > 2 and pad.inputs[2] is not None:
+        value = constant_array(pad.inputs[2])
+        return value is not None and not np.any(value)
+    return True
+
+
+class IntegerPadPass(ir.passes.InPlacePass):
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        modified = False
+        for pad in nodes_of(graph, ["Pad"]):
+            dq = pad.inputs[0].producer() if pad.inputs[0] is not None else None
+            q = sole_user(pad.outputs[0])
+            if (dq is None or q is None or dq.op_type != "DequantizeLinear" or q.op_type != "QuantizeLinear"
+                    or dq.domain not in ("", "ai.onnx") or q.domain not in ("", "ai.onnx")
+                    or not _pads_zero(pad) or not _same_grid(dq, q)):
+                continue
+            out, q_out = pad.outputs[0], q.outputs[0]
+            if q_out.is_graph_output():
+                continue  # its name is the graph's; graph outputs stay float here anyway
+            if len(pad.inputs) < 3:
+                pad.resize_inputs(3)
+            pad.replace_input_with(0, dq.inputs[0])
+            pad.replace_input_with(2, dq.inputs[2])  # the pad value: the zero point, in its type
+            out.type, out.shape = q_out.type, q_out.shape
+            q_out.replace_all_uses_with(out)
+            graph.remove(q, safe=True)
+            if not dq.outputs[0].uses() and not dq.outputs[0].is_graph_output():
+                graph.remove(dq, safe=True)
+            modified = True
+        return ir.passes.PassResult(model, modified)
