@@ -16,8 +16,9 @@ Placement, per activation tensor (:func:`place`):
   With k odd every 4-bit rounding boundary lies exactly on an 8-bit one, so the requantized
   value equals quantizing the float tensor to P directly: the planned layer sees exactly the
   reference's input (a value exactly on a boundary, a float32 tie, may round the other way),
-  and the producer still fuses into one integer kernel (for a residual Add the ``ort-cpu``
-  target computes the sum twice instead, see ``split_shared_add``: cheaper than requantizing);
+  and the producer still fuses into one integer kernel (the ``ort-cpu`` target runs the
+  requantization as an integer QLinearAdd, ``integer_requantize``, and computes a residual
+  Add twice instead, ``split_shared_add``, which keeps the identity path's grid finer);
 - several different plan grids: each plan consumer gets its own Q/DQ on the float tensor;
 - no plan grid but an integer consumer or producer: a calibrated 8-bit grid.
 Grid-preserving data movement (Reshape, Transpose, Slice, zero Pad, MaxPool...) passes

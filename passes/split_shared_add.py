@@ -1,13 +1,16 @@
 """Compute a residual Add twice when a sub-8-bit layer and other consumers share its result.
 
 A ResNet block's input is the previous block's ``Relu(Add(...))``: it feeds the next conv1
-(planned 4-bit input) and the next identity path (8 bits). One tensor with one grid cannot
-serve both without a requantization (DequantizeLinear -> QuantizeLinear, run in float by
-ONNX Runtime: about 1 ms a block at batch 64 on ResNet20). Two copies of the Add (with its
-Relu) can: one is quantized straight to the layer's grid, the other to the 8-bit grid of the
-rest, and ONNX Runtime runs both as QLinearAdd, an integer kernel far cheaper than the float
-requantization. Convolutions are never copied (too costly); their shared outputs keep the
-nested 8-bit grid of ``InsertActivationQDQPass``.
+(planned 4-bit input) and the next identity path (8 bits). One tensor with one grid serves
+both only through an 8-bit grid nested on the 4-bit one (step s/k, k odd, at most 17 and as
+large as the tensor's range allows: 7 or 9 for ResNet20's sums), which the 4-bit consumer
+requantizes (``IntegerRequantizePass``); rounding k down to an odd integer makes that grid up
+to about 2/k coarser than one fitted to the range. Two copies of the Add (with its Relu)
+avoid that: one is quantized straight to the layer's grid, the other to an 8-bit grid
+calibrated on the sum's own range, and ONNX Runtime runs both as QLinearAdd, as many integer
+kernels as the nested form needs. ResNet20 (13x, 4-bit activations, ORT on the 10,000 test
+images): 91.17 % with the copies, 91.10 % with nested grids (7 images apart, within noise).
+Convolutions are never copied (too costly); their shared outputs keep the nested grid.
 
 Preserves: every value the graph computes (the copy computes the same sum from the same
 inputs), node names of the original Add and Relu, and the plan edges (the planned layer keeps
