@@ -60,7 +60,8 @@ class IntegerPadPass(ir.passes.InPlacePass):
                 pad.resize_inputs(3)
             pad.replace_input_with(0, dq.inputs[0])
             pad.replace_input_with(2, dq.inputs[2])  # the pad value: the zero point, in its type
-            out.type, out.shape = q_out.type, q_out.shape
+            # The Pad's value was typed float by shape inference; it now holds the integers.
+            out.type = ir.TensorType(ir.DataType.from_numpy(constant_array(dq.inputs[2]).dtype))
             q_out.replace_all_uses_with(out)
             graph.remove(q, safe=True)
             if not dq.outputs[0].uses() and not dq.outputs[0].is_graph_output():

@@ -83,8 +83,12 @@ def activation_stage(target: str, edges: Sequence[EdgeQuant],
     _check_target(target)
     passes: list[ir.passes.PassBase] = [InsertActivationQDQPass(edges, ranges)]
     if target == "ort-cpu":
-        passes += [ClipSubByteActivationsPass(), IntegerRequantizePass(), IntegerPadPass(),
-                   WidenSubByteWeightsPass(), UnsignedWideInputWeightsPass()]
+        passes.append(ClipSubByteActivationsPass())
+        if ranges is not None:
+            # Not on the calibration model: a padded tensor would turn uint8 where the
+            # calibration reads floats.
+            passes += [IntegerRequantizePass(), IntegerPadPass()]
+        passes += [WidenSubByteWeightsPass(), UnsignedWideInputWeightsPass()]
     return ir.passes.PassManager(passes)
 
 

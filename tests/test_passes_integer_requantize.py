@@ -1,4 +1,4 @@
-"""IntegerRequantizePass: DQ -> Q between nested grids becomes a QLinearAdd of zero, value for value."""
+"""IntegerRequantizePass: DQ -> Q between grids becomes a QLinearLeakyRelu (a table) under ONNX Runtime, value for value."""
 
 from __future__ import annotations
 
@@ -51,13 +51,14 @@ def every_fine_level(k: int) -> np.ndarray:
     return np.concatenate([levels, rest]).astype(np.float32)
 
 
-def test_requantization_becomes_an_integer_add_bit_for_bit(tmp_path):
-    for k in (3, 5, 17):
+def test_requantization_becomes_an_integer_table_bit_for_bit(tmp_path):
+    for k in (2, 3, 5, 17):  # any ratio: the table is built from the float pair itself
         proto = model(k)
         result = IntegerRequantizePass()(ir.from_proto(proto))
         out = ir.to_proto(result.model)
         onnx.checker.check_model(out, full_check=True)
         assert result.modified
+        assert [n.op_type for n in out.graph.node].count("LeakyRelu") == 1
         x = every_fine_level(k)
         before, after = run(proto, x), run(out, x)
         np.testing.assert_array_equal(after[0], before[0])  # every fine level lands where the float pair put it
@@ -66,10 +67,16 @@ def test_requantization_becomes_an_integer_add_bit_for_bit(tmp_path):
         options.optimized_model_filepath = str(tmp_path / f"opt{k}.onnx")
         ort.InferenceSession(out.SerializeToString(), options, providers=["CPUExecutionProvider"])
         ops = collections.Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
-        assert ops["QLinearAdd"] == 1 and ops["QuantizeLinear"] == 1  # only the input's Q is left in float
+        assert ops["QLinearLeakyRelu"] == 1 and ops["QuantizeLinear"] == 1  # only the input's Q is left in float
+        assert ops["LeakyRelu"] == 0
 
 
-def test_grids_that_are_not_nested_by_an_odd_factor_keep_the_float_pair():
-    for k in (2, 4):  # an even k puts coarse rounding ties on fine integers
-        result = IntegerRequantizePass()(ir.from_proto(model(k)))
-        assert not result.modified
+def test_a_pair_between_integer_types_keeps_the_float_pair():
+    proto = model(3)
+    for init in proto.graph.initializer:
+        if init.name == "z_coarse":  # an int8 target grid: QLinearLeakyRelu takes and gives one type
+            init.CopyFrom(numpy_helper.from_array(np.array(COARSE_ZP, np.int8), "z_coarse"))
+    proto.graph.node[3].input[1] = ""  # the Clip's uint8 lower bound would not match int8
+    proto.graph.node[3].input[2] = ""
+    result = IntegerRequantizePass()(ir.from_proto(proto))
+    assert not result.modified
