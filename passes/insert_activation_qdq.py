@@ -17,7 +17,7 @@ Placement, per activation tensor (:func:`place`):
   value equals quantizing the float tensor to P directly: the planned layer sees exactly the
   reference's input (a value exactly on a boundary, a float32 tie, may round the other way),
   and the producer still fuses into one integer kernel (the ``ort-cpu`` target runs the
-  requantization as an integer QLinearAdd, ``integer_requantize``, and computes a residual
+  requantization as an integer table, ``integer_requantize``, and computes a residual
   Add twice instead, ``split_shared_add``, which keeps the identity path's grid finer);
 - several different plan grids: each plan consumer gets its own Q/DQ on the float tensor;
 - no plan grid but an integer consumer or producer: a calibrated 8-bit grid.

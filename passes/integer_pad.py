@@ -6,7 +6,8 @@ quantized ResNet's option-A shortcut (Slice, then a zero Pad of the channels) de
 pads in float and quantizes again. When the DequantizeLinear before the Pad and the
 QuantizeLinear after it use the same scale and zero point, padding the integers with the
 zero point gives the same integers: Q(DQ(q)) = q, and Q(0.0) = zero point. ResNet20 at
-batch 64 on 2 threads: the float Pad and its Q/DQ took about 1 ms of 30.
+batch 64 on 2 threads (AVX2): the float Pads with their Q/DQ took 1.3 ms of 30, the
+integer Pads 0.8 ms.
 
 Preserves: every value the graph computes (bit for bit), the Pad's node and output names
 (the QuantizeLinear's readers now read the Pad), the grid. Rewrites only a constant-mode Pad

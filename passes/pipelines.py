@@ -3,8 +3,9 @@
 Targets:
 - ``ort-cpu``: what ONNX Runtime's CPU provider runs as integer kernels. Sub-byte weights stay
   packed on disk and are widened by a Cast that ORT folds at load; 4-bit activations are
-  uint8 Q -> Clip(0, 15) -> DQ; a requantization between nested grids is a QLinearAdd of zero
-  and a zero Pad between Q/DQ runs on the integers, so neither leaves uint8; 8-bit weights of
+  uint8 Q -> Clip(0, 15) -> DQ; a requantization between grids gets an identity LeakyRelu
+  (alpha 1) that ORT fuses into a QLinearLeakyRelu table, and a zero Pad between Q/DQ runs
+  on the integers, so neither leaves uint8; 8-bit weights of
   layers with full-range 8-bit inputs are stored uint8 (zero point 128), which x86 CPUs
   without VNNI run without int16 saturation.
 - ``compact``: plain ONNX sub-byte types (INT4/INT2 weights, uint4 activations) behind direct
