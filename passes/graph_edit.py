@@ -96,6 +96,24 @@ def constant_array(value: ir.Value | None) -> np.ndarray | None:
     return None if tensor is None else tensor.numpy()
 
 
+def pads_with_zero(pad: ir.Node) -> bool:
+    """A Pad whose constant value is omitted (0) or a constant zero."""
+    if len(pad.inputs) > 2 and pad.inputs[2] is not None:
+        value = constant_array(pad.inputs[2])
+        return value is not None and not np.any(value)
+    return True
+
+
+def per_tensor_qparams(node: ir.Node) -> tuple[float, np.ndarray] | None:
+    """A QuantizeLinear/DequantizeLinear's constant scalar scale and zero point (its array, which carries the type)."""
+    if len(node.inputs) < 3 or node.inputs[2] is None:
+        return None
+    scale, zero_point = constant_array(node.inputs[1]), constant_array(node.inputs[2])
+    if scale is None or zero_point is None or scale.size != 1 or zero_point.size != 1:
+        return None
+    return float(scale.reshape(())), zero_point
+
+
 def int_attr(node: ir.Node, name: str, default: int) -> int:
     attr = node.attributes.get(name)
     return default if attr is None else int(attr.as_int())

@@ -43,7 +43,7 @@ import numpy as np
 import onnx_ir as ir
 
 from hawq_onnx.errors import HawqError
-from hawq_onnx.passes.graph_edit import NameScope, add_initializer, constant_array, is_activation, make_node, sole_user
+from hawq_onnx.passes.graph_edit import NameScope, add_initializer, is_activation, make_node, pads_with_zero, sole_user
 from hawq_onnx.quantization import activation_qparams, activation_qrange
 
 INTEGER_OPS = ("Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool")
@@ -120,10 +120,7 @@ def _is_move(node: ir.Node) -> bool:
         return False
     if node.op_type == "MaxPool" and len(node.outputs) > 1:
         return False  # the indices output is not a grid
-    if node.op_type == "Pad" and len(node.inputs) > 2 and node.inputs[2] is not None:
-        pad_value = constant_array(node.inputs[2])
-        return pad_value is not None and not np.any(pad_value)
-    return True
+    return node.op_type != "Pad" or pads_with_zero(node)
 
 
 def _is_integer_op(node: ir.Node) -> bool:

@@ -17,30 +17,22 @@ sides, and a QuantizeLinear that is the Pad output's only reader.
 
 from __future__ import annotations
 
-import numpy as np
 import onnx_ir as ir
 
-from hawq_onnx.passes.graph_edit import constant_array, nodes_of, sole_user
+from hawq_onnx.passes.graph_edit import nodes_of, pads_with_zero, per_tensor_qparams, sole_user
 
 
 def _same_grid(dq: ir.Node, q: ir.Node) -> bool:
-    if len(dq.inputs) < 3 or len(q.inputs) < 3 or dq.inputs[2] is None or q.inputs[2] is None:
+    before, after = per_tensor_qparams(dq), per_tensor_qparams(q)
+    if before is None or after is None:
         return False
-    arrays = [constant_array(v) for v in (dq.inputs[1], dq.inputs[2], q.inputs[1], q.inputs[2])]
-    if any(a is None or a.size != 1 for a in arrays):
-        return False
-    dq_scale, dq_zp, q_scale, q_zp = arrays
-    return dq_zp.dtype == q_zp.dtype and float(dq_scale) == float(q_scale) and int(dq_zp) == int(q_zp)
+    return (before[1].dtype == after[1].dtype and before[0] == after[0]
+            and int(before[1].reshape(())) == int(after[1].reshape(())))
 
 
-def _pads_zero(pad: ir.Node) -> bool:
+def _zero_padding(pad: ir.Node) -> bool:
     mode = pad.attributes.get("mode")
-    if mode is not None and mode.as_string() != "constant":
-        return False
-    if len(pad.inputs) > 2 and pad.inputs[2] is not None:
-        value = constant_array(pad.inputs[2])
-        return value is not None and not np.any(value)
-    return True
+    return (mode is None or mode.as_string() == "constant") and pads_with_zero(pad)
 
 
 class IntegerPadPass(ir.passes.InPlacePass):
@@ -52,7 +44,7 @@ class IntegerPadPass(ir.passes.InPlacePass):
             q = sole_user(pad.outputs[0])
             if (dq is None or q is None or dq.op_type != "DequantizeLinear" or q.op_type != "QuantizeLinear"
                     or dq.domain not in ("", "ai.onnx") or q.domain not in ("", "ai.onnx")
-                    or not _pads_zero(pad) or not _same_grid(dq, q)):
+                    or not _zero_padding(pad) or not _same_grid(dq, q)):
                 continue
             out, q_out = pad.outputs[0], q.outputs[0]
             if q_out.is_graph_output():
@@ -62,7 +54,7 @@ class IntegerPadPass(ir.passes.InPlacePass):
             pad.replace_input_with(0, dq.inputs[0])
             pad.replace_input_with(2, dq.inputs[2])  # the pad value: the zero point, in its type
             # The Pad's value was typed float by shape inference; it now holds the integers.
-            out.type = ir.TensorType(ir.DataType.from_numpy(constant_array(dq.inputs[2]).dtype))
+            out.type = ir.TensorType(ir.DataType.from_numpy(per_tensor_qparams(dq)[1].dtype))
             q_out.replace_all_uses_with(out)
             graph.remove(q, safe=True)
             if not dq.outputs[0].uses() and not dq.outputs[0].is_graph_output():

@@ -24,18 +24,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from hawq_onnx.passes.graph_edit import NameScope, constant_array, make_node, nodes_of
+from hawq_onnx.passes.graph_edit import NameScope, make_node, nodes_of, per_tensor_qparams
 
 EIGHT_BIT = (np.dtype(np.uint8), np.dtype(np.int8))
-
-
-def _per_tensor_zero_point(node: ir.Node) -> np.ndarray | None:
-    if len(node.inputs) < 3 or node.inputs[2] is None:
-        return None
-    scale, zp = constant_array(node.inputs[1]), constant_array(node.inputs[2])
-    if scale is None or zp is None or scale.size != 1 or zp.size != 1:
-        return None
-    return zp
 
 
 class IntegerRequantizePass(ir.passes.InPlacePass):
@@ -48,8 +39,8 @@ class IntegerRequantizePass(ir.passes.InPlacePass):
             if dq is None or dq.op_type != "DequantizeLinear" or dq.domain not in ("", "ai.onnx"):
                 continue
             # Initializer values carry no type of their own: the zero points' arrays say it.
-            fine, coarse = _per_tensor_zero_point(dq), _per_tensor_zero_point(q)
-            if fine is None or coarse is None or fine.dtype not in EIGHT_BIT or coarse.dtype != fine.dtype:
+            fine, coarse = per_tensor_qparams(dq), per_tensor_qparams(q)
+            if fine is None or coarse is None or fine[1].dtype not in EIGHT_BIT or coarse[1].dtype != fine[1].dtype:
                 continue
             identity = make_node(names, "LeakyRelu", [q.inputs[0]], f"{q.inputs[0].name}_requantize",
                                  {"alpha": 1.0})
