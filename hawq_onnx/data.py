@@ -149,13 +149,24 @@ def _normalise(x: np.ndarray, spec: ModelSpec) -> np.ndarray:
     return ((x - mean) / std).astype(np.float32)
 
 
-def _prepare(x: np.ndarray, y: np.ndarray, spec: ModelSpec, where: str, num_classes: int | None) -> Split:
+def _checked_samples(x: np.ndarray, y: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` real numbers with one label each in ``y``; labels as int64 (whole-valued floats allowed)."""
     if len(x) == 0:
-        raise HawqError(f"{where}: no samples")
+        raise HawqError(f"{where}: no samples; give at least one sample")
     if len(x) != len(y):
         raise HawqError(f"{where}: {len(x)} inputs but {len(y)} labels")
-    if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-        raise HawqError(f"{where}: labels must be a 1-D integer array, got {y.dtype} {tuple(y.shape)}")
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise HawqError(f"{where}: inputs must be an integer or float array, got {x.dtype}")
+    whole_floats = (np.issubdtype(y.dtype, np.floating) and y.ndim == 1 and np.isfinite(y).all()
+                    and bool((y == np.round(y)).all()))
+    if y.ndim != 1 or not (np.issubdtype(y.dtype, np.integer) or whole_floats):
+        raise HawqError(f"{where}: labels must be a 1-D array of class indices (integers), got {y.dtype} "
+                        f"{tuple(y.shape)}")
+    return x, y.astype(np.int64)
+
+
+def _prepare(x: np.ndarray, y: np.ndarray, spec: ModelSpec, where: str, num_classes: int | None) -> Split:
+    x, y = _checked_samples(x, y, where)
     if y.min() < 0 or (num_classes is not None and y.max() >= num_classes):
         raise HawqError(f"{where}: labels out of range [0, {num_classes}) (min {y.min()}, max {y.max()})")
     xf = _to_unit_range(x)
@@ -220,10 +231,8 @@ def load_data(source: str, spec: ModelSpec, calibration_size: int = CALIBRATION_
             x_tr, y_tr = _read_npz(Path(files[0]))
             x_te, y_te = _read_npz(Path(files[1]))
         else:
-            x, y = _read_npz(Path(arg))
-            if len(x) != len(y) or len(y) == 0 or y.ndim != 1:
-                raise HawqError(f"data file {arg}: needs as many labels as inputs and at least one sample")
-            x_tr, y_tr, x_te, y_te = _stratified_split(x, y.astype(np.int64), DIGITS_TEST_FRACTION, DIGITS_SPLIT_SEED)
+            x, y = _checked_samples(*_read_npz(Path(arg)), f"data file {arg}")
+            x_tr, y_tr, x_te, y_te = _stratified_split(x, y, DIGITS_TEST_FRACTION, DIGITS_SPLIT_SEED)
     else:
         raise HawqError(f"unknown data source {source!r}: use digits, cifar10:DIR or npz:FILE")
     train = _prepare(x_tr, y_tr, spec, f"{source} (train)", num_classes)

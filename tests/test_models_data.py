@@ -191,12 +191,27 @@ def test_shared_cifar_npz(cifar_dir):
     (lambda p: np.savez(p, a=np.zeros(3)), "must hold arrays 'x' and 'y'"),
     (lambda p: np.savez(p, x=np.full((5, 1, 8, 8), np.nan), y=np.zeros(5, int)), "NaN"),
     (lambda p: open(p, "wb").write(b"garbage"), "not a readable .npz"),
+    (lambda p: np.savez(p, x=np.array(["a"] * 5), y=np.zeros(5, int)), "inputs must be an integer or float array"),
+    (lambda p: np.savez(p, x=np.zeros((5, 1, 8, 8)), y=np.linspace(0, 1, 5)), "labels must be a 1-D array of class"),
+    (lambda p: np.savez(p, x=np.zeros((5, 1, 8, 8)), y=np.zeros((5, 2), int)), "labels must be a 1-D array of class"),
+    (lambda p: np.savez(p, x=np.zeros((5, 1, 8, 8)), y=np.zeros(4, int)), "5 inputs but 4 labels"),
 ])
 def test_bad_npz(tmp_path, make, match):
     p = tmp_path / "d.npz"
     make(str(p))
     with pytest.raises(HawqError, match=match):
         load_data(f"npz:{p}", ZOO["digits-cnn"])
+    with pytest.raises(HawqError, match=match):  # the same checks with separate train and test files
+        load_data(f"npz:{p},{p}", ZOO["digits-cnn"])
+
+
+def test_whole_valued_float_labels_are_class_indices(tmp_path):
+    rng = np.random.default_rng(0)
+    x, y = rng.random((50, 1, 8, 8)).astype(np.float32), rng.integers(0, 10, 50)
+    np.savez(tmp_path / "int.npz", x=x, y=y)
+    np.savez(tmp_path / "float.npz", x=x, y=y.astype(np.float32))
+    a, b = (load_data(f"npz:{tmp_path}/{n}.npz", ZOO["digits-cnn"]) for n in ("int", "float"))
+    assert b.train.y.dtype == np.int64 and np.array_equal(a.train.y, b.train.y) and np.array_equal(a.test.y, b.test.y)
 
 
 @pytest.mark.parametrize("source", ["imagenet", "cifar10:/nonexistent", "npz:/nonexistent.npz", "digits:x"])
