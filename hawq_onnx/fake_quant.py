@@ -55,24 +55,29 @@ class FakeQuantSTE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
                 qmin: int, qmax: int, grad_factor: float) -> torch.Tensor:
-        ctx.save_for_backward(x, scale, zero_point)
-        ctx.qrange = (qmin, qmax)
+        if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
+            return fake_quantize_torch(x, scale, zero_point, qmin, qmax)
+        # fake_quantize_torch's arithmetic, op for op (the tests hold them equal bit for bit),
+        # keeping the unsaturated mask so that backward need not round again.
+        q = torch.round(x / scale) + zero_point
+        inside = (q >= qmin) & (q <= qmax)
+        x_hat = (q.clamp_(qmin, qmax) - zero_point) * scale
+        # x_hat is the next layer's input, which autograd keeps anyway: saving it costs no memory.
+        ctx.save_for_backward(x, x_hat, inside, scale)
         ctx.grad_factor = grad_factor
-        return fake_quantize_torch(x, scale, zero_point, qmin, qmax)
+        return x_hat
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        x, scale, zero_point = ctx.saved_tensors
-        qmin, qmax = ctx.qrange
-        v = x / scale
-        q = torch.round(v) + zero_point
-        inside = (q >= qmin) & (q <= qmax)
+        x, x_hat, inside, scale = ctx.saved_tensors
         grad_x = grad * inside if ctx.needs_input_grad[0] else None
         grad_scale = None
         if ctx.needs_input_grad[1]:
-            # round(v) - v inside, (qmin - z) or (qmax - z) where saturated, in one expression
-            d = (q.clamp_(qmin, qmax) - zero_point) - v * inside
-            grad_scale = (grad * d * ctx.grad_factor).sum_to_size(scale.shape)
+            # d x_hat / d s = x_hat / s - (x / s) * inside: round(v) - v inside, (qmin - z) or
+            # (qmax - z) where saturated; the division by s comes after the sum (s is constant
+            # over each summed group), which saves a full pass over x.
+            d = torch.where(inside, x_hat - x, x_hat)
+            grad_scale = (grad * d).sum_to_size(scale.shape) * (ctx.grad_factor / scale)
         return grad_x, grad_scale, None, None, None, None
 
 

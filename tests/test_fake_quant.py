@@ -18,7 +18,7 @@ from hawq_onnx.layers import describe_layers
 from hawq_onnx.model_source import load_model, model_fingerprint
 from hawq_onnx.observers import MinMaxObserver, MSEObserver, PercentileObserver, make_observer
 from hawq_onnx.plan import LayerPlan, Plan, load_plan, save_plan
-from hawq_onnx.quantization import (activation_qrange, bias_scale, dequantize, fake_quantize_weight_np,
+from hawq_onnx.quantization import (activation_qrange, bias_scale, dequantize, fake_quantize_torch, fake_quantize_weight_np,
                                     quantize, quantize_bias, weight_qrange, weight_scale)
 
 
@@ -94,6 +94,19 @@ def test_ste_passes_gradient_inside_the_range_only():
     assert x.grad.tolist() == [1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0]
 
 
+@pytest.mark.parametrize("bits,zero_point", [(4, 0.0), (8, 3.0), (2, 0.0)])
+def test_training_forward_is_fake_quantize_torch_bit_for_bit(bits, zero_point):
+    # The training forward keeps its own mask; its values must stay those of the one definition.
+    gen = torch.Generator().manual_seed(bits)
+    scale = torch.tensor(0.0371)
+    x = torch.randn(4096, generator=gen) * 8 * scale
+    x[:64] = (torch.arange(64) - 32 + 0.5) * scale  # exact ties
+    qmin, qmax = (0, 2 ** bits - 1) if zero_point else (-(2 ** (bits - 1)) + 1, 2 ** (bits - 1) - 1)
+    xg = x.clone().requires_grad_()
+    got = FakeQuantSTE.apply(xg, scale, torch.tensor(zero_point), qmin, qmax, 1.0)
+    assert torch.equal(got.detach(), fake_quantize_torch(x, scale, torch.tensor(zero_point), qmin, qmax))
+
+
 def test_lsq_step_size_gradient():
     x = torch.tensor([0.3, 1.2, -2.6, 5.6, -7.0])
     s = torch.tensor(1.0, requires_grad=True)
@@ -104,6 +117,20 @@ def test_lsq_step_size_gradient():
     # q = round(x) + 2: 2, 3, -1 (saturated low), 8 (high), -5 (low)
     expected = 0.5 * (1 * (0 - 0.3) + 2 * (1 - 1.2) + 3 * (0 - 2.0) + 4 * (7 - 2.0) + 5 * (0 - 2.0))
     assert s.grad.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_per_channel_lsq_gradient_matches_the_formula():
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(6, 4, 3, 3, generator=gen)
+    s = (torch.rand(6, 1, 1, 1, generator=gen) * 0.3 + 0.05).requires_grad_()
+    g = torch.randn(w.shape, generator=gen)
+    wg = w.clone().requires_grad_()
+    (FakeQuantSTE.apply(wg, s, torch.tensor(0.0), -7, 7, 0.25) * g).sum().backward()
+    v = w / s.detach()
+    inside = (torch.round(v) >= -7) & (torch.round(v) <= 7)
+    d = torch.where(inside, torch.round(v) - v, torch.round(v).clamp(-7, 7))
+    torch.testing.assert_close(s.grad, 0.25 * (g * d).sum(dim=(1, 2, 3), keepdim=True), rtol=1e-5, atol=1e-6)
+    assert torch.equal(wg.grad, g * inside)
 
 
 def test_learned_weight_scales_get_a_gradient(digits):
