@@ -476,6 +476,7 @@ def finetune(loaded: LoadedModel, plan: Plan, dataset: Dataset, *, order: str = 
         "data": dataset.name, "samples": samples, "observer": observer, "weight_method": weight_method,
         "order": order, "steps": steps, "batch_size": batch_size, "optimizer": optimizer, "lr": lr,
         "scale_lr": scale_lr if learn_scales else None, "distill": distill,
+        "distill_weight": distill_weight if distill else None, "temperature": temperature if distill else None,
         "learn_scales": learn_scales, "data_fraction": data_fraction, "seed": seed,
         "blocks": [b.name for b in blocks] if order == "hawq" else None,
         "float_top1": float_accuracy, "quant_top1": quant_accuracy,

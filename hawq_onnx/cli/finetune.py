@@ -31,6 +31,10 @@ def default_plan_out(out: str) -> Path:
               help="Peak learning rate, warm-up then cosine [default: 1e-4 adam, 3e-4 sgd].")
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--distill/--no-distill", default=True, show_default=True, help="Distil from the float model.")
+@click.option("--distill-weight", type=float, default=0.5, show_default=True,
+              help="Share of the distillation term in the loss, in [0, 1] (the rest is cross-entropy on the labels).")
+@click.option("--temperature", type=float, default=2.0, show_default=True,
+              help="Softmax temperature of the distillation term.")
 @click.option("--data-fraction", type=float, default=1.0, show_default=True,
               help="Train on this fraction of the training split.")
 @seed_option
@@ -39,7 +43,7 @@ def default_plan_out(out: str) -> Path:
 @click.option("--plan-out", default=None, type=click.Path(dir_okay=False),
               help="Output calibrated plan [default: <out stem>.plan.json beside --out].")
 def command(model_ref, weights, input_shape, data, plan_path, sensitivity, order, epochs, steps, optimizer, lr,
-            batch_size, distill, data_fraction, seed, device, out, plan_out):
+            batch_size, distill, distill_weight, temperature, data_fraction, seed, device, out, plan_out):
     """Quantize a model as its plan says and fine-tune it (HAWQ order), or calibrate only (ptq)."""
     from hawq_onnx.artifacts import check_output_path
     from hawq_onnx.data import load_data, resolve_source, sample_shape
@@ -57,7 +61,8 @@ def command(model_ref, weights, input_shape, data, plan_path, sensitivity, order
     report = load_sensitivity(sensitivity) if sensitivity else None
     dataset = load_data(resolve_source(data, loaded.spec), loaded.spec, seed=seed)
     result = finetune(loaded, plan, dataset, order=order, epochs=epochs, steps=steps, optimizer=optimizer, lr=lr,
-                      batch_size=batch_size, distill=distill, data_fraction=data_fraction, seed=seed,
+                      batch_size=batch_size, distill=distill, distill_weight=distill_weight,
+                      temperature=temperature, data_fraction=data_fraction, seed=seed,
                       device=device, progress=True, sensitivity=report)
     save_quantized(result, out)
     save_plan(result.plan, plan_out)
