@@ -36,7 +36,7 @@ from hawq_onnx.layers import QUANTIZABLE
 from hawq_onnx.observers import DEFAULT_OBSERVER, Observer, make_observer
 from hawq_onnx.plan import ActivationQuant, Plan
 from hawq_onnx.quantization import (BIAS_QRANGE, activation_qparams, activation_qrange, fake_quantize_torch,
-                                    weight_qrange, weight_scale)
+                                    fake_quantize_torch_with_mask, weight_qrange, weight_scale)
 
 # A learned step size is kept above this so that it stays a valid ONNX scale.
 MIN_SCALE = 1e-8
@@ -57,11 +57,8 @@ class FakeQuantSTE(torch.autograd.Function):
                 qmin: int, qmax: int, grad_factor: float) -> torch.Tensor:
         if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
             return fake_quantize_torch(x, scale, zero_point, qmin, qmax)
-        # fake_quantize_torch's arithmetic, op for op (the tests hold them equal bit for bit),
-        # keeping the unsaturated mask so that backward need not round again.
-        q = torch.round(x / scale) + zero_point
-        inside = (q >= qmin) & (q <= qmax)
-        x_hat = (q.clamp_(qmin, qmax) - zero_point) * scale
+        # The unsaturated mask is kept so that backward need not round again.
+        x_hat, inside = fake_quantize_torch_with_mask(x, scale, zero_point, qmin, qmax)
         # x_hat is the next layer's input, which autograd keeps anyway: saving it costs no memory.
         ctx.save_for_backward(x, x_hat, inside, scale)
         ctx.grad_factor = grad_factor

@@ -149,5 +149,13 @@ def fake_quantize_torch(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.
                         qmin: int, qmax: int) -> torch.Tensor:
     """Quantize-dequantize with torch.round (half to even, as ONNX). No gradient trick here:
     the straight-through estimator lives in fake_quant.py."""
-    q = torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax)
-    return (q - zero_point) * scale
+    return fake_quantize_torch_with_mask(x, scale, zero_point, qmin, qmax, mask=False)[0]
+
+
+def fake_quantize_torch_with_mask(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | float,
+                                  qmin: int, qmax: int, *, mask: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``fake_quantize_torch`` and, with ``mask``, where the value was not saturated (the STE's
+    pass-through region), computed from the same unclamped integers."""
+    q = torch.round(x / scale) + zero_point
+    inside = (q >= qmin) & (q <= qmax) if mask else None
+    return (q.clamp_(qmin, qmax) - zero_point) * scale, inside
