@@ -39,9 +39,10 @@ from hawq_onnx.quantization import (
     ACTIVATION_BITS,
     FLOAT_BITS,
     WEIGHT_BITS,
+    WEIGHT_RANGES,
     storage_bytes,
 )
-from hawq_onnx.sensitivity_report import LayerSensitivity, SensitivityReport
+from hawq_onnx.sensitivity_report import LayerSensitivity, SensitivityReport, perturbation_key
 
 log = logging.getLogger(__name__)
 
@@ -174,16 +175,23 @@ def has_activation_term(layer: LayerSensitivity) -> bool:
     return layer.act_elements > 0 and bool(layer.act_perturbation)
 
 
-def choice_cost(layer: LayerSensitivity, bits: Bits, metric: str = "trace", scale_method: str = "maxabs") -> float:
+def choice_cost(layer: LayerSensitivity, bits: Bits, metric: str = "trace", scale_method: str = "maxabs",
+                weight_range: str = "narrow") -> float:
     """Omega of one layer at (w_bits, a_bits): weight term plus, where measured, activation term."""
     w, a = bits
     omega = 0.0
     if w is not None:
-        table = layer.perturbation.get(scale_method)
+        key = perturbation_key(scale_method, weight_range)
+        table = layer.perturbation.get(key)
+        if not table and scale_method == "maxabs":
+            # max|w| scales never reach the extra level (w / s >= -qmax): both ranges give one
+            # Q(W), so a report written before weight ranges prices the full range too.
+            table = layer.perturbation.get(scale_method)
         if not table:
             have = ", ".join(sorted(layer.perturbation)) or "none"
-            raise HawqError(f"the sensitivity file has no {scale_method} weight perturbations for layer {layer.name} "
-                            f"(it has: {have}); choose another weight scale method or rerun analyze")
+            raise HawqError(f"the sensitivity file has no {key} weight perturbations for layer {layer.name} "
+                            f"(it has: {have}); choose another weight scale method or weight range, or rerun "
+                            "analyze")
         if str(w) not in table:
             raise HawqError(f"the sensitivity file has no {w}-bit perturbation for layer {layer.name} "
                             f"(it has {', '.join(sorted(table, key=int))}); choose --w-bits among those or rerun "
@@ -221,6 +229,7 @@ class Problem:
     clamped: list[str]             # layers whose curvature was clamped to 0
     metric: str
     scale_method: str
+    weight_range: str
 
     @property
     def float_bytes(self) -> int:
@@ -250,6 +259,7 @@ def _match(pattern: str, names: list[str], what: str) -> list[str]:
 
 def build_problem(report: SensitivityReport, *, w_bits: Sequence[int] = DEFAULT_W_BITS,
                   a_bits: Sequence[int] = DEFAULT_A_BITS, metric: str = "trace", scale_method: str = "maxabs",
+                  weight_range: str = "narrow",
                   ties: Sequence[str | Sequence[str]] = (), pinned: Mapping[str, tuple[int, int]] | None = None,
                   pin_ends: bool = True, keep_float: Sequence[str] = ()) -> Problem:
     """Resolve layer patterns, fixed layers and tie groups; price every option of every item."""
@@ -257,6 +267,8 @@ def build_problem(report: SensitivityReport, *, w_bits: Sequence[int] = DEFAULT_
         raise HawqError(f"metric {metric!r} is not one of {', '.join(METRICS)}")
     if scale_method not in SCALE_METHODS:
         raise HawqError(f"weight scale method {scale_method!r} is not one of {', '.join(SCALE_METHODS)}")
+    if weight_range not in WEIGHT_RANGES:
+        raise HawqError(f"weight range {weight_range!r} is not one of {', '.join(WEIGHT_RANGES)}")
     w_bits, a_bits = tuple(sorted(set(w_bits))), tuple(sorted(set(a_bits)))
     if not w_bits or not a_bits:
         raise HawqError("give at least one weight bit width and one activation bit width")
@@ -316,7 +328,7 @@ def build_problem(report: SensitivityReport, *, w_bits: Sequence[int] = DEFAULT_
                             for i in group))
             omega = 0.0
             for i in group:
-                omega += choice_cost(layers[i], (w, a), metric, scale_method)
+                omega += choice_cost(layers[i], (w, a), metric, scale_method, weight_range)
             cost.append(omega)
         options.append(list(opts))
         items.append(Item.of(size, bops, cost))
@@ -333,7 +345,7 @@ def build_problem(report: SensitivityReport, *, w_bits: Sequence[int] = DEFAULT_
     return Problem(report=report, groups=groups, options=options, items=items,
                    pinned={n: fixed[n] for n in names if n in fixed},
                    keep_float=[n for n in names if fixed.get(n) == (None, None)], ties=ties_out, terms=terms,
-                   clamped=clamped, metric=metric, scale_method=scale_method)
+                   clamped=clamped, metric=metric, scale_method=scale_method, weight_range=weight_range)
 
 
 # --- solving ----------------------------------------------------------------------------------
@@ -395,7 +407,8 @@ def format_bops(n: float, *, up: bool = False) -> str:
 
 def allocate(report: SensitivityReport, budget: int | str, *, w_bits: Sequence[int] = DEFAULT_W_BITS,
              a_bits: Sequence[int] = DEFAULT_A_BITS, metric: str = "trace", scale_method: str = "maxabs",
-             bops_limit: int | str | None = None, ties: Sequence[str | Sequence[str]] = (),
+             weight_range: str = "narrow", bops_limit: int | str | None = None,
+             ties: Sequence[str | Sequence[str]] = (),
              pinned: Mapping[str, tuple[int, int]] | None = None, pin_ends: bool = True,
              keep_float: Sequence[str] = (), solver: str = "auto",
              sensitivity_sha256: str | None = None) -> Plan:
@@ -410,6 +423,7 @@ def allocate(report: SensitivityReport, budget: int | str, *, w_bits: Sequence[i
     (``dp`` unless a BOPs limit is given). Calibration fields stay empty.
     """
     problem = build_problem(report, w_bits=w_bits, a_bits=a_bits, metric=metric, scale_method=scale_method,
+                            weight_range=weight_range,
                             ties=ties, pinned=pinned, pin_ends=pin_ends, keep_float=keep_float)
     float_bytes, float_bops = problem.float_bytes, problem.float_bops
     if isinstance(budget, str):
@@ -514,7 +528,8 @@ def _plan(problem: Problem, choice: list[int], frontier: Frontier, *, budget_byt
     bits = problem.layer_bits(choice)
     layers = [LayerPlan(name=layer.name, kind=layer.kind, params=layer.params, out_channels=layer.out_channels,
                         macs=layer.macs, w_bits=w, a_bits=a,
-                        omega=choice_cost(layer, (w, a), problem.metric, problem.scale_method))
+                        omega=choice_cost(layer, (w, a), problem.metric, problem.scale_method,
+                                                  problem.weight_range))
               for layer, (w, a) in zip(report.layers, bits)]
     t = totals_of(problem, choice)
     float_bytes, float_bops = problem.float_bytes, problem.float_bops
@@ -539,4 +554,5 @@ def _plan(problem: Problem, choice: list[int], frontier: Frontier, *, budget_byt
                         if bops_limit is not None else "size vs Omega under the pins and ties"),
     }
     return Plan(model=report.model, fingerprint=report.fingerprint, layers=layers, budget=budget, totals=totals,
-                allocation=allocation, pareto=pareto_points(problem, frontier, choice))
+                allocation=allocation, pareto=pareto_points(problem, frontier, choice),
+                weight_range=problem.weight_range)

@@ -4,7 +4,7 @@ The pieces, torch.ao style:
 - ``FakeQuantSTE``: the rounding. Its forward value is ``quantization.fake_quantize_torch``
   (ONNX QuantizeLinear then DequantizeLinear, bit for bit); its backward is the
   straight-through estimator for the input and the LSQ gradient for the step size.
-- ``WeightFakeQuant`` (per output channel, symmetric, narrow range) and
+- ``WeightFakeQuant`` (per output channel, symmetric, the plan's weight range) and
   ``ActivationFakeQuant`` (per tensor, unsigned; zero point 0 after ReLU, asymmetric
   elsewhere; ranges from an observer in ``observers.py``): each owns a step size that is
   learned (LSQ) or frozen.
@@ -84,12 +84,13 @@ def _positive(scale: torch.Tensor) -> torch.Tensor:
 
 
 class WeightFakeQuant(nn.Module):
-    """Per-output-channel symmetric weight quantizer, narrow range, learned or frozen step."""
+    """Per-output-channel symmetric weight quantizer (narrow or full signed range), learned or frozen step."""
 
-    def __init__(self, bits: int, out_channels: int) -> None:
+    def __init__(self, bits: int, out_channels: int, weight_range: str = "narrow") -> None:
         super().__init__()
         self.bits = bits
-        self.qmin, self.qmax = weight_qrange(bits)
+        self.weight_range = weight_range
+        self.qmin, self.qmax = weight_qrange(bits, weight_range)
         self.scale = nn.Parameter(torch.ones(out_channels), requires_grad=False)
         self.register_buffer("zero_point", torch.zeros(()))
 
@@ -114,7 +115,7 @@ class WeightFakeQuant(nn.Module):
         return FakeQuantSTE.apply(w, s, self.zero_point, self.qmin, self.qmax, grad_factor)
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, channels={self.scale.numel()}"
+        return f"bits={self.bits}, range={self.weight_range}, channels={self.scale.numel()}"
 
 
 class ActivationFakeQuant(nn.Module):
@@ -182,14 +183,16 @@ class QuantLayer(nn.Module):
     (the exporter matches tensors on such a model, see ``hawq_onnx.region_grids``).
     """
 
-    def __init__(self, layer: nn.Module, w_bits: int | None, a_bits: int | None, name: str = "") -> None:
+    def __init__(self, layer: nn.Module, w_bits: int | None, a_bits: int | None, name: str = "",
+                 weight_range: str = "narrow") -> None:
         super().__init__()
         if not isinstance(layer, QUANTIZABLE):
             raise TypeError(f"cannot wrap {type(layer).__name__}")
         self.layer = layer
         self.path = name  # the module path, for messages
         self.w_bits, self.a_bits = w_bits, a_bits
-        self.weight_quant = WeightFakeQuant(w_bits, layer.weight.shape[0]) if w_bits is not None else None
+        self.weight_quant = (WeightFakeQuant(w_bits, layer.weight.shape[0], weight_range)
+                             if w_bits is not None else None)
         self.input_quant = ActivationFakeQuant(a_bits) if a_bits is not None else None
         self.enabled = True
         self.quantize_input = True
@@ -268,7 +271,7 @@ def quantize_model(model: nn.Module, plan: Plan, *, weight_method: str = DEFAULT
                             f"{layer.weight.shape[0]}; allocate a plan for this model")
         if lp.w_bits is None and lp.a_bits is None:
             continue
-        wrapped = QuantLayer(layer, lp.w_bits, lp.a_bits, lp.name)
+        wrapped = QuantLayer(layer, lp.w_bits, lp.a_bits, lp.name, plan.weight_range)
         if wrapped.weight_quant is not None:
             if lp.weight_scale is not None:
                 wrapped.weight_quant.set_scale(lp.weight_scale)

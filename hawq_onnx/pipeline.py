@@ -37,6 +37,7 @@ class QuantizeConfig:
     budget: str = "8x"
     w_bits: Sequence[int] = (2, 4, 8)
     a_bits: Sequence[int] = (4,)
+    weight_range: str = "narrow"
     metric: str = "trace"
     analysis_batches: int = 1
     analysis_batch_size: int = 256
@@ -179,12 +180,13 @@ def run_quantize(cfg: QuantizeConfig, out_dir: str | Path, *, progress: bool = T
           [files["sensitivity.json"], files["sensitivity.png"]], analyze)
 
     # 2. Bits per layer under the budget.
-    alloc_opts = {"budget": cfg.budget, "w_bits": list(cfg.w_bits), "a_bits": list(cfg.a_bits), "metric": cfg.metric}
+    alloc_opts = {"budget": cfg.budget, "w_bits": list(cfg.w_bits), "a_bits": list(cfg.a_bits), "metric": cfg.metric,
+                  "weight_range": cfg.weight_range}
 
     def allocate_stage() -> None:
         report = load_sensitivity(files["sensitivity.json"])
         plan = allocate(report, cfg.budget, w_bits=cfg.w_bits, a_bits=cfg.a_bits, metric=cfg.metric,
-                        sensitivity_sha256=sha256_file(files["sensitivity.json"]))
+                        weight_range=cfg.weight_range, sensitivity_sha256=sha256_file(files["sensitivity.json"]))
         save_plan(plan, files["plan.json"])
         plot_pareto(plan, files["pareto.png"])
 

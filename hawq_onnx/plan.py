@@ -16,10 +16,12 @@ import numpy as np
 
 from hawq_onnx.artifacts import read_json, write_json
 from hawq_onnx.errors import HawqError
-from hawq_onnx.quantization import ACTIVATION_BITS, WEIGHT_BITS
+from hawq_onnx.quantization import ACTIVATION_BITS, WEIGHT_BITS, WEIGHT_RANGES
 
 FORMAT = "hawq-onnx-plan"
-VERSION = 1
+VERSION = 2
+# Versions this hawq-onnx reads: 1 predates weight_range (its weights are all on the narrow range).
+READABLE_VERSIONS = (1, 2)
 
 
 @dataclass
@@ -77,6 +79,7 @@ class Plan:
     pareto: list[dict[str, Any]] = field(default_factory=list)
     calibration: dict[str, Any] | None = None  # data, samples, method; after fine-tuning
     region_grids: list[RegionGrid] = field(default_factory=list)  # set by the exporter
+    weight_range: str = "narrow"  # quantization.WEIGHT_RANGES: the integer range of every sub-8-bit weight
     format: str = FORMAT
     version: int = VERSION
 
@@ -170,8 +173,12 @@ def plan_from_json(obj: Any, where: str = "plan", fingerprint: str | None = None
     """Validate a plan held in memory (``Plan.to_json()`` output, e.g. inside quantized.pt)."""
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise HawqError(f"{where} is not a hawq-onnx plan (run `hawq-onnx allocate`)")
-    if obj.get("version") != VERSION:
-        raise HawqError(f"{where} has version {obj.get('version')}, this hawq-onnx reads {VERSION}")
+    if obj.get("version") not in READABLE_VERSIONS:
+        raise HawqError(f"{where} has version {obj.get('version')!r:.20}, this hawq-onnx reads "
+                        f"{', '.join(map(str, READABLE_VERSIONS))}")
+    weight_range = obj.get("weight_range", "narrow")
+    if weight_range not in WEIGHT_RANGES:
+        raise HawqError(f"{where} has weight_range {weight_range!r:.20}, not one of {', '.join(WEIGHT_RANGES)}")
     try:
         layers = []
         if not isinstance(obj["layers"], list) or not all(isinstance(raw, dict) for raw in obj["layers"]):
@@ -192,7 +199,7 @@ def plan_from_json(obj: Any, where: str = "plan", fingerprint: str | None = None
         for grid in region_grids:
             _check_region_grid(grid, where)
         plan = Plan(model=obj["model"], fingerprint=obj["fingerprint"], layers=layers, region_grids=region_grids,
-                    **fields)
+                    weight_range=weight_range, **fields)
         for key, kind in (("model", str), ("fingerprint", str), ("budget", dict), ("totals", dict),
                           ("allocation", dict), ("pareto", list)):
             if not isinstance(getattr(plan, key), kind):

@@ -106,7 +106,7 @@ def _specs(plan: Plan, bound: list[BoundLayer]) -> tuple[list[WeightQuantSpec], 
         input_scale = lp.input_quant.scale if lp.a_bits is not None and lp.input_quant is not None else None
         if lp.w_bits is not None:
             specs.append(WeightQuantSpec(b.node, b.layer, lp.w_bits, tuple(float(s) for s in lp.weight_scale),
-                                         b.channel_axis, input_scale))
+                                         b.channel_axis, input_scale, plan.weight_range))
         if lp.a_bits is not None:
             q = lp.input_quant
             edges.append(EdgeQuant(b.node, 0, b.layer, QParams(q.bits, float(np.float32(q.scale)), int(q.zero_point))))

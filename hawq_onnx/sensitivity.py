@@ -72,7 +72,7 @@ import torch.nn.functional as F
 from hawq_onnx import quantization
 from hawq_onnx.errors import HawqError
 from hawq_onnx.layers import describe_layers, quantizable_modules
-from hawq_onnx.sensitivity_report import LayerSensitivity, SensitivityReport
+from hawq_onnx.sensitivity_report import LayerSensitivity, SensitivityReport, perturbation_key
 
 if TYPE_CHECKING:
     from hawq_onnx.data import Dataset
@@ -397,10 +397,15 @@ def _input_perturbation(model: nn.Module, modules: dict[str, nn.Module], batches
 
 
 def weight_perturbations(weight: torch.Tensor) -> dict[str, dict[str, float]]:
-    """||Q(W) - W||^2 for every candidate bit width and scale method (HAWQ-V2's Omega)."""
+    """||Q(W) - W||^2 for every candidate bit width, scale method and weight range (HAWQ-V2's Omega).
+
+    Keyed ``perturbation_key(method, weight_range)``: ``maxabs``, ``mse``, ``maxabs-full``, ``mse-full``.
+    """
     w = weight.detach().float().cpu().numpy()
-    return {method: {str(b): quantization.weight_perturbation(w, b, method) for b in quantization.WEIGHT_BITS}
-            for method in ("maxabs", "mse")}
+    return {perturbation_key(method, wr): {str(b): quantization.weight_perturbation(w, b, method, wr)
+                                           for b in quantization.WEIGHT_BITS}
+            for wr in quantization.WEIGHT_RANGES for method in ("maxabs", "mse")}
+
 
 
 # --- public API -------------------------------------------------------------------------------

@@ -19,6 +19,14 @@ FORMAT = "hawq-onnx-sensitivity"
 VERSION = 1
 
 
+def perturbation_key(method: str, weight_range: str = "narrow") -> str:
+    """The key of a layer's weight perturbation table: ``mse``, ``mse-full``, ``maxabs``, ``maxabs-full``.
+
+    Reports written before weight ranges existed have the narrow keys only.
+    """
+    return method if weight_range == "narrow" else f"{method}-{weight_range}"
+
+
 @dataclass
 class LayerSensitivity:
     name: str

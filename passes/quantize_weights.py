@@ -1,7 +1,8 @@
 """Replace planned layers' float weights by integers behind DequantizeLinear; biases to int32.
 
 For each layer spec: the weight initializer becomes its integers from
-``quantization.quantize_weight`` (narrow symmetric, per output channel, zero point 0) stored in
+``quantization.quantize_weight`` (symmetric on the plan's weight range, per output channel, zero
+point 0) stored in
 the narrowest ONNX type that holds them (INT8 for 8 bits, INT4 for 4 and 3 bits, INT2 for 2:
 onnx packs sub-byte tensors, two or four values a byte), read through
 ``DequantizeLinear(q, scale[C], zero_point[C] = 0, axis=channel axis)`` (the zero point is
@@ -46,6 +47,7 @@ class WeightQuantSpec:
     scale: tuple[float, ...]   # per output channel
     channel_axis: int
     input_scale: float | None  # scale of the quantized input; None leaves the bias float
+    weight_range: str = "narrow"  # quantization.WEIGHT_RANGES
 
 
 def _bias_input(graph_node: ir.Node) -> tuple[ir.Node, int] | None:
@@ -59,8 +61,8 @@ def _bias_input(graph_node: ir.Node) -> tuple[ir.Node, int] | None:
     return add, other
 
 
-def _quantize_along(w: np.ndarray, scale: np.ndarray, bits: int, axis: int) -> np.ndarray:
-    q = quantize_weight(np.moveaxis(w, axis, 0), scale, bits)  # the grid is defined on axis 0
+def _quantize_along(w: np.ndarray, scale: np.ndarray, bits: int, axis: int, weight_range: str) -> np.ndarray:
+    q = quantize_weight(np.moveaxis(w, axis, 0), scale, bits, weight_range)  # the grid is defined on axis 0
     return np.moveaxis(q, 0, axis)
 
 
@@ -106,7 +108,7 @@ class QuantizeWeightsPass(ir.passes.InPlacePass):
         if scale.shape != (w.shape[spec.channel_axis],):
             raise HawqError(f"layer {spec.layer}: {scale.size} weight scales for {w.shape[spec.channel_axis]} channels")
         dtype, np_dtype = STORAGE[spec.bits]
-        q = _quantize_along(w.astype(np.float32), scale, spec.bits, spec.channel_axis)
+        q = _quantize_along(w.astype(np.float32), scale, spec.bits, spec.channel_axis, spec.weight_range)
         for user, _ in users:  # first, so that the float weight's name is free when no one else reads it
             self._replace_constant(graph, names, value, user, 1)
         base = f"{spec.layer}.weight"

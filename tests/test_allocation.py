@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from hawq_onnx.allocation import (
     allocate,
     build_problem,
+    curvature,
     parse_bits,
     parse_bops,
     parse_budget,
@@ -21,7 +22,7 @@ from hawq_onnx.allocation import (
 from hawq_onnx.cli import cli
 from hawq_onnx.errors import HawqError
 from hawq_onnx.pareto import Item, pareto_frontier, solve_ilp
-from hawq_onnx.plan import load_plan
+from hawq_onnx.plan import load_plan, plan_from_json, save_plan
 from hawq_onnx.quantization import WEIGHT_BITS
 from hawq_onnx.sensitivity_report import (
     LayerSensitivity,
@@ -370,6 +371,39 @@ def test_same_input_same_bytes(tmp_path):
     assert outs[0] == outs[1]
 
 
+def test_full_weight_range_prices_choices_with_its_own_perturbations(tmp_path):
+    report = resnet20_report()
+    narrow = allocate(report, "13x")
+    assert narrow.weight_range == "narrow"
+    with pytest.raises(HawqError, match="no mse-full weight perturbations.*rerun analyze"):
+        allocate(report, "13x", scale_method="mse", weight_range="full")
+    for layer in report.layers:  # the extra level can only lower ||Q(W) - W||^2
+        layer.perturbation["mse-full"] = {b: 0.5 * v for b, v in layer.perturbation["mse"].items()}
+    full = allocate(report, "13x", scale_method="mse", weight_range="full")
+    mse = allocate(report, "13x", scale_method="mse")
+    # Halving every weight term keeps the argmin here (no activation term changes), and each
+    # layer's Omega loses exactly half its weight term.
+    assert full.weight_range == "full" and [lp.w_bits for lp in full.layers] == [lp.w_bits for lp in mse.layers]
+    for f, m in zip(full.layers, mse.layers):
+        weight_term = curvature(report.layer(m.name)) * report.layer(m.name).perturbation["mse"][str(m.w_bits)]
+        assert f.omega == pytest.approx(m.omega - 0.5 * weight_term, rel=1e-9)
+    save_plan(full, tmp_path / "plan.json")
+    assert load_plan(tmp_path / "plan.json").weight_range == "full"
+    with pytest.raises(HawqError, match="weight range 'wide' is not one of narrow, full"):
+        allocate(report, "13x", weight_range="wide")
+
+
+def test_plans_before_weight_ranges_read_as_narrow_and_bad_ranges_are_refused(tmp_path):
+    obj = allocate(resnet20_report(), "13x", weight_range="narrow").to_json()
+    assert obj["version"] == 2 and obj["weight_range"] == "narrow"
+    old = {k: v for k, v in obj.items() if k != "weight_range"} | {"version": 1}
+    assert plan_from_json(old).weight_range == "narrow"
+    with pytest.raises(HawqError, match="has weight_range 'wide', not one of narrow, full"):
+        plan_from_json(obj | {"weight_range": "wide"})
+    with pytest.raises(HawqError, match="has version 3, this hawq-onnx reads 1, 2"):
+        plan_from_json(obj | {"version": 3})
+
+
 def test_cli_end_to_end(tmp_path):
     sens = tmp_path / "sensitivity.json"
     save_sensitivity(resnet20_report(), sens)
@@ -395,6 +429,8 @@ def test_cli_end_to_end(tmp_path):
     (["--budget", "13x", "--bops", "lots"], "BOPs limit 'lots' is not understood"),
     (["--budget", "13x", "--w-bits", "3"], "no 3-bit perturbation"),
     (["--budget", "13x", "--scale-method", "mse", "--w-bits", "2,4"], None),
+    (["--budget", "13x", "--weight-range", "full"], None),  # max|w| scales: the narrow table serves
+    (["--budget", "13x", "--weight-range", "full", "--scale-method", "mse"], "no mse-full weight perturbations"),
     (["--budget", "13x", "OUT=SENS"], "also an input"),
 ])
 def test_cli_errors_are_one_line(tmp_path, args, message):

@@ -70,21 +70,31 @@ def test_activation_rounding_matches_numpy_bit_for_bit(bits, zero_point):
     assert aq(torch.tensor([0.5, 1.5, 2.5, 254.5, 300.0, -1.0])).tolist() == [0.0, 2.0, 2.0, 254.0, 255.0, 0.0]
 
 
+def test_weight_ranges():
+    assert [weight_qrange(b) for b in (2, 3, 4, 8)] == [(-1, 1), (-3, 3), (-7, 7), (-127, 127)]
+    # full: the signed type's extra negative level below 8 bits (LSQ's grid); 8 bits stay narrow.
+    assert [weight_qrange(b, "full") for b in (2, 3, 4, 8)] == [(-2, 1), (-4, 3), (-8, 7), (-127, 127)]
+    with pytest.raises(ValueError, match="weight range"):
+        weight_qrange(4, "wide")
+
+
+@pytest.mark.parametrize("weight_range", ["narrow", "full"])
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
-def test_weight_rounding_matches_numpy_bit_for_bit(bits):
+def test_weight_rounding_matches_numpy_bit_for_bit(bits, weight_range):
     rng = np.random.default_rng(bits)
-    qmin, qmax = weight_qrange(bits)
+    qmin, qmax = weight_qrange(bits, weight_range)
     w = rng.normal(0, 0.1, (6, 3, 3, 3)).astype(np.float32)
     w[0].flat[:8] = (np.arange(8, dtype=np.float32) - 4 + 0.5) * np.float32(0.125)  # ties at scale 1/8
     for method in ("maxabs", "mse"):
         scale = weight_scale(w, bits, method)
         scale[0] = 0.125
         scale[1] = scale[1] * 0.3  # saturates part of channel 1
-        wq = WeightFakeQuant(bits, 6)
+        wq = WeightFakeQuant(bits, 6, weight_range)
         wq.set_scale(scale)
         got = wq(torch.from_numpy(w)).detach().numpy()
-        np.testing.assert_array_equal(got, fake_quantize_weight_np(w, scale, bits))
-    assert np.abs(got[1]).max() <= qmax * scale[1] + 1e-12
+        np.testing.assert_array_equal(got, fake_quantize_weight_np(w, scale, bits, weight_range))
+    # channel 1 saturates at both ends of its range, the full range one step further down
+    assert got[1].max() == np.float32(qmax * scale[1]) and got[1].min() == np.float32(qmin * scale[1])
 
 
 def test_ste_passes_gradient_inside_the_range_only():

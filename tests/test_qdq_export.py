@@ -10,6 +10,7 @@ Conv/Gemm runs as an integer kernel under ORT's CPU optimizer.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -213,6 +214,32 @@ def test_sub_byte_weights_round_trip_from_the_file(digits, exported_a8):
         np.testing.assert_array_equal(q, expected)
     assert STORAGE_BITS[3] == 4  # 3-bit weights live in INT4 storage, values in [-3, 3]
     assert np.abs(numpy_helper.to_array(inits["down.weight"]).astype(int)).max() <= 3
+
+
+def test_full_weight_range_is_stored_and_runs_as_the_fake_quant_model(digits, exported_a8, tmp_path):
+    loaded, folded, _, x_all, float_model = digits
+    narrow_plan, _ = exported_a8
+    # Smaller steps, as learned step sizes give, so that every layer reaches its extra negative level.
+    plan = dataclasses.replace(narrow_plan, weight_range="full", layers=[
+        dataclasses.replace(lp, weight_scale=[0.6 * s for s in lp.weight_scale]) for lp in narrow_plan.layers])
+    result = quantize_onnx(folded, loaded.input_shape, plan, x_all[:200], float_model=float_model)
+    assert result.plan.weight_range == "full"
+    inits = {i.name: i for i in result.model.graph.initializer}
+    modules = dict(folded.named_modules())
+    for lp in plan.layers:
+        stored = inits[f"{lp.name}.weight"]
+        q = numpy_helper.to_array(stored).astype(np.int32) - (128 if stored.data_type == TensorProto.UINT8 else 0)
+        expected = quantize_weight(modules[lp.name].weight.detach().numpy(), np.asarray(lp.weight_scale, np.float32),
+                                   lp.w_bits, "full")
+        np.testing.assert_array_equal(q, expected.reshape(q.shape))
+        lowest = -(2 ** (lp.w_bits - 1)) if lp.w_bits < 8 else -127
+        assert q.min() == lowest, lp.name  # 2 bits: -2, 3: -4, 4: -8 (8 bits stay narrow)
+    top1, p99_steps = agreement(ort_logits(result.model, x_all), reference_logits(folded, result.plan, x_all))
+    assert top1 >= 0.995 and p99_steps <= 1.0
+    assert sum(optimized_ops(result.model, tmp_path)[op] for op in ("QLinearConv", "QGemm")) == len(plan.layers)
+    # The same scales on the narrow range are another model: the plan's range is not decoration.
+    narrow = reference_logits(folded, dataclasses.replace(result.plan, weight_range="narrow"), x_all)
+    assert not np.allclose(narrow, reference_logits(folded, result.plan, x_all))
 
 
 def test_4bit_activations_have_16_levels_and_the_plan_edges_are_exact(digits, exported_a4):

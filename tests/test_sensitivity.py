@@ -273,7 +273,11 @@ def test_cli_on_digits_writes_loadable_json_and_png(tmp_path):
     assert all(layer.top_eigenvalue > 0 and layer.trace > 0 for layer in report.layers)
     assert report.settings["samples"] == 24 and report.settings["split"] == "train"
     assert report.float_weight_bytes == 4 * sum(layer.params for layer in report.layers)
-    assert set(report.layers[0].perturbation) == {"maxabs", "mse"}
+    assert set(report.layers[0].perturbation) == {"maxabs", "mse", "maxabs-full", "mse-full"}
+    for layer in report.layers:
+        # max|w| scales never reach the extra negative level; MSE clipping does, and it only helps
+        assert layer.perturbation["maxabs-full"] == layer.perturbation["maxabs"]
+        assert all(layer.perturbation["mse-full"][b] <= v for b, v in layer.perturbation["mse"].items())
     assert set(report.layers[0].perturbation["mse"]) == {"2", "3", "4", "8"}
     # the fingerprint is the BN-folded model's, as the plan and the exporter see it
     from hawq_onnx.bn_fold import fold_batchnorm

@@ -20,6 +20,9 @@ def _split(values: tuple[str, ...]) -> list[str]:
               help="Curvature: Tr(H)/n (HAWQ-V2/V3) or the top eigenvalue (HAWQ).")
 @click.option("--scale-method", type=click.Choice(["maxabs", "mse"]), default="maxabs", show_default=True,
               help="Weight scale whose ||Q(W) - W||^2 prices a choice.")
+@click.option("--weight-range", type=click.Choice(["narrow", "full"]), default="narrow", show_default=True,
+              help="Integer range of 2/3/4-bit weights: narrow [-(2^(b-1)-1), 2^(b-1)-1] (2 bits: -1, 0, 1) or full, "
+                   "with the extra negative level (2 bits: -2..1, as LSQ). Recorded in the plan; 8 bits stay narrow.")
 @click.option("--bops", default=None, metavar="N",
               help="Optional BOPs limit (MACs x w_bits x a_bits): 0.3G, 300M, 3e8, or 40x (float 32x32 BOPs / 40).")
 @click.option("--tie", multiple=True, metavar="A,B[,C]", help="Layers (glob patterns allowed) that share one choice.")
@@ -28,8 +31,8 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.option("--keep-float", multiple=True, metavar="LAYER", help="Keep a layer float (weights and input).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output plan.json.")
 @click.option("--plot", default=None, type=click.Path(dir_okay=False), help="Also write the Pareto frontier as PNG.")
-def command(sensitivity, budget, w_bits, a_bits, metric, scale_method, bops, tie, pin, no_pin_ends, keep_float,
-            out, plot):
+def command(sensitivity, budget, w_bits, a_bits, metric, scale_method, weight_range, bops, tie, pin, no_pin_ends,
+            keep_float, out, plot):
     """Choose each layer's weight and activation bits: the lowest total Omega within the budget (exact)."""
     import time
 
@@ -60,7 +63,7 @@ def command(sensitivity, budget, w_bits, a_bits, metric, scale_method, bops, tie
     start = time.perf_counter()
     plan = allocate(report, budget, w_bits=parse_bits(w_bits, WEIGHT_BITS, "--w-bits"),
                     a_bits=parse_bits(a_bits, ACTIVATION_BITS, "--a-bits"), metric=metric,
-                    scale_method=scale_method, bops_limit=bops, ties=list(tie), pinned=pins,
+                    scale_method=scale_method, weight_range=weight_range, bops_limit=bops, ties=list(tie), pinned=pins,
                     pin_ends=not no_pin_ends, keep_float=_split(keep_float),
                     sensitivity_sha256=sha256_file(sensitivity))
     seconds = time.perf_counter() - start

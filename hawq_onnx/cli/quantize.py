@@ -27,6 +27,8 @@ def _bits(value: str, allowed: tuple[int, ...], option: str) -> tuple[int, ...]:
 @click.option("--w-bits", default="2,4,8", show_default=True, help="Candidate weight bits (2, 3, 4, 8).")
 @click.option("--a-bits", default="4", show_default=True,
               help="Candidate activation bits inside the network (4, 8); first and last layer stay 8-bit.")
+@click.option("--weight-range", type=click.Choice(["narrow", "full"]), default="narrow", show_default=True,
+              help="Integer range of 2/3/4-bit weights: narrow (2 bits: -1, 0, 1) or full (2 bits: -2..1).")
 @click.option("--epochs", type=float, default=None, help="Fine-tuning epochs, all stages together [default: 5].")
 @click.option("--order", type=click.Choice(["hawq", "single", "ptq"]), default="hawq", show_default=True,
               help="hawq: most sensitive blocks first; single: all at once; ptq: calibration only.")
@@ -41,8 +43,8 @@ def _bits(value: str, allowed: tuple[int, ...], option: str) -> tuple[int, ...]:
 @seed_option
 @click.option("--force", is_flag=True, help="Recompute every stage even when its inputs did not change.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
-def command(model_ref, weights, input_shape, data, budget, w_bits, a_bits, epochs, order, lr, batches, batch_size,
-            target, baseline, runs, max_drop, device, seed, force, out):
+def command(model_ref, weights, input_shape, data, budget, w_bits, a_bits, weight_range, epochs, order, lr, batches,
+            batch_size, target, baseline, runs, max_drop, device, seed, force, out):
     """Analyze, allocate, fine-tune, export and validate: every artefact in OUT.
 
     Without --model and --data it runs the embedded default: the zoo's digits CNN on
@@ -53,7 +55,8 @@ def command(model_ref, weights, input_shape, data, budget, w_bits, a_bits, epoch
 
     cfg = QuantizeConfig(model_ref=model_ref, weights=weights, input_shape=parse_input_shape(input_shape), data=data,
                          budget=budget, w_bits=_bits(w_bits, (2, 3, 4, 8), "--w-bits"),
-                         a_bits=_bits(a_bits, (4, 8), "--a-bits"), epochs=epochs, order=order, lr=lr,
+                         a_bits=_bits(a_bits, (4, 8), "--a-bits"), weight_range=weight_range, epochs=epochs,
+                         order=order, lr=lr,
                          analysis_batches=batches, analysis_batch_size=batch_size, target=target, device=device,
                          seed=seed, baseline=baseline, latency_runs=runs, max_drop=max_drop, force=force)
     s = run_quantize(cfg, out, progress=True, say=lambda line: click.echo(line, err=True))
