@@ -528,8 +528,7 @@ def _plan(problem: Problem, choice: list[int], frontier: Frontier, *, budget_byt
     bits = problem.layer_bits(choice)
     layers = [LayerPlan(name=layer.name, kind=layer.kind, params=layer.params, out_channels=layer.out_channels,
                         macs=layer.macs, w_bits=w, a_bits=a,
-                        omega=choice_cost(layer, (w, a), problem.metric, problem.scale_method,
-                                                  problem.weight_range))
+                        omega=choice_cost(layer, (w, a), problem.metric, problem.scale_method, problem.weight_range))
               for layer, (w, a) in zip(report.layers, bits)]
     t = totals_of(problem, choice)
     float_bytes, float_bops = problem.float_bytes, problem.float_bops
