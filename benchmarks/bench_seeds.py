@@ -64,7 +64,7 @@ def onnx_top1(args: argparse.Namespace, quantized: Path, out: Path, data) -> flo
     save_onnx(exported.model, out)
     session = open_session(out, threads=args.threads or torch.get_num_threads())
     logits = predict(session, model_io(session, out), data.test.x)
-    return accuracy(logits, data.test.y, int(data.test.y.max()) + 1).top1
+    return accuracy(logits, data.test.y, data.num_classes).top1
 
 
 def summarise(runs: list[dict], float_top1: float, key: str, goal: float) -> str:

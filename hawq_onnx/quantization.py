@@ -116,7 +116,12 @@ def fake_quantize_weight_np(w: np.ndarray, scale: np.ndarray, bits: int, weight_
 
 def weight_perturbation(w: np.ndarray, bits: int, method: str = "maxabs", weight_range: str = "narrow") -> float:
     """||Q(W) - W||^2, the quantization perturbation in HAWQ-V2's Omega."""
-    wq = fake_quantize_weight_np(w, weight_scale(w, bits, method), bits, weight_range)
+    return weight_perturbation_at(w, weight_scale(w, bits, method), bits, weight_range)
+
+
+def weight_perturbation_at(w: np.ndarray, scale: np.ndarray, bits: int, weight_range: str = "narrow") -> float:
+    """||Q(W) - W||^2 for given per-channel scales (they do not depend on the weight range)."""
+    wq = fake_quantize_weight_np(w, scale, bits, weight_range)
     return float(((wq.astype(np.float64) - w.astype(np.float64)) ** 2).sum())
 
 

@@ -402,10 +402,14 @@ def weight_perturbations(weight: torch.Tensor) -> dict[str, dict[str, float]]:
     Keyed ``perturbation_key(method, weight_range)``: ``maxabs``, ``mse``, ``maxabs-full``, ``mse-full``.
     """
     w = weight.detach().float().cpu().numpy()
-    return {perturbation_key(method, wr): {str(b): quantization.weight_perturbation(w, b, method, wr)
-                                           for b in quantization.WEIGHT_BITS}
-            for wr in quantization.WEIGHT_RANGES for method in ("maxabs", "mse")}
-
+    tables: dict[str, dict[str, float]] = {}
+    for method in ("maxabs", "mse"):
+        for b in quantization.WEIGHT_BITS:
+            scale = quantization.weight_scale(w, b, method)  # one search serves both ranges
+            for wr in quantization.WEIGHT_RANGES:
+                tables.setdefault(perturbation_key(method, wr), {})[str(b)] = \
+                    quantization.weight_perturbation_at(w, scale, b, wr)
+    return tables
 
 
 # --- public API -------------------------------------------------------------------------------
