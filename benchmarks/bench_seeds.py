@@ -33,7 +33,6 @@ from hawq_onnx.export import save_onnx
 from hawq_onnx.finetune import finetune, fold_copy, save_quantized
 from hawq_onnx.model_source import load_model, model_fingerprint
 from hawq_onnx.ort_eval import accuracy, model_io, open_session, predict
-from hawq_onnx.oscillation import parse_freeze_schedule
 from hawq_onnx.plan import load_plan, save_plan
 from hawq_onnx.qdq_export import export_plan
 
@@ -92,7 +91,6 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--distill-weight", type=float, default=0.5)
     ap.add_argument("--temperature", type=float, default=2.0)
-    ap.add_argument("--freeze-oscillations", default="off", help="START:END thresholds, as finetune's option")
     ap.add_argument("--onnx", action="store_true", help="also export each run and score it under ONNX Runtime")
     ap.add_argument("--goal", type=float, default=0.5, help="points of top-1 a run may lose")
     ap.add_argument("--test-limit", type=int, default=None, help="smoke runs: first N test images only")
@@ -103,7 +101,6 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     seeds = parse_seeds(args.seeds)
-    freeze = parse_freeze_schedule(args.freeze_oscillations)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -113,8 +110,6 @@ def main() -> None:
               "epochs": args.epochs, "steps": args.steps, "lr": args.lr, "batch_size": args.batch_size,
               "distill_weight": args.distill_weight, "temperature": args.temperature, "device": args.device,
               "test_limit": args.test_limit, "onnx": args.onnx}
-    if freeze:  # only when set, so that results from before the option keep their recipe
-        recipe["freeze_oscillations"] = freeze.to_json()
     results_path = out / "results.json"
     done = _done_rows(results_path, recipe)
     runs: list[dict] = []
@@ -131,8 +126,7 @@ def main() -> None:
             data = dataclasses.replace(data, test=data.test.take(args.test_limit))
         result = finetune(loaded, plan, data, order=args.order, epochs=args.epochs, steps=args.steps, lr=args.lr,
                           batch_size=args.batch_size, distill_weight=args.distill_weight,
-                          temperature=args.temperature, seed=seed, device=args.device, progress=True,
-                          freeze_oscillations=freeze)
+                          temperature=args.temperature, seed=seed, device=args.device, progress=True)
         folder = out / f"seed{seed}"
         quantized = save_quantized(result, folder / "quantized.pt")
         save_plan(result.plan, folder / "quantized.plan.json")

@@ -20,7 +20,6 @@ weights need a small learning rate (no BatchNorm left to absorb the curvature: S
 ResNet20 from lr 1e-3) at which a plain optimizer leaves the step sizes where calibration put them. Linear
 warm-up then cosine decay within each stage, optional distillation from the float model (KL
 on temperature-softened logits plus cross-entropy), seeded data order and augmentation.
-Optional: freezing of weights that oscillate between two integers (``oscillation.py``).
 """
 
 from __future__ import annotations
@@ -48,7 +47,6 @@ from hawq_onnx.fake_quant import (DEFAULT_WEIGHT_METHOD, calibrate, export_plan_
                                   set_scale_learning, strip_fake_quant)
 from hawq_onnx.model_source import LoadedModel, apply_weights, model_fingerprint
 from hawq_onnx.observers import DEFAULT_OBSERVER, OBSERVERS
-from hawq_onnx.oscillation import FreezeSchedule, OscillationFreezer
 from hawq_onnx.plan import Plan, plan_from_json
 from hawq_onnx.sensitivity_report import SensitivityReport
 
@@ -297,7 +295,6 @@ class _Training:
     generator: torch.Generator
     device: str
     progress: bool
-    freezer: OscillationFreezer | None = None
 
 
 def _train_stage(qmodel: nn.Module, steps: int, cfg: _Training, desc: str) -> dict[str, Any]:
@@ -320,7 +317,7 @@ def _train_stage(qmodel: nn.Module, steps: int, cfg: _Training, desc: str) -> di
     loss_sum, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
     bar = tqdm(range(steps), desc=desc, disable=not cfg.progress, file=sys.stderr, leave=False)
-    for i in bar:
+    for _ in bar:
         x, y = next(cfg.batches)
         x = augment_batch(x, cfg.augment, cfg.generator).to(cfg.device)
         y = y.to(cfg.device)
@@ -338,25 +335,17 @@ def _train_stage(qmodel: nn.Module, steps: int, cfg: _Training, desc: str) -> di
         for o, sched in zip(optimizers, scheds):
             o.step()
             sched.step()
-        if cfg.freezer is not None:
-            cfg.freezer.step(i / max(steps - 1, 1))
         loss_sum += float(loss.detach()) * len(y)
         correct += int((logits.argmax(1) == y).sum())
         seen += len(y)
-        postfix = {"loss": f"{loss_sum / seen:.3f}", "top1": f"{100 * correct / seen:.1f}%"}
-        if cfg.freezer is not None:
-            postfix["frozen"] = f"{100 * cfg.freezer.frozen_share():.1f}%"
-        bar.set_postfix(postfix)
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", top1=f"{100 * correct / seen:.1f}%")
     bar.close()
     qmodel.eval()
     # The loss is checked before each step; the last step can still blow the weights up.
     if not all(torch.isfinite(p).all() for p in qmodel.parameters()):
         raise HawqError(f"{desc}: training diverged (weights became NaN or Inf); lower --lr")
-    stats = {"steps": steps, "loss": loss_sum / seen if seen else None,
-             "train_top1": correct / seen if seen else None, "seconds": time.perf_counter() - start}
-    if cfg.freezer is not None:
-        stats["frozen"] = cfg.freezer.summary()
-    return stats
+    return {"steps": steps, "loss": loss_sum / seen if seen else None,
+            "train_top1": correct / seen if seen else None, "seconds": time.perf_counter() - start}
 
 
 def _check_options(*, order: str, epochs: float | None, steps: int | None, optimizer: str, lr: float | None,
@@ -399,8 +388,7 @@ def finetune(loaded: LoadedModel, plan: Plan, dataset: Dataset, *, order: str = 
              learn_scales: bool = True, scale_lr: float = 1e-3, weight_method: str = DEFAULT_WEIGHT_METHOD,
              observer: str = DEFAULT_OBSERVER, final_share: float = 0.5, warmup: float = 0.05,
              augment: str = "auto", seed: int = 0, device: str = "cpu", progress: bool = False,
-             sensitivity: SensitivityReport | None = None,
-             freeze_oscillations: FreezeSchedule | None = None) -> FinetuneResult:
+             sensitivity: SensitivityReport | None = None) -> FinetuneResult:
     """Quantize ``loaded``'s model as ``plan`` says and fine-tune it (or only calibrate: ``ptq``).
 
     ``epochs`` (fractions allowed) or ``steps`` is the whole training budget (default
@@ -408,8 +396,7 @@ def finetune(loaded: LoadedModel, plan: Plan, dataset: Dataset, *, order: str = 
     (``learn_scales``) with LogAdam at ``scale_lr``. Scales already in ``plan`` are recomputed
     (``weight_method`` for weights, ``observer`` for input ranges). Returns the fake-quant
     model, the plan with its final scales, and top-1 of the float and quantized models on the
-    test split. ``freeze_oscillations`` freezes weights of at most 4 bits that keep flipping
-    between two integers (``oscillation.py``).
+    test split.
     """
     start = time.perf_counter()
     lr = _check_options(order=order, epochs=epochs, steps=steps, optimizer=optimizer, lr=lr, batch_size=batch_size,
@@ -461,8 +448,7 @@ def finetune(loaded: LoadedModel, plan: Plan, dataset: Dataset, *, order: str = 
                     weight_decay=weight_decay, warmup=warmup,
                     distill_weight=distill_weight if distill else 0.0, temperature=temperature,
                     augment=default_augment(dataset) if augment == "auto" else augment,
-                    generator=torch.Generator().manual_seed(seed), device=device, progress=progress,
-                    freezer=OscillationFreezer(wrapped, freeze_oscillations) if freeze_oscillations else None)
+                    generator=torch.Generator().manual_seed(seed), device=device, progress=progress)
 
     history: list[dict[str, Any]] = []
     samples = 0
@@ -492,7 +478,6 @@ def finetune(loaded: LoadedModel, plan: Plan, dataset: Dataset, *, order: str = 
         "scale_lr": scale_lr if learn_scales else None, "distill": distill,
         "distill_weight": distill_weight if distill else None, "temperature": temperature if distill else None,
         "learn_scales": learn_scales, "data_fraction": data_fraction, "seed": seed,
-        "freeze_oscillations": freeze_oscillations.to_json() if freeze_oscillations else None,
         "blocks": [b.name for b in blocks] if order == "hawq" else None,
         "float_top1": float_accuracy, "quant_top1": quant_accuracy,
     }

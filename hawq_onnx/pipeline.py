@@ -47,7 +47,6 @@ class QuantizeConfig:
     batch_size: int = 128
     distill: bool = True
     data_fraction: float = 1.0
-    freeze_oscillations: str | None = None  # START:END thresholds (oscillation.parse_freeze_schedule); None: off
     target: str = "ort-cpu"
     device: str = "cpu"
     seed: int = 0
@@ -123,7 +122,6 @@ def run_quantize(cfg: QuantizeConfig, out_dir: str | Path, *, progress: bool = T
     from hawq_onnx.fake_quant import quantize_model
     from hawq_onnx.finetune import finetune, fold_copy, predict_scores, restore_quantized, save_quantized
     from hawq_onnx.model_source import load_model
-    from hawq_onnx.oscillation import parse_freeze_schedule
     from hawq_onnx.plan import load_plan, save_plan
     from hawq_onnx.qdq_export import quantize_onnx
     from hawq_onnx.report import write_markdown, write_result_json
@@ -133,7 +131,6 @@ def run_quantize(cfg: QuantizeConfig, out_dir: str | Path, *, progress: bool = T
     from hawq_onnx.validate import validate
 
     start = time.perf_counter()
-    freeze = parse_freeze_schedule(cfg.freeze_oscillations)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise HawqError(f"--out {out} is a file; give a folder")
@@ -199,8 +196,6 @@ def run_quantize(cfg: QuantizeConfig, out_dir: str | Path, *, progress: bool = T
     # 3. Fine-tuning (or calibration only) of the plan.
     tune_opts = {"order": cfg.order, "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
                  "distill": cfg.distill, "data_fraction": cfg.data_fraction, "seed": cfg.seed}
-    # Only when set, so that folders fine-tuned before the option existed keep their stage key.
-    freeze_key = {"freeze_oscillations": freeze.to_json()} if freeze else {}
 
     def finetune_stage() -> None:
         from hawq_onnx.model_source import model_fingerprint
@@ -209,12 +204,12 @@ def run_quantize(cfg: QuantizeConfig, out_dir: str | Path, *, progress: bool = T
         plan = load_plan(files["plan.json"], fingerprint)
         report = load_sensitivity(files["sensitivity.json"])
         result = finetune(loaded, plan, dataset, **tune_opts, device=cfg.device, progress=progress,
-                          sensitivity=report, freeze_oscillations=freeze)
+                          sensitivity=report)
         save_quantized(result, files["quantized.pt"])
         save_plan(result.plan, files["quantized.plan.json"])
         say(f"      fake-quant top-1 {100 * result.quant_accuracy:.2f} % (float {100 * result.float_accuracy:.2f} %)")
 
-    stage("finetune", stage_key("finetune", **model_id, plan=_file_id(files["plan.json"]), **tune_opts, **freeze_key),
+    stage("finetune", stage_key("finetune", **model_id, plan=_file_id(files["plan.json"]), **tune_opts),
           [files["quantized.pt"], files["quantized.plan.json"]], finetune_stage)
 
     # 4. Float and quantized ONNX.

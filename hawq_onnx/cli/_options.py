@@ -14,10 +14,6 @@ data_option = click.option("--data", default=None, metavar="D",
                            help="digits | cifar10:DIR | npz:FILE. Default: the model's own (digits for digits-cnn).")
 device_option = click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 seed_option = click.option("--seed", type=int, default=0, show_default=True)
-freeze_option = click.option(
-    "--freeze-oscillations", default="off", show_default=True, metavar="START:END|off",
-    help="Freeze 2-4-bit weights that keep flipping between two integers (Nagel et al. 2022) once their "
-         "oscillation frequency passes a threshold that decays from START to END over each stage (0.1:0.01).")
 
 
 def model_options(f):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from hawq_onnx.cli._options import data_option, device_option, freeze_option, model_options, seed_option
+from hawq_onnx.cli._options import data_option, device_option, model_options, seed_option
 
 
 def default_plan_out(out: str) -> Path:
@@ -37,26 +37,22 @@ def default_plan_out(out: str) -> Path:
               help="Softmax temperature of the distillation term.")
 @click.option("--data-fraction", type=float, default=1.0, show_default=True,
               help="Train on this fraction of the training split.")
-@freeze_option
 @seed_option
 @device_option
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output quantized.pt.")
 @click.option("--plan-out", default=None, type=click.Path(dir_okay=False),
               help="Output calibrated plan [default: <out stem>.plan.json beside --out].")
 def command(model_ref, weights, input_shape, data, plan_path, sensitivity, order, epochs, steps, optimizer, lr,
-            batch_size, distill, distill_weight, temperature, data_fraction, freeze_oscillations, seed, device,
-            out, plan_out):
+            batch_size, distill, distill_weight, temperature, data_fraction, seed, device, out, plan_out):
     """Quantize a model as its plan says and fine-tune it (HAWQ order), or calibrate only (ptq)."""
     from hawq_onnx.artifacts import check_output_path
     from hawq_onnx.data import load_data, resolve_source, sample_shape
     from hawq_onnx.finetune import finetune, fold_copy, save_quantized
     from hawq_onnx.model_source import load_model, model_fingerprint, parse_input_shape
-    from hawq_onnx.oscillation import parse_freeze_schedule
     from hawq_onnx.plan import load_plan, save_plan
     from hawq_onnx.sensitivity_report import load_sensitivity
 
     plan_out = plan_out or str(default_plan_out(out))
-    freeze = parse_freeze_schedule(freeze_oscillations)
     inputs = (weights, plan_path, sensitivity)
     check_output_path(out, inputs)
     check_output_path(plan_out, inputs + (out,))
@@ -67,7 +63,7 @@ def command(model_ref, weights, input_shape, data, plan_path, sensitivity, order
     result = finetune(loaded, plan, dataset, order=order, epochs=epochs, steps=steps, optimizer=optimizer, lr=lr,
                       batch_size=batch_size, distill=distill, distill_weight=distill_weight,
                       temperature=temperature, data_fraction=data_fraction, seed=seed,
-                      device=device, progress=True, sensitivity=report, freeze_oscillations=freeze)
+                      device=device, progress=True, sensitivity=report)
     save_quantized(result, out)
     save_plan(result.plan, plan_out)
     trained = sum(h["steps"] for h in result.history)
@@ -75,8 +71,4 @@ def command(model_ref, weights, input_shape, data, plan_path, sensitivity, order
     click.echo(f"float top-1 {100 * result.float_accuracy:.2f} %, quantized top-1 {100 * result.quant_accuracy:.2f} % "
                f"({drop:+.2f} points) on {len(dataset.test)} test samples")
     click.echo(f"{order}: {len(result.history)} stage(s), {trained} steps, {result.seconds:.1f} s on {device}")
-    frozen = result.history[-1].get("frozen") if result.history else None
-    if frozen:
-        click.echo("frozen oscillating weights: " + ", ".join(f"{name} {100 * share:.1f} %"
-                                                           for name, share in frozen.items()))
     click.echo(f"wrote {out} and {plan_out}")

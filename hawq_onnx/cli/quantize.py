@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from hawq_onnx.cli._options import data_option, device_option, freeze_option, model_options, seed_option
+from hawq_onnx.cli._options import data_option, device_option, model_options, seed_option
 
 
 def _bits(value: str, allowed: tuple[int, ...], option: str) -> tuple[int, ...]:
@@ -33,7 +33,6 @@ def _bits(value: str, allowed: tuple[int, ...], option: str) -> tuple[int, ...]:
 @click.option("--order", type=click.Choice(["hawq", "single", "ptq"]), default="hawq", show_default=True,
               help="hawq: most sensitive blocks first; single: all at once; ptq: calibration only.")
 @click.option("--lr", type=float, default=None, help="Peak fine-tuning learning rate [default: the optimizer's own].")
-@freeze_option
 @click.option("--batches", type=int, default=1, show_default=True, help="Batches for the Hessian analysis.")
 @click.option("--batch-size", type=int, default=256, show_default=True, help="Batch size of the Hessian analysis.")
 @click.option("--target", type=click.Choice(["ort-cpu", "compact"]), default="ort-cpu", show_default=True)
@@ -44,8 +43,7 @@ def _bits(value: str, allowed: tuple[int, ...], option: str) -> tuple[int, ...]:
 @seed_option
 @click.option("--force", is_flag=True, help="Recompute every stage even when its inputs did not change.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
-def command(model_ref, weights, input_shape, data, budget, w_bits, a_bits, weight_range, epochs, order, lr,
-            freeze_oscillations, batches,
+def command(model_ref, weights, input_shape, data, budget, w_bits, a_bits, weight_range, epochs, order, lr, batches,
             batch_size, target, baseline, runs, max_drop, device, seed, force, out):
     """Analyze, allocate, fine-tune, export and validate: every artefact in OUT.
 
@@ -58,7 +56,7 @@ def command(model_ref, weights, input_shape, data, budget, w_bits, a_bits, weigh
     cfg = QuantizeConfig(model_ref=model_ref, weights=weights, input_shape=parse_input_shape(input_shape), data=data,
                          budget=budget, w_bits=_bits(w_bits, (2, 3, 4, 8), "--w-bits"),
                          a_bits=_bits(a_bits, (4, 8), "--a-bits"), weight_range=weight_range, epochs=epochs,
-                         order=order, lr=lr, freeze_oscillations=freeze_oscillations,
+                         order=order, lr=lr,
                          analysis_batches=batches, analysis_batch_size=batch_size, target=target, device=device,
                          seed=seed, baseline=baseline, latency_runs=runs, max_drop=max_drop, force=force)
     s = run_quantize(cfg, out, progress=True, say=lambda line: click.echo(line, err=True))
