@@ -2,7 +2,8 @@
 flipping the nearest ones costs.
 
 For each quantized layer: the share of latent weights within ``--band`` of a step of a decision
-threshold (w/s half-way between two integers; ``2 * band`` if they were spread evenly). Then
+threshold (w/s half-way between two integers of the grid, so never a saturated weight beyond
+the outermost level; ``2 * band`` if they were spread evenly). Then
 top-1 of the fake-quant model after moving every weight of the chosen bit width by uniform noise
 of at most ``--noise`` of its step, for ``--draws`` seeded draws: the integers nearest a
 threshold flip. Session 9 ran it on ResNet20's 13x checkpoint (BENCHMARKS.md).
@@ -38,17 +39,19 @@ def main() -> None:
     folded, plan = restore_quantized(loaded, args.checkpoint)
     qmodel = quantize_model(folded, plan).eval()
     layers = {name: q for name, q in quant_layers(qmodel).items() if q.weight_quant is not None}
+    originals = {name: q.layer.weight.detach().clone() for name, q in layers.items()}
+    steps = {name: q.weight_quant.effective_scale().detach().reshape((-1,) + (1,) * (originals[name].dim() - 1))
+             for name, q in layers.items()}
     print(f"{'layer':18s} bits  within {args.band:g} step of a threshold")
     for name, q in layers.items():
-        w = q.layer.weight.detach()
-        v = w / q.weight_quant.effective_scale().reshape((-1,) + (1,) * (w.dim() - 1))
-        v = v.clamp(q.weight_quant.qmin - 0.5, q.weight_quant.qmax + 0.5)
-        near = ((v - v.floor() - 0.5).abs() < args.band).float().mean()
+        v = originals[name] / steps[name]
+        # The nearest threshold between two levels of the grid: qmin + 0.5 ... qmax - 0.5.
+        threshold = (v.floor() + 0.5).clamp(q.weight_quant.qmin + 0.5, q.weight_quant.qmax - 0.5)
+        near = ((v - threshold).abs() < args.band).float().mean()
         print(f"{name:18s} {q.w_bits:4d}  {100 * float(near):5.1f} %")
 
     data = load_data(args.data, loaded.spec)
     print(f"top-1 as trained: {100 * evaluate(qmodel, data.test):.2f} %")
-    originals = {name: q.layer.weight.detach().clone() for name, q in layers.items()}
     for draw in range(args.draws):
         g = torch.Generator().manual_seed(draw)
         with torch.no_grad():
@@ -56,8 +59,7 @@ def main() -> None:
                 if q.w_bits != args.bits:
                     continue
                 w = originals[name]
-                s = q.weight_quant.effective_scale().reshape((-1,) + (1,) * (w.dim() - 1))
-                q.layer.weight.copy_(w + (torch.rand(w.shape, generator=g) - 0.5) * 2 * args.noise * s)
+                q.layer.weight.copy_(w + (torch.rand(w.shape, generator=g) - 0.5) * 2 * args.noise * steps[name])
         print(f"draw {draw}: {args.bits}-bit weights moved by up to {args.noise:g} step: "
               f"top-1 {100 * evaluate(qmodel, data.test):.2f} %")
 
