@@ -88,6 +88,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=None)
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--lr", type=float, default=None, help="default: finetune's")
+    ap.add_argument("--step-lr", type=float, default=None,
+                    help="quantized weights' peak lr in units of their step (finetune --step-lr)")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--distill-weight", type=float, default=0.5)
     ap.add_argument("--temperature", type=float, default=2.0)
@@ -107,7 +109,8 @@ def main() -> None:
     loaded = load_model(args.model, args.weights)
     plan = load_plan(args.plan, model_fingerprint(fold_copy(loaded.module, loaded.input_shape)))
     recipe = {"model": args.model, "plan_sha256": sha256_file(args.plan), "order": args.order,
-              "epochs": args.epochs, "steps": args.steps, "lr": args.lr, "batch_size": args.batch_size,
+              "epochs": args.epochs, "steps": args.steps, "lr": args.lr, "step_lr": args.step_lr,
+              "batch_size": args.batch_size,
               "distill_weight": args.distill_weight, "temperature": args.temperature, "device": args.device,
               "test_limit": args.test_limit, "onnx": args.onnx}
     results_path = out / "results.json"
@@ -125,6 +128,7 @@ def main() -> None:
         if args.test_limit:
             data = dataclasses.replace(data, test=data.test.take(args.test_limit))
         result = finetune(loaded, plan, data, order=args.order, epochs=args.epochs, steps=args.steps, lr=args.lr,
+                          step_lr=args.step_lr,
                           batch_size=args.batch_size, distill_weight=args.distill_weight,
                           temperature=args.temperature, seed=seed, device=args.device, progress=True)
         folder = out / f"seed{seed}"

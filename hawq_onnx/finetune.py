@@ -17,7 +17,10 @@ Schedules (``order``):
 Training: AdamW (default) or SGD with momentum on the weights and biases; the step sizes get their LSQ
 gradient and are updated by Adam in log space (``LogAdam``), because the folded network's
 weights need a small learning rate (no BatchNorm left to absorb the curvature: SGD diverges on
-ResNet20 from lr 1e-3) at which a plain optimizer leaves the step sizes where calibration put them. Linear
+ResNet20 from lr 1e-3) at which a plain optimizer leaves the step sizes where calibration put them.
+With ``step_lr`` the quantized layers' weights train with ``StepAdamW`` instead, their updates in
+units of their channel's quantization step: the folded channels' magnitudes differ tenfold, and a
+2-bit layer's step is four to ten times a 4-bit one's, so one absolute rate cannot suit them all. Linear
 warm-up then cosine decay within each stage, optional distillation from the float model (KL
 on temperature-softened logits plus cross-entropy), seeded data order and augmentation.
 """
@@ -47,6 +50,7 @@ from hawq_onnx.fake_quant import (DEFAULT_WEIGHT_METHOD, calibrate, export_plan_
                                   set_scale_learning, strip_fake_quant)
 from hawq_onnx.model_source import LoadedModel, apply_weights, model_fingerprint
 from hawq_onnx.observers import DEFAULT_OBSERVER, OBSERVERS
+from hawq_onnx.optimizers import LogAdam, StepAdamW
 from hawq_onnx.plan import Plan, plan_from_json
 from hawq_onnx.sensitivity_report import SensitivityReport
 
@@ -213,36 +217,6 @@ def predict_scores(model: nn.Module, x: np.ndarray, *, batch_size: int = EVAL_BA
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
-class LogAdam(torch.optim.Optimizer):
-    """Adam in log space for step sizes: s <- s * exp(-lr * m_hat / (sqrt(v_hat) + eps)) on g = s * dL/ds.
-
-    Multiplicative updates keep a step size positive and move it by relative amounts whatever
-    its magnitude (a dead channel's 1e-7 and an activation's 0.3 alike); Adam's normalisation
-    makes LSQ's gradient scale irrelevant here.
-    """
-
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
-        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps})
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if not state:
-                    state["t"], state["m"], state["v"] = 0, torch.zeros_like(p), torch.zeros_like(p)
-                state["t"] += 1
-                g = p.grad * p
-                state["m"].mul_(beta1).add_(g, alpha=1 - beta1)
-                state["v"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                m_hat = state["m"] / (1 - beta1 ** state["t"])
-                v_hat = state["v"] / (1 - beta2 ** state["t"])
-                p.mul_(torch.exp(-group["lr"] * m_hat / (v_hat.sqrt() + group["eps"])))
-
-
 def _freeze_batchnorm(model: nn.Module) -> None:
     # BatchNorm that was not folded (not behind a conv) keeps its statistics: HAWQ-V3's choice.
     for m in model.modules():
@@ -286,6 +260,7 @@ class _Training:
     scale_lr: float
     batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
     lr: float
+    step_lr: float | None  # quantized weights' peak lr in units of their channel's step; None: lr
     momentum: float
     weight_decay: float
     warmup: float
@@ -297,6 +272,26 @@ class _Training:
     progress: bool
 
 
+def _step_groups(qmodel: nn.Module, groups: list[dict[str, Any]], lr: float, step_lr: float) -> list[dict[str, Any]]:
+    """Split each parameter group: the weights of quantized layers at ``step_lr`` in units of
+    their channel's step at the stage's start, the rest at ``lr`` (biases, float layers, stages' unquantized blocks)."""
+    units = {}
+    for q in quant_layers(qmodel).values():
+        if q.enabled and q.weight_quant is not None:
+            w = q.layer.weight
+            units[id(w)] = q.weight_quant.effective_scale().detach().clone().reshape((-1,) + (1,) * (w.dim() - 1))
+    split: list[dict[str, Any]] = []
+    for g in groups:
+        stepped = [p for p in g["params"] if id(p) in units]
+        rest = [p for p in g["params"] if id(p) not in units]
+        if stepped:
+            split.append({"params": stepped, "weight_decay": g["weight_decay"], "lr": step_lr,
+                          "units": [units[id(p)] for p in stepped]})
+        if rest:
+            split.append({"params": rest, "weight_decay": g["weight_decay"], "lr": lr})
+    return split
+
+
 def _train_stage(qmodel: nn.Module, steps: int, cfg: _Training, desc: str) -> dict[str, Any]:
     from tqdm import tqdm
 
@@ -305,7 +300,9 @@ def _train_stage(qmodel: nn.Module, steps: int, cfg: _Training, desc: str) -> di
     decay = [p for p in params if p.dim() > 1]  # weights; not biases
     no_decay = [p for p in params if p.dim() <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.optimizer == "adam":
+    if cfg.step_lr is not None:
+        opt = StepAdamW(_step_groups(qmodel, groups, cfg.lr, cfg.step_lr), lr=cfg.lr)
+    elif cfg.optimizer == "adam":
         opt = torch.optim.AdamW(groups, lr=cfg.lr)
     else:
         opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
@@ -349,7 +346,7 @@ def _train_stage(qmodel: nn.Module, steps: int, cfg: _Training, desc: str) -> di
 
 
 def _check_options(*, order: str, epochs: float | None, steps: int | None, optimizer: str, lr: float | None,
-                   batch_size: int, data_fraction: float, distill_weight: float, temperature: float,
+                   step_lr: float | None, batch_size: int, data_fraction: float, distill_weight: float, temperature: float,
                    final_share: float, warmup: float, scale_lr: float, observer: str, augment: str) -> float:
     """One-line errors for bad settings; returns the learning rate to use."""
     if order not in ORDERS:
@@ -365,6 +362,10 @@ def _check_options(*, order: str, epochs: float | None, steps: int | None, optim
     lr = DEFAULT_LR[optimizer] if lr is None else lr
     if not 0 < lr < math.inf or batch_size <= 0:
         raise HawqError("--lr and --batch-size must be positive")
+    if step_lr is not None and not 0 < step_lr < math.inf:
+        raise HawqError(f"--step-lr must be positive and finite, got {step_lr}")
+    if step_lr is not None and optimizer != "adam":
+        raise HawqError("--step-lr needs --optimizer adam (an update in steps needs Adam's normalised direction)")
     if not 0.0 <= distill_weight <= 1.0 or not temperature > 0:
         raise HawqError("the distillation weight must be in [0, 1] and the temperature positive")
     if not 0.0 <= final_share <= 1.0 or not 0.0 <= warmup < 1.0:
@@ -382,7 +383,7 @@ def _check_options(*, order: str, epochs: float | None, steps: int | None, optim
 
 def finetune(loaded: LoadedModel, plan: Plan, dataset: Dataset, *, order: str = "hawq",
              epochs: float | None = None, steps: int | None = None, optimizer: str = "adam", lr: float | None = None,
-             momentum: float = 0.9,
+             step_lr: float | None = None, momentum: float = 0.9,
              weight_decay: float = 1e-4, batch_size: int = 128, distill: bool = True,
              distill_weight: float = 0.5, temperature: float = 2.0, data_fraction: float = 1.0,
              learn_scales: bool = True, scale_lr: float = 1e-3, weight_method: str = DEFAULT_WEIGHT_METHOD,
@@ -392,14 +393,17 @@ def finetune(loaded: LoadedModel, plan: Plan, dataset: Dataset, *, order: str = 
     """Quantize ``loaded``'s model as ``plan`` says and fine-tune it (or only calibrate: ``ptq``).
 
     ``epochs`` (fractions allowed) or ``steps`` is the whole training budget (default
-    DEFAULT_EPOCHS epochs); ``lr`` defaults to DEFAULT_LR[optimizer]; step sizes are learned
+    DEFAULT_EPOCHS epochs); ``lr`` defaults to DEFAULT_LR[optimizer]; with ``step_lr`` the
+    quantized layers' weights train at that peak rate in units of their channel's step instead
+    (``StepAdamW``; the units are the steps at each stage's start); step sizes are learned
     (``learn_scales``) with LogAdam at ``scale_lr``. Scales already in ``plan`` are recomputed
     (``weight_method`` for weights, ``observer`` for input ranges). Returns the fake-quant
     model, the plan with its final scales, and top-1 of the float and quantized models on the
     test split.
     """
     start = time.perf_counter()
-    lr = _check_options(order=order, epochs=epochs, steps=steps, optimizer=optimizer, lr=lr, batch_size=batch_size,
+    lr = _check_options(order=order, epochs=epochs, steps=steps, optimizer=optimizer, lr=lr, step_lr=step_lr,
+                        batch_size=batch_size,
                         data_fraction=data_fraction, distill_weight=distill_weight, temperature=temperature,
                         final_share=final_share, warmup=warmup, scale_lr=scale_lr, observer=observer,
                         augment=augment)
@@ -444,7 +448,7 @@ def finetune(loaded: LoadedModel, plan: Plan, dataset: Dataset, *, order: str = 
             q.enabled = False
     cfg = _Training(teacher=folded if distill else None, optimizer=optimizer,
                     step_sizes=step_sizes if learn_scales else [], scale_lr=scale_lr,
-                    batches=_train_batches(train, batch_size, seed), lr=lr, momentum=momentum,
+                    batches=_train_batches(train, batch_size, seed), lr=lr, step_lr=step_lr, momentum=momentum,
                     weight_decay=weight_decay, warmup=warmup,
                     distill_weight=distill_weight if distill else 0.0, temperature=temperature,
                     augment=default_augment(dataset) if augment == "auto" else augment,
@@ -475,7 +479,7 @@ def finetune(loaded: LoadedModel, plan: Plan, dataset: Dataset, *, order: str = 
     calibrated.calibration = {
         "data": dataset.name, "samples": samples, "observer": observer, "weight_method": weight_method,
         "order": order, "steps": steps, "batch_size": batch_size, "optimizer": optimizer, "lr": lr,
-        "scale_lr": scale_lr if learn_scales else None, "distill": distill,
+        "step_lr": step_lr, "scale_lr": scale_lr if learn_scales else None, "distill": distill,
         "distill_weight": distill_weight if distill else None, "temperature": temperature if distill else None,
         "learn_scales": learn_scales, "data_fraction": data_fraction, "seed": seed,
         "blocks": [b.name for b in blocks] if order == "hawq" else None,

@@ -44,6 +44,7 @@ class QuantizeConfig:
     epochs: float | None = None
     order: str = "hawq"
     lr: float | None = None  # None: fine-tuning's default for its optimizer
+    step_lr: float | None = None  # quantized weights' peak lr in units of their step; None: lr
     batch_size: int = 128
     distill: bool = True
     data_fraction: float = 1.0
@@ -194,7 +195,8 @@ def run_quantize(cfg: QuantizeConfig, out_dir: str | Path, *, progress: bool = T
           [files["plan.json"], files["pareto.png"]], allocate_stage)
 
     # 3. Fine-tuning (or calibration only) of the plan.
-    tune_opts = {"order": cfg.order, "epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size,
+    tune_opts = {"order": cfg.order, "epochs": cfg.epochs, "lr": cfg.lr, "step_lr": cfg.step_lr,
+                 "batch_size": cfg.batch_size,
                  "distill": cfg.distill, "data_fraction": cfg.data_fraction, "seed": cfg.seed}
 
     def finetune_stage() -> None:

@@ -11,11 +11,12 @@ from click.testing import CliRunner
 from hawq_onnx.cli import cli
 from hawq_onnx.data import load_data
 from hawq_onnx.errors import HawqError
-from hawq_onnx.fake_quant import quantize_model
-from hawq_onnx.finetune import (LogAdam, augment_batch, finetune, fold_copy, load_quantized, order_blocks,
+from hawq_onnx.fake_quant import quant_layers, quantize_model
+from hawq_onnx.finetune import (_step_groups, augment_batch, finetune, fold_copy, load_quantized, order_blocks,
                                 restore_quantized, save_quantized, stage_steps, warmup_cosine)
 from hawq_onnx.layers import describe_layers
 from hawq_onnx.model_source import load_model, model_fingerprint
+from hawq_onnx.optimizers import LogAdam, StepAdamW
 from hawq_onnx.plan import LayerPlan, Plan, load_plan, save_plan
 from hawq_onnx.sensitivity_report import LayerSensitivity, SensitivityReport
 
@@ -112,6 +113,92 @@ def test_step_sizes_move_by_relative_amounts_and_stay_positive():
     assert (s > 0).all()
 
 
+def test_step_adamw_without_units_is_adamw():
+    torch.manual_seed(0)
+    w0, b0 = torch.randn(4, 3, 3, 3), torch.randn(4)
+    pairs = []
+    for make in (lambda g: StepAdamW(g, lr=1e-2), lambda g: torch.optim.AdamW(g, lr=1e-2)):
+        w, b = torch.nn.Parameter(w0.clone()), torch.nn.Parameter(b0.clone())
+        pairs.append((make([{"params": [w], "weight_decay": 0.1}, {"params": [b], "weight_decay": 0.0}]), w, b))
+    for step in range(20):
+        g = torch.Generator().manual_seed(step)
+        gw, gb = torch.randn(w0.shape, generator=g), torch.randn(b0.shape, generator=g)
+        for opt, w, b in pairs:
+            w.grad, b.grad = gw.clone(), gb.clone()
+            opt.step()
+    (_, w1, b1), (_, w2, b2) = pairs
+    assert torch.allclose(w1, w2, rtol=0, atol=1e-6) and torch.allclose(b1, b2, rtol=0, atol=1e-6)
+    assert not torch.allclose(w1, w0, atol=1e-3)
+
+
+def test_step_adamw_moves_each_channel_in_units_of_its_step():
+    w = torch.nn.Parameter(torch.zeros(3, 2, 1, 1))
+    units = torch.tensor([1e-6, 0.02, 0.2]).reshape(3, 1, 1, 1)
+    opt = StepAdamW([{"params": [w], "units": [units], "lr": 0.01, "weight_decay": 0.0}], lr=1.0)
+    w.grad = torch.tensor([1e3, -5.0, 1e-3]).reshape(3, 1, 1, 1).expand(3, 2, 1, 1).clone()
+    opt.step()
+    # Adam's first normalised step is +-1 whatever the gradient's size: each channel moves by
+    # 1 % of its own step, the dead channel (step 1e-6) not visibly at all.
+    moved = w.detach()[:, 0, 0, 0]
+    assert torch.allclose(moved, torch.tensor([-1e-8, 2e-4, -2e-3]), rtol=1e-4, atol=0)
+    with pytest.raises(ValueError, match="one unit tensor per parameter"):
+        StepAdamW([{"params": [w], "units": [torch.ones(2, 1, 1, 1)]}], lr=1.0)
+    with pytest.raises(ValueError, match="one unit tensor per parameter"):
+        StepAdamW([{"params": [w], "units": []}], lr=1.0)
+
+
+def test_step_lr_trains_quantized_weights_in_steps(digits):
+    loaded, data = digits
+    plan = make_plan(loaded, 2, 4)
+    start = finetune(loaded, plan, data, order="ptq")
+    tuned = finetune(loaded, plan, data, order="single", steps=1, batch_size=64, lr=1e-3, step_lr=0.02)
+    assert tuned.plan.calibration["step_lr"] == 0.02 and tuned.plan.calibration["lr"] == 1e-3
+    assert start.plan.calibration["step_lr"] is None
+    # Adam's first update is +-1 per element (the warm-up's first factor is 1 here): every weight
+    # of a quantized layer moves by 2 % of its channel's step, 2-bit and 8-bit alike; biases by lr.
+    before, after = start.float_state_dict(), tuned.float_state_dict()
+    for lp in plan.layers:
+        w = before[lp.name + ".weight"]
+        step = torch.tensor(start.plan.layer(lp.name).weight_scale).reshape(-1, *[1] * (w.dim() - 1))
+        moved = (after[lp.name + ".weight"] - w).abs() / step
+        assert moved.median() == pytest.approx(0.02, rel=1e-2), lp.name  # less weight decay and float32 rounding
+        bias_moved = (after[lp.name + ".bias"] - before[lp.name + ".bias"]).abs()
+        assert bias_moved.median() == pytest.approx(1e-3, rel=1e-2), lp.name
+
+
+def test_step_lr_leaves_unquantized_blocks_at_the_absolute_rate(digits):
+    # In HAWQ order a stage's later blocks still run in float: their weights have no step yet.
+    loaded, _ = digits
+    plan = make_plan(loaded, 2, 4)
+    qmodel = quantize_model(fold_copy(loaded.module, loaded.input_shape), plan)
+    wrapped = quant_layers(qmodel)
+    off = plan.layers[1].name
+    wrapped[off].enabled = False
+    decay = [p for p in qmodel.parameters() if p.dim() > 1]
+    groups = _step_groups(qmodel, [{"params": decay, "weight_decay": 1e-4}], lr=1e-3, step_lr=0.01)
+    stepped, rest = groups
+    assert stepped["lr"] == 0.01 and rest["lr"] == 1e-3 and "units" not in rest
+    assert [id(p) for p in rest["params"]] == [id(wrapped[off].layer.weight)]
+    assert len(stepped["params"]) == len(plan.layers) - 1
+    for p, unit in zip(stepped["params"], stepped["units"]):
+        assert unit.shape == (p.shape[0],) + (1,) * (p.dim() - 1)
+
+
+def test_cli_step_lr(digits, tmp_path):
+    loaded, _ = digits
+    plan_path = tmp_path / "plan.json"
+    save_plan(make_plan(loaded, 4, 4), plan_path)
+    runner = CliRunner()
+    res = runner.invoke(cli, ["finetune", "--plan", str(plan_path), "--steps", "2", "--batch-size", "32",
+                              "--step-lr", "0.02", "--out", str(tmp_path / "q.pt")])
+    assert res.exit_code == 0, res.output
+    assert load_plan(tmp_path / "q.plan.json").calibration["step_lr"] == 0.02
+    res = runner.invoke(cli, ["finetune", "--plan", str(plan_path), "--steps", "2", "--step-lr", "-1",
+                              "--out", str(tmp_path / "bad.pt")])
+    assert res.exit_code == 2 and "--step-lr must be positive" in res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "bad.pt").exists()
+
+
 def test_augmentation_shifts_and_flips():
     g = torch.Generator().manual_seed(0)
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
@@ -170,7 +257,10 @@ def test_bad_options_are_one_line_errors(digits):
     loaded, data = digits
     plan = make_plan(loaded, 4, 4)
     for kwargs, match in [(dict(epochs=1, steps=1), "not both"), (dict(order="random"), "unknown order"),
-                          (dict(data_fraction=0.0), "data-fraction"), (dict(lr=-1.0), "positive")]:
+                          (dict(data_fraction=0.0), "data-fraction"), (dict(lr=-1.0), "positive"),
+                          (dict(step_lr=0.0), "step-lr must be positive"),
+                          (dict(step_lr=float("nan")), "step-lr must be positive"),
+                          (dict(step_lr=0.01, optimizer="sgd"), "needs --optimizer adam")]:
         with pytest.raises(HawqError, match=match):
             finetune(loaded, plan, data, **kwargs)
     plan.fingerprint = "0123456789abcdef"

@@ -14,6 +14,15 @@ data_option = click.option("--data", default=None, metavar="D",
                            help="digits | cifar10:DIR | npz:FILE. Default: the model's own (digits for digits-cnn).")
 device_option = click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 seed_option = click.option("--seed", type=int, default=0, show_default=True)
+weight_range_option = click.option(
+    "--weight-range", type=click.Choice(["narrow", "full"]), default="narrow", show_default=True,
+    help="Integer range of 2/3/4-bit weights: narrow [-(2^(b-1)-1), 2^(b-1)-1] (2 bits: -1, 0, 1) or full, "
+         "with the extra negative level (2 bits: -2..1, as LSQ). Recorded in the plan; 8 bits stay narrow.")
+step_lr_option = click.option(
+    "--step-lr", type=float, default=None, metavar="F",
+    help="Train the quantized layers' weights at this peak learning rate in units of their channel's "
+         "quantization step (0.01: an Adam update moves a weight by about 1 % of its step); biases and "
+         "float layers keep --lr. Adam only. Default: off (--lr for all).")
 
 
 def model_options(f):

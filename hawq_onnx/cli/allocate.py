@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from hawq_onnx.cli._options import weight_range_option
+
 
 def _split(values: tuple[str, ...]) -> list[str]:
     return [part.strip() for v in values for part in v.split(",") if part.strip()]
@@ -20,9 +22,7 @@ def _split(values: tuple[str, ...]) -> list[str]:
               help="Curvature: Tr(H)/n (HAWQ-V2/V3) or the top eigenvalue (HAWQ).")
 @click.option("--scale-method", type=click.Choice(["maxabs", "mse"]), default="maxabs", show_default=True,
               help="Weight scale whose ||Q(W) - W||^2 prices a choice.")
-@click.option("--weight-range", type=click.Choice(["narrow", "full"]), default="narrow", show_default=True,
-              help="Integer range of 2/3/4-bit weights: narrow [-(2^(b-1)-1), 2^(b-1)-1] (2 bits: -1, 0, 1) or full, "
-                   "with the extra negative level (2 bits: -2..1, as LSQ). Recorded in the plan; 8 bits stay narrow.")
+@weight_range_option
 @click.option("--bops", default=None, metavar="N",
               help="Optional BOPs limit (MACs x w_bits x a_bits): 0.3G, 300M, 3e8, or 40x (float 32x32 BOPs / 40).")
 @click.option("--tie", multiple=True, metavar="A,B[,C]", help="Layers (glob patterns allowed) that share one choice.")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from hawq_onnx.cli._options import data_option, device_option, model_options, seed_option
+from hawq_onnx.cli._options import data_option, device_option, model_options, seed_option, step_lr_option
 
 
 def default_plan_out(out: str) -> Path:
@@ -29,6 +29,7 @@ def default_plan_out(out: str) -> Path:
               help="For the weights (AdamW, or SGD with momentum); step sizes always use Adam in log space.")
 @click.option("--lr", type=float, default=None,
               help="Peak learning rate, warm-up then cosine [default: 1e-4 adam, 3e-4 sgd].")
+@step_lr_option
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--distill/--no-distill", default=True, show_default=True, help="Distil from the float model.")
 @click.option("--distill-weight", type=float, default=0.5, show_default=True,
@@ -43,7 +44,7 @@ def default_plan_out(out: str) -> Path:
 @click.option("--plan-out", default=None, type=click.Path(dir_okay=False),
               help="Output calibrated plan [default: <out stem>.plan.json beside --out].")
 def command(model_ref, weights, input_shape, data, plan_path, sensitivity, order, epochs, steps, optimizer, lr,
-            batch_size, distill, distill_weight, temperature, data_fraction, seed, device, out, plan_out):
+            step_lr, batch_size, distill, distill_weight, temperature, data_fraction, seed, device, out, plan_out):
     """Quantize a model as its plan says and fine-tune it (HAWQ order), or calibrate only (ptq)."""
     from hawq_onnx.artifacts import check_output_path
     from hawq_onnx.data import load_data, resolve_source, sample_shape
@@ -61,6 +62,7 @@ def command(model_ref, weights, input_shape, data, plan_path, sensitivity, order
     report = load_sensitivity(sensitivity) if sensitivity else None
     dataset = load_data(resolve_source(data, loaded.spec), loaded.spec, seed=seed)
     result = finetune(loaded, plan, dataset, order=order, epochs=epochs, steps=steps, optimizer=optimizer, lr=lr,
+                      step_lr=step_lr,
                       batch_size=batch_size, distill=distill, distill_weight=distill_weight,
                       temperature=temperature, data_fraction=data_fraction, seed=seed,
                       device=device, progress=True, sensitivity=report)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from hawq_onnx.cli._options import data_option, device_option, model_options, seed_option
+from hawq_onnx.cli._options import (data_option, device_option, model_options, seed_option, step_lr_option,
+                                   weight_range_option)
 
 
 def _bits(value: str, allowed: tuple[int, ...], option: str) -> tuple[int, ...]:
@@ -27,12 +28,12 @@ def _bits(value: str, allowed: tuple[int, ...], option: str) -> tuple[int, ...]:
 @click.option("--w-bits", default="2,4,8", show_default=True, help="Candidate weight bits (2, 3, 4, 8).")
 @click.option("--a-bits", default="4", show_default=True,
               help="Candidate activation bits inside the network (4, 8); first and last layer stay 8-bit.")
-@click.option("--weight-range", type=click.Choice(["narrow", "full"]), default="narrow", show_default=True,
-              help="Integer range of 2/3/4-bit weights: narrow (2 bits: -1, 0, 1) or full (2 bits: -2..1).")
+@weight_range_option
 @click.option("--epochs", type=float, default=None, help="Fine-tuning epochs, all stages together [default: 5].")
 @click.option("--order", type=click.Choice(["hawq", "single", "ptq"]), default="hawq", show_default=True,
               help="hawq: most sensitive blocks first; single: all at once; ptq: calibration only.")
 @click.option("--lr", type=float, default=None, help="Peak fine-tuning learning rate [default: the optimizer's own].")
+@step_lr_option
 @click.option("--batches", type=int, default=1, show_default=True, help="Batches for the Hessian analysis.")
 @click.option("--batch-size", type=int, default=256, show_default=True, help="Batch size of the Hessian analysis.")
 @click.option("--target", type=click.Choice(["ort-cpu", "compact"]), default="ort-cpu", show_default=True)
@@ -43,7 +44,8 @@ def _bits(value: str, allowed: tuple[int, ...], option: str) -> tuple[int, ...]:
 @seed_option
 @click.option("--force", is_flag=True, help="Recompute every stage even when its inputs did not change.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
-def command(model_ref, weights, input_shape, data, budget, w_bits, a_bits, weight_range, epochs, order, lr, batches,
+def command(model_ref, weights, input_shape, data, budget, w_bits, a_bits, weight_range, epochs, order, lr, step_lr,
+            batches,
             batch_size, target, baseline, runs, max_drop, device, seed, force, out):
     """Analyze, allocate, fine-tune, export and validate: every artefact in OUT.
 
@@ -56,7 +58,7 @@ def command(model_ref, weights, input_shape, data, budget, w_bits, a_bits, weigh
     cfg = QuantizeConfig(model_ref=model_ref, weights=weights, input_shape=parse_input_shape(input_shape), data=data,
                          budget=budget, w_bits=_bits(w_bits, (2, 3, 4, 8), "--w-bits"),
                          a_bits=_bits(a_bits, (4, 8), "--a-bits"), weight_range=weight_range, epochs=epochs,
-                         order=order, lr=lr,
+                         order=order, lr=lr, step_lr=step_lr,
                          analysis_batches=batches, analysis_batch_size=batch_size, target=target, device=device,
                          seed=seed, baseline=baseline, latency_runs=runs, max_drop=max_drop, force=force)
     s = run_quantize(cfg, out, progress=True, say=lambda line: click.echo(line, err=True))
