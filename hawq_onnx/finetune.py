@@ -18,9 +18,10 @@ Training: AdamW (default) or SGD with momentum on the weights and biases; the st
 gradient and are updated by Adam in log space (``LogAdam``), because the folded network's
 weights need a small learning rate (no BatchNorm left to absorb the curvature: SGD diverges on
 ResNet20 from lr 1e-3) at which a plain optimizer leaves the step sizes where calibration put them.
-With ``step_lr`` the quantized layers' weights train with ``StepAdamW`` instead, their updates in
-units of their channel's quantization step: the folded channels' magnitudes differ tenfold, and a
-2-bit layer's step is four to ten times a 4-bit one's, so one absolute rate cannot suit them all. Linear
+With ``step_lr`` AdamW becomes ``StepAdamW``, which gives the quantized layers' weights their
+updates in units of their channel's quantization step: the folded channels' magnitudes differ
+tenfold, and on ResNet20 a 2-bit layer's median step is up to fifteen times a 4-bit one's, so one
+absolute rate cannot suit them all. Linear
 warm-up then cosine decay within each stage, optional distillation from the float model (KL
 on temperature-softened logits plus cross-entropy), seeded data order and augmentation.
 """

@@ -18,6 +18,16 @@ def _broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
         return False
 
 
+def _adam_moments(state: dict, g: torch.Tensor, beta1: float, beta2: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adam's bias-corrected first and second moments of ``g``, after this step's update of ``state``."""
+    if not state:
+        state["t"], state["m"], state["v"] = 0, torch.zeros_like(g), torch.zeros_like(g)
+    state["t"] += 1
+    state["m"].mul_(beta1).add_(g, alpha=1 - beta1)
+    state["v"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
+    return state["m"] / (1 - beta1 ** state["t"]), state["v"] / (1 - beta2 ** state["t"])
+
+
 class LogAdam(torch.optim.Optimizer):
     """Adam in log space for step sizes: s <- s * exp(-lr * m_hat / (sqrt(v_hat) + eps)) on g = s * dL/ds.
 
@@ -36,15 +46,7 @@ class LogAdam(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                state = self.state[p]
-                if not state:
-                    state["t"], state["m"], state["v"] = 0, torch.zeros_like(p), torch.zeros_like(p)
-                state["t"] += 1
-                g = p.grad * p
-                state["m"].mul_(beta1).add_(g, alpha=1 - beta1)
-                state["v"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
-                m_hat = state["m"] / (1 - beta1 ** state["t"])
-                v_hat = state["v"] / (1 - beta2 ** state["t"])
+                m_hat, v_hat = _adam_moments(self.state[p], p.grad * p, beta1, beta2)
                 p.mul_(torch.exp(-group["lr"] * m_hat / (v_hat.sqrt() + group["eps"])))
 
 
@@ -77,15 +79,9 @@ class StepAdamW(torch.optim.Optimizer):
             for i, p in enumerate(group["params"]):
                 if p.grad is None:
                     continue
-                state = self.state[p]
-                if not state:
-                    state["t"], state["m"], state["v"] = 0, torch.zeros_like(p), torch.zeros_like(p)
-                state["t"] += 1
                 p.mul_(1 - group["lr"] * group["weight_decay"])
-                state["m"].mul_(beta1).add_(p.grad, alpha=1 - beta1)
-                state["v"].mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-                update = (state["m"] / (1 - beta1 ** state["t"])) / (
-                    (state["v"] / (1 - beta2 ** state["t"])).sqrt() + group["eps"])
+                m_hat, v_hat = _adam_moments(self.state[p], p.grad, beta1, beta2)
+                update = m_hat / (v_hat.sqrt() + group["eps"])
                 if group["units"] is not None:
                     update = update * group["units"][i]
                 p.add_(update, alpha=-group["lr"])

@@ -45,8 +45,7 @@ def _bits(value: str, allowed: tuple[int, ...], option: str) -> tuple[int, ...]:
 @click.option("--force", is_flag=True, help="Recompute every stage even when its inputs did not change.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 def command(model_ref, weights, input_shape, data, budget, w_bits, a_bits, weight_range, epochs, order, lr, step_lr,
-            batches,
-            batch_size, target, baseline, runs, max_drop, device, seed, force, out):
+            batches, batch_size, target, baseline, runs, max_drop, device, seed, force, out):
     """Analyze, allocate, fine-tune, export and validate: every artefact in OUT.
 
     Without --model and --data it runs the embedded default: the zoo's digits CNN on
