@@ -40,8 +40,7 @@ def main() -> None:
     qmodel = quantize_model(folded, plan).eval()
     layers = {name: q for name, q in quant_layers(qmodel).items() if q.weight_quant is not None}
     originals = {name: q.layer.weight.detach().clone() for name, q in layers.items()}
-    steps = {name: q.weight_quant.effective_scale().detach().reshape((-1,) + (1,) * (originals[name].dim() - 1))
-             for name, q in layers.items()}
+    steps = {name: q.weight_quant.channel_scale(originals[name].dim()).detach() for name, q in layers.items()}
     print(f"{'layer':18s} bits  within {args.band:g} step of a threshold")
     for name, q in layers.items():
         v = originals[name] / steps[name]

@@ -109,8 +109,12 @@ class WeightFakeQuant(nn.Module):
     def effective_scale(self) -> torch.Tensor:
         return _positive(self.scale)
 
+    def channel_scale(self, ndim: int) -> torch.Tensor:
+        """The effective scale shaped (C, 1, ...) to broadcast over a weight of ``ndim`` dimensions."""
+        return self.effective_scale().reshape((-1,) + (1,) * (ndim - 1))
+
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        s = self.effective_scale().reshape((-1,) + (1,) * (w.dim() - 1))
+        s = self.channel_scale(w.dim())
         grad_factor = 1.0 / math.sqrt(w.numel() * self.qmax)  # LSQ's 1/sqrt(N * qmax)
         return FakeQuantSTE.apply(w, s, self.zero_point, self.qmin, self.qmax, grad_factor)
 

@@ -279,8 +279,8 @@ def _step_groups(qmodel: nn.Module, groups: list[dict[str, Any]], lr: float, ste
     units = {}
     for q in quant_layers(qmodel).values():
         if q.enabled and q.weight_quant is not None:
-            w = q.layer.weight
-            units[id(w)] = q.weight_quant.effective_scale().detach().clone().reshape((-1,) + (1,) * (w.dim() - 1))
+            # effective_scale() is a fresh tensor (abs, clamp), so detaching it is enough.
+            units[id(q.layer.weight)] = q.weight_quant.channel_scale(q.layer.weight.dim()).detach()
     split: list[dict[str, Any]] = []
     for g in groups:
         stepped = [p for p in g["params"] if id(p) in units]
@@ -347,8 +347,9 @@ def _train_stage(qmodel: nn.Module, steps: int, cfg: _Training, desc: str) -> di
 
 
 def _check_options(*, order: str, epochs: float | None, steps: int | None, optimizer: str, lr: float | None,
-                   step_lr: float | None, batch_size: int, data_fraction: float, distill_weight: float, temperature: float,
-                   final_share: float, warmup: float, scale_lr: float, observer: str, augment: str) -> float:
+                   step_lr: float | None, batch_size: int, data_fraction: float, distill_weight: float,
+                   temperature: float, final_share: float, warmup: float, scale_lr: float, observer: str,
+                   augment: str) -> float:
     """One-line errors for bad settings; returns the learning rate to use."""
     if order not in ORDERS:
         raise HawqError(f"unknown order {order!r}; use one of {', '.join(ORDERS)}")
