@@ -75,6 +75,10 @@ def test_second_run_reuses_every_stage_and_force_recomputes_one(first_run):
     (out / "report.md").write_text("edited")
     edited = run_quantize(QuantizeConfig(**{**FAST, "budget": "10x"}), out, progress=False)
     assert edited.ran == ["validate"]
+    # --step-lr reaches fine-tuning: it reruns from there, and the plan records it.
+    stepped = run_quantize(QuantizeConfig(**{**FAST, "budget": "10x", "step_lr": 0.01}), out, progress=False)
+    assert stepped.reused == ["analyze", "allocate"]
+    assert load_plan(out / "quantized.plan.json").calibration["step_lr"] == 0.01
 
 
 def test_out_must_be_a_folder(tmp_path):
