@@ -3,7 +3,7 @@
     python benchmarks/bench_allocate.py [--budget 13x] [--seed 0] [--repeats 5]
 
 ResNet20's 20 layers (names, parameter counts and MACs from the zoo model, randomly initialised),
-||Q(W) - W||^2 measured on those weights with hawq_onnx.quantization, Hessian traces per parameter
+||Q(W) - W||^2 measured on those weights with hawq_onnx.core.grid, Hessian traces per parameter
 drawn log-uniformly in [1e-3, 1] (seeded) and a synthetic input-activation term. Larger shapes
 (ResNet56, ResNet50 on ImageNet) time the exact frontier and the HiGHS ILP.
 """
@@ -16,13 +16,13 @@ import time
 
 import numpy as np
 import torch
-
-from hawq_onnx.allocation import allocate, build_problem
-from hawq_onnx.layers import describe_layers, quantizable_modules
 from hawq_onnx.models.registry import ZOO
-from hawq_onnx.pareto import pareto_frontier
-from hawq_onnx.quantization import WEIGHT_BITS, weight_perturbation
-from hawq_onnx.sensitivity_report import LayerSensitivity, SensitivityReport
+
+from hawq_onnx.allocation.pareto import pareto_frontier
+from hawq_onnx.allocation.solve import allocate, build_problem
+from hawq_onnx.core.grid import WEIGHT_BITS, weight_perturbation
+from hawq_onnx.core.layers import describe_layers, quantizable_modules
+from hawq_onnx.io.sensitivity_report import LayerSensitivity, SensitivityReport
 
 
 def zoo_report(name: str, seed: int) -> SensitivityReport:

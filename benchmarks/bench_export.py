@@ -15,7 +15,7 @@ Models, all from the same BN-folded float ResNet20:
   split, MSE weight scales): its accuracy is PTQ's at 2 bits, not HAWQ's fine-tuned figure.
   With --quantized (a finetune checkpoint) its weights and calibrated plan are used instead.
 
-Latency: ``hawq_onnx.latency.measure_latency`` (FACTS.md's protocol): one process-wide pool of
+Latency: ``hawq_onnx.validation.latency.measure_latency`` (FACTS.md's protocol): one process-wide pool of
 --threads threads shared by all sessions in a child process, warm-up, then runs interleaved
 model by model, medians per batch size. The machine may be shared: ratios are side by side,
 absolute times drift.
@@ -36,20 +36,23 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from hawq_onnx import fake_quant
-from hawq_onnx.artifacts import write_json
-from hawq_onnx.data import load_data
-from hawq_onnx.export import float_onnx, save_onnx
-from hawq_onnx.finetune import fold_copy, predict_scores, restore_quantized
-from hawq_onnx.kernel_census import is_integer_op
-from hawq_onnx.latency import measure_latency
-from hawq_onnx.layers import describe_layers
-from hawq_onnx.model_source import load_model, model_fingerprint
-from hawq_onnx.onnx_inspect import inspect_onnx, tensor_bytes
-from hawq_onnx.ort_eval import agreement, logit_error_steps
-from hawq_onnx.ort_baseline import ort_int8
-from hawq_onnx.plan import LayerPlan, Plan, load_plan
-from hawq_onnx.qdq_export import quantize_onnx
+from hawq_onnx.core.bn_fold import fold_copy
+from hawq_onnx.core.layers import describe_layers
+from hawq_onnx.core.onnx_inspect import inspect_onnx, tensor_bytes
+from hawq_onnx.io.atomic import write_json
+from hawq_onnx.io.plan import LayerPlan, Plan, load_plan
+from hawq_onnx.onnx_export.float_onnx import float_onnx, save_onnx
+from hawq_onnx.onnx_export.qdq import quantize_onnx
+from hawq_onnx.qat import fake_quant
+from hawq_onnx.qat.region_grids import reference_model
+from hawq_onnx.qat.checkpoint import restore_quantized
+from hawq_onnx.qat.finetune import predict_scores
+from hawq_onnx.sources.data import load_data
+from hawq_onnx.sources.model import load_model, model_fingerprint
+from hawq_onnx.validation.kernel_census import is_integer_op
+from hawq_onnx.validation.latency import measure_latency
+from hawq_onnx.validation.ort_baseline import ort_int8
+from hawq_onnx.validation.ort_eval import agreement, logit_error_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -155,8 +158,8 @@ def main() -> None:
         paths[label] = out_dir / f"model.{label}.onnx"
         save_onnx(exported.model, paths[label])
         # The file against two PyTorch references: the plan alone, and the plan as exported (with
-        # the grids the file adds between layers, hawq_onnx.region_grids).
-        refs = {name: predict_scores(fake_quant.quantize_model(module, p), x_test, batch_size=500)
+        # the grids the file adds between layers, hawq_onnx.qat.region_grids).
+        refs = {name: predict_scores(reference_model(module, p), x_test, batch_size=500)
                 for name, p in (("plan", plan), ("exported_plan", exported.plan))}
         logits = ort_scores(paths[label], x_test, args.threads)
         ratio = sum(lp.params * 32 for lp in plan.layers) / sum(lp.params * (lp.w_bits or 32) for lp in plan.layers)

@@ -33,15 +33,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hawq_onnx.allocation import allocate
-from hawq_onnx.artifacts import write_json
-from hawq_onnx.data import load_data
+from hawq_onnx.allocation.solve import allocate
 from hawq_onnx.errors import HawqError
-from hawq_onnx.finetune import finetune
-from hawq_onnx.model_source import load_model
-from hawq_onnx.plan import Plan, save_plan
-from hawq_onnx.sensitivity import analyze_model
-from hawq_onnx.sensitivity_report import SensitivityReport, load_sensitivity, save_sensitivity
+from hawq_onnx.io.atomic import write_json
+from hawq_onnx.io.plan import Plan, save_plan
+from hawq_onnx.io.sensitivity_report import SensitivityReport, load_sensitivity, save_sensitivity
+from hawq_onnx.qat.finetune import finetune
+from hawq_onnx.sensitivity.hessian import analyze_model
+from hawq_onnx.sources.data import load_data
+from hawq_onnx.sources.model import load_model
 
 W_BITS = (2, 4, 8)
 A_BITS = (4,)  # inside the network; the first and last layer are pinned to 8/8 by allocate

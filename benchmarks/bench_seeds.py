@@ -27,14 +27,16 @@ from pathlib import Path
 
 import torch
 
-from hawq_onnx.artifacts import sha256_file, write_json
-from hawq_onnx.data import load_data
-from hawq_onnx.export import save_onnx
-from hawq_onnx.finetune import finetune, fold_copy, save_quantized
-from hawq_onnx.model_source import load_model, model_fingerprint
-from hawq_onnx.ort_eval import accuracy, model_io, open_session, predict
-from hawq_onnx.plan import load_plan, save_plan
-from hawq_onnx.qdq_export import export_plan
+from hawq_onnx.core.bn_fold import fold_copy
+from hawq_onnx.io.atomic import sha256_file, write_json
+from hawq_onnx.io.plan import load_plan, save_plan
+from hawq_onnx.onnx_export.float_onnx import save_onnx
+from hawq_onnx.onnx_export.qdq import export_plan
+from hawq_onnx.qat.checkpoint import save_quantized
+from hawq_onnx.qat.finetune import finetune
+from hawq_onnx.sources.data import load_data
+from hawq_onnx.sources.model import load_model, model_fingerprint
+from hawq_onnx.validation.ort_eval import accuracy, model_io, open_session, predict
 
 
 def parse_seeds(text: str) -> list[int]:

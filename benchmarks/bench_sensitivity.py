@@ -6,7 +6,7 @@
 
 One batch: the first 256 CIFAR-10 test images; the BN-folded model, as `hawq-onnx analyze` sees it.
 
-Ours: `hawq_onnx.sensitivity.analyze` (first-order graph built once and reused by every product,
+Ours: `hawq_onnx.sensitivity.hessian.analyze` (first-order graph built once and reused by every product,
 Hutch++ sketch, power iteration from its Ritz vector, deflated Hutchinson stopped on the standard
 error <= trace_tol x |trace|).
 
@@ -33,11 +33,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hawq_onnx.bn_fold import fold_batchnorm
-from hawq_onnx.data import load_data
-from hawq_onnx.layers import quantizable_modules
-from hawq_onnx.model_source import load_model
-from hawq_onnx.sensitivity import analyze
+from hawq_onnx.core.bn_fold import fold_batchnorm
+from hawq_onnx.core.layers import quantizable_modules
+from hawq_onnx.sensitivity.hessian import analyze
+from hawq_onnx.sources.data import load_data
+from hawq_onnx.sources.model import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

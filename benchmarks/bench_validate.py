@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hawq_onnx.bn_fold import fold_batchnorm
-from hawq_onnx.data import load_data
-from hawq_onnx.export import float_onnx, save_onnx
-from hawq_onnx.latency import measure_latency
-from hawq_onnx.model_source import load_model
-from hawq_onnx.ort_baseline import ort_int8
-from hawq_onnx.validate import validate
+from hawq_onnx.core.bn_fold import fold_batchnorm
+from hawq_onnx.onnx_export.float_onnx import float_onnx, save_onnx
+from hawq_onnx.sources.data import load_data
+from hawq_onnx.sources.model import load_model
+from hawq_onnx.validation.latency import measure_latency
+from hawq_onnx.validation.ort_baseline import ort_int8
+from hawq_onnx.validation.validate import validate
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 

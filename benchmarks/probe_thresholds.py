@@ -17,10 +17,11 @@ import argparse
 
 import torch
 
-from hawq_onnx.data import load_data
-from hawq_onnx.fake_quant import quant_layers, quantize_model
-from hawq_onnx.finetune import evaluate, restore_quantized
-from hawq_onnx.model_source import load_model
+from hawq_onnx.qat.checkpoint import restore_quantized
+from hawq_onnx.qat.fake_quant import quant_layers, quantize_model
+from hawq_onnx.qat.finetune import evaluate
+from hawq_onnx.sources.data import load_data
+from hawq_onnx.sources.model import load_model
 
 
 def main() -> None:

@@ -8,11 +8,11 @@ from __future__ import annotations
 import argparse
 
 import torch
-
-from hawq_onnx.artifacts import write_with
-from hawq_onnx.data import load_data
 from hawq_onnx.models.digits_cnn import train
 from hawq_onnx.models.registry import ZOO
+
+from hawq_onnx.io.atomic import write_with
+from hawq_onnx.sources.data import load_data
 
 
 def main() -> None:

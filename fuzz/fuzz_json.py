@@ -51,26 +51,26 @@ def run_target(target: str, path: Path, art: Artifacts) -> str:
     """One broken file through one command, in a fresh output folder beside it."""
     out = Path(tempfile.mkdtemp(prefix="out-", dir=path.parent))
     if target == "allocate":
-        from hawq_onnx.plan import load_plan
+        from hawq_onnx.io.plan import load_plan
 
         plan = out / "plan.json"
         return run_cli(["allocate", "--sensitivity", str(path), "--budget", "6x", "--out", str(plan)], [plan], out,
                        lambda: load_plan(plan))
     if target == "export":
-        from hawq_onnx.ort_session import open_session
+        from hawq_onnx.core.ort_session import open_session
 
         model = out / "q.onnx"
         return run_cli(["export", "--plan", str(path), "--out", str(model)], [model], out,
                        lambda: open_session(model))
     if target == "finetune":
-        from hawq_onnx.finetune import load_quantized
-        from hawq_onnx.plan import load_plan
+        from hawq_onnx.io.plan import load_plan
+        from hawq_onnx.io.quantized_checkpoint import load_quantized
 
         q, p = out / "q.pt", out / "q.plan.json"
         return run_cli(["finetune", "--plan", str(path), "--order", "ptq", "--out", str(q)], [q, p], out,
                        lambda: (load_quantized(q), load_plan(p)))
     if target == "package":
-        from hawq_onnx.bundle import read_bundle
+        from hawq_onnx.deploy.bundle import read_bundle
 
         bundle = out / "bundle"
         return run_cli(["package", str(art.qdq_onnx), "--report", str(path), "--out", str(bundle)], [bundle], out,

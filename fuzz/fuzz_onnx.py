@@ -25,7 +25,6 @@ from onnx_mutations import mutate  # noqa: E402
 def seed_models() -> list[bytes]:
     """The digits CNN's float and quantized (QDQ) exports, and any fuzz/seeds/*.onnx."""
     import onnx
-
     from seed_artifacts import cached_artifacts
 
     art = cached_artifacts()
@@ -38,9 +37,9 @@ def seed_models() -> list[bytes]:
 
 def run_targets(path: str) -> str:
     """'ok' or 'clean'; anything else raises (a traceback in the CLI would be a bug)."""
+    from hawq_onnx.core.onnx_inspect import format_inspection, inspect_onnx
+    from hawq_onnx.core.ort_session import open_session
     from hawq_onnx.errors import HawqError
-    from hawq_onnx.onnx_inspect import format_inspection, inspect_onnx
-    from hawq_onnx.ort_session import open_session
 
     try:
         format_inspection(inspect_onnx(path))

@@ -40,7 +40,7 @@ def run_validate(art: Artifacts, path: Path, broken_float: bool) -> str:
 
 
 def run_package(path: Path) -> str:
-    from hawq_onnx.bundle import read_bundle
+    from hawq_onnx.deploy.bundle import read_bundle
 
     out = Path(tempfile.mkdtemp(prefix="out-", dir=path.parent))
     bundle = out / "bundle"

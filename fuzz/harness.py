@@ -93,7 +93,10 @@ def speedups(patch: Callable[[object, str, object], None] = setattr, single_thre
     """
     import torch
 
-    from hawq_onnx import data, export, finetune, qdq_export
+    from hawq_onnx.onnx_export import float_onnx as export
+    from hawq_onnx.onnx_export import qdq as qdq_export
+    from hawq_onnx.qat import finetune
+    from hawq_onnx.sources import data
 
     if single_thread:
         torch.set_num_threads(1)  # no OpenMP pool in the parent: forked children stay safe

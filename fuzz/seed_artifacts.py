@@ -34,11 +34,11 @@ class Artifacts:
 
 def sensitivity_report(loaded):
     """A valid sensitivity report of ``loaded`` (a LoadedModel): real perturbations, synthetic traces."""
-    from hawq_onnx.finetune import fold_copy
-    from hawq_onnx.layers import describe_layers
-    from hawq_onnx.model_source import model_fingerprint
-    from hawq_onnx.quantization import WEIGHT_BITS, weight_perturbation
-    from hawq_onnx.sensitivity_report import LayerSensitivity, SensitivityReport
+    from hawq_onnx.core.bn_fold import fold_copy
+    from hawq_onnx.core.grid import WEIGHT_BITS, weight_perturbation
+    from hawq_onnx.core.layers import describe_layers
+    from hawq_onnx.io.sensitivity_report import LayerSensitivity, SensitivityReport
+    from hawq_onnx.sources.model import model_fingerprint
 
     folded = fold_copy(loaded.module, loaded.input_shape)
     modules = dict(folded.named_modules())
@@ -59,14 +59,16 @@ def sensitivity_report(loaded):
 def build_artifacts(folder: str | Path, budget: str = "4x", qdq: bool = True) -> Artifacts:
     import torch
 
-    from hawq_onnx.allocation import allocate
-    from hawq_onnx.artifacts import sha256_file
-    from hawq_onnx.data import load_data
-    from hawq_onnx.export import float_onnx, save_onnx
-    from hawq_onnx.finetune import finetune, fold_copy, save_quantized
-    from hawq_onnx.model_source import load_model
-    from hawq_onnx.plan import save_plan
-    from hawq_onnx.sensitivity_report import save_sensitivity
+    from hawq_onnx.allocation.solve import allocate
+    from hawq_onnx.core.bn_fold import fold_copy
+    from hawq_onnx.io.atomic import sha256_file
+    from hawq_onnx.io.plan import save_plan
+    from hawq_onnx.io.sensitivity_report import save_sensitivity
+    from hawq_onnx.onnx_export.float_onnx import float_onnx, save_onnx
+    from hawq_onnx.qat.checkpoint import save_quantized
+    from hawq_onnx.qat.finetune import finetune
+    from hawq_onnx.sources.data import load_data
+    from hawq_onnx.sources.model import load_model
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -88,7 +90,7 @@ def build_artifacts(folder: str | Path, budget: str = "4x", qdq: bool = True) ->
     float_path = save_onnx(proto, folder / "model.float.onnx")
     qdq_path = None
     if qdq:
-        from hawq_onnx.qdq_export import quantize_onnx
+        from hawq_onnx.onnx_export.qdq import quantize_onnx
 
         exported = quantize_onnx(folded, loaded.input_shape, result.plan, dataset.calib.x, float_model=proto)
         qdq_path = save_onnx(exported.model, folder / "model.qdq.onnx")

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from hawq_onnx.artifacts import read_json, sha256_file, write_json
 from hawq_onnx.errors import HawqError
+from hawq_onnx.io.atomic import read_json, sha256_file, write_json
 
 log = logging.getLogger(__name__)
 
@@ -116,20 +116,22 @@ def _file_id(path: str | Path | None) -> str | None:
 def run_quantize(cfg: QuantizeConfig, out_dir: str | Path, *, progress: bool = True,
                  say: Callable[[str], None] = lambda line: None) -> QuantizeSummary:
     """Run every stage into ``out_dir`` and return the figures of the final validation."""
-    from hawq_onnx.allocation import allocate
-    from hawq_onnx.allocation_plot import plot_pareto
-    from hawq_onnx.data import load_data, resolve_source, sample_shape
-    from hawq_onnx.export import float_onnx, save_onnx
-    from hawq_onnx.fake_quant import quantize_model
-    from hawq_onnx.finetune import finetune, fold_copy, predict_scores, restore_quantized, save_quantized
-    from hawq_onnx.model_source import load_model
-    from hawq_onnx.plan import load_plan, save_plan
-    from hawq_onnx.qdq_export import quantize_onnx
-    from hawq_onnx.report import write_markdown, write_result_json
-    from hawq_onnx.sensitivity import analyze_model
-    from hawq_onnx.sensitivity_plot import plot_sensitivity
-    from hawq_onnx.sensitivity_report import load_sensitivity, save_sensitivity
-    from hawq_onnx.validate import validate
+    from hawq_onnx.allocation.plot import plot_pareto
+    from hawq_onnx.allocation.solve import allocate
+    from hawq_onnx.core.bn_fold import fold_copy
+    from hawq_onnx.io.plan import load_plan, save_plan
+    from hawq_onnx.io.sensitivity_report import load_sensitivity, save_sensitivity
+    from hawq_onnx.onnx_export.float_onnx import float_onnx, save_onnx
+    from hawq_onnx.onnx_export.qdq import quantize_onnx
+    from hawq_onnx.qat.checkpoint import restore_quantized, save_quantized
+    from hawq_onnx.qat.finetune import finetune, predict_scores
+    from hawq_onnx.qat.region_grids import reference_model
+    from hawq_onnx.sensitivity.hessian import analyze_model
+    from hawq_onnx.sensitivity.plot import plot_sensitivity
+    from hawq_onnx.sources.data import load_data, resolve_source, sample_shape
+    from hawq_onnx.sources.model import load_model
+    from hawq_onnx.validation.report import write_markdown, write_result_json
+    from hawq_onnx.validation.validate import validate
 
     start = time.perf_counter()
     out = Path(out_dir)
@@ -200,7 +202,7 @@ def run_quantize(cfg: QuantizeConfig, out_dir: str | Path, *, progress: bool = T
                  "distill": cfg.distill, "data_fraction": cfg.data_fraction, "seed": cfg.seed}
 
     def finetune_stage() -> None:
-        from hawq_onnx.model_source import model_fingerprint
+        from hawq_onnx.sources.model import model_fingerprint
 
         fingerprint = model_fingerprint(fold_copy(loaded.module, loaded.input_shape))
         plan = load_plan(files["plan.json"], fingerprint)
@@ -234,7 +236,7 @@ def run_quantize(cfg: QuantizeConfig, out_dir: str | Path, *, progress: bool = T
 
     def validate_stage() -> None:
         tuned, _ = restore_quantized(loaded, files["quantized.pt"])
-        qmodel = quantize_model(tuned.cpu(), load_plan(files["model.qdq.plan.json"]))
+        qmodel = reference_model(tuned.cpu(), load_plan(files["model.qdq.plan.json"]))
 
         def reference(x):  # the fake-quant model the file should reproduce, on the CPU like the file
             return predict_scores(qmodel, x)

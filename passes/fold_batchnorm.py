@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-
 from hawq_onnx.passes.graph_edit import NameScope, add_initializer, constant_array, int_attr, nodes_of, sole_user
 
 

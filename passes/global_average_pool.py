@@ -11,7 +11,6 @@ is known, with keepdims=1.
 from __future__ import annotations
 
 import onnx_ir as ir
-
 from hawq_onnx.passes.graph_edit import constant_array, int_attr, nodes_of
 
 

@@ -41,10 +41,10 @@ from typing import Mapping, Sequence, Union
 import ml_dtypes
 import numpy as np
 import onnx_ir as ir
-
-from hawq_onnx.errors import HawqError
 from hawq_onnx.passes.graph_edit import NameScope, add_initializer, is_activation, make_node, pads_with_zero, sole_user
-from hawq_onnx.quantization import activation_qparams, activation_qrange
+
+from hawq_onnx.core.grid import activation_qparams, activation_qrange
+from hawq_onnx.errors import HawqError
 
 INTEGER_OPS = ("Add", "Mul", "Concat", "AveragePool", "GlobalAveragePool")
 MOVE_OPS = ("Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Pad", "MaxPool", "Identity")
@@ -290,7 +290,7 @@ def off_plan_grids(graph: ir.Graph, placements: Mapping[str, TensorPlacement], e
     """Tensor -> its shared grid, where some consumer other than a planned layer's input reads it.
 
     These are the grids the plan does not describe: the ones a PyTorch reference must add
-    (``hawq_onnx.region_grids``). A planned layer quantizes its own input to its plan grid.
+    (``hawq_onnx.qat.region_grids``). A planned layer quantizes its own input to its plan grid.
     """
     planned = {(e.node, e.input) for e in edges}
     values = _values_by_name(graph)

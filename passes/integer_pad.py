@@ -18,7 +18,6 @@ sides, and a QuantizeLinear that is the Pad output's only reader.
 from __future__ import annotations
 
 import onnx_ir as ir
-
 from hawq_onnx.passes.graph_edit import nodes_of, pads_with_zero, per_tensor_qparams, sole_user
 
 

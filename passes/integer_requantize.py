@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-
 from hawq_onnx.passes.graph_edit import NameScope, make_node, nodes_of, per_tensor_qparams
 
 EIGHT_BIT = (np.dtype(np.uint8), np.dtype(np.int8))

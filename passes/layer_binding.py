@@ -15,9 +15,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
+from hawq_onnx.passes.graph_edit import constant_array, int_attr
 
 from hawq_onnx.errors import HawqError
-from hawq_onnx.passes.graph_edit import constant_array, int_attr
 
 log = logging.getLogger(__name__)
 

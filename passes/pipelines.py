@@ -20,7 +20,7 @@ inserts activation Q/DQ and the target's rewrites;
 ``cleanup_stage`` removes what became unused, deduplicates small constants, sorts, runs
 the full checker (which infers and checks every type and shape) and drops the intermediate
 shapes from the file. The exporter calibrates between the region and activation
-stages (see ``hawq_onnx.qdq_export``).
+stages (see ``hawq_onnx.onnx_export.qdq``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from typing import Mapping, Sequence
 
 import onnx_ir as ir
 import onnx_ir.passes.common as common
-
 from hawq_onnx.passes.clip_sub_byte_activations import ClipSubByteActivationsPass
 from hawq_onnx.passes.convert_opset import ConvertOpsetPass
 from hawq_onnx.passes.drop_intermediate_shapes import DropIntermediateShapesPass

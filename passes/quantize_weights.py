@@ -25,10 +25,10 @@ from typing import Sequence
 import ml_dtypes
 import numpy as np
 import onnx_ir as ir
-
-from hawq_onnx.errors import HawqError
 from hawq_onnx.passes.graph_edit import NameScope, add_initializer, constant_array, make_node, sole_user
-from hawq_onnx.quantization import bias_scale, quantize_bias, quantize_weight
+
+from hawq_onnx.core.grid import bias_scale, quantize_bias, quantize_weight
+from hawq_onnx.errors import HawqError
 
 # Weight bits -> (ONNX storage type, numpy dtype of that storage).
 STORAGE = {

@@ -22,7 +22,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import onnx_ir as ir
-
 from hawq_onnx.passes.graph_edit import NameScope, is_activation, make_node, nodes_of, sole_user
 from hawq_onnx.passes.insert_activation_qdq import FUSED_ACTIVATIONS, INTER_LAYER_BITS, EdgeQuant
 

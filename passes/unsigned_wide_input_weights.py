@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-
 from hawq_onnx.passes.graph_edit import NameScope, add_initializer, constant_array, nodes_of
 
 INT16_MAX = 32767

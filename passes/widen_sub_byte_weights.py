@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-
 from hawq_onnx.passes.graph_edit import NameScope, add_initializer, constant_array, make_node, nodes_of
 
 SUB_BYTE_SIGNED = (ir.DataType.INT4, ir.DataType.INT2)

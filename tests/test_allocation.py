@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from hawq_onnx.allocation import (
+from hawq_onnx.allocation.pareto import Item, pareto_frontier, solve_ilp
+from hawq_onnx.allocation.solve import (
     allocate,
     build_problem,
     curvature,
@@ -20,11 +21,10 @@ from hawq_onnx.allocation import (
     parse_pin,
 )
 from hawq_onnx.cli import cli
+from hawq_onnx.core.grid import WEIGHT_BITS
 from hawq_onnx.errors import HawqError
-from hawq_onnx.pareto import Item, pareto_frontier, solve_ilp
-from hawq_onnx.plan import load_plan, plan_from_json, save_plan
-from hawq_onnx.quantization import WEIGHT_BITS
-from hawq_onnx.sensitivity_report import (
+from hawq_onnx.io.plan import load_plan, plan_from_json, save_plan
+from hawq_onnx.io.sensitivity_report import (
     LayerSensitivity,
     SensitivityReport,
     save_sensitivity,

@@ -49,7 +49,7 @@ def test_allocate_gives_the_same_plan_bytes(art, tmp_path):
 
 def test_quantized_export_gives_the_same_model_bytes(art, tmp_path):
     if art.qdq_onnx is None:
-        pytest.skip("the quantized exporter (hawq_onnx.qdq_export) is not there yet")
+        pytest.skip("the quantized exporter (hawq_onnx.onnx_export.qdq) is not there yet")
     moved = tmp_path / "elsewhere" / "q.pt"
     moved.parent.mkdir()
     shutil.copyfile(art.quantized, moved)

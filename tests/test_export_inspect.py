@@ -14,11 +14,12 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from hawq_onnx.bn_fold import fold_batchnorm
-from hawq_onnx.data import load_data
-from hawq_onnx.export import float_onnx
-from hawq_onnx.onnx_inspect import inspect_onnx
-from hawq_onnx.model_source import load_model
+from hawq_onnx.core.bn_fold import fold_batchnorm
+from hawq_onnx.core.onnx_inspect import inspect_onnx
+from hawq_onnx.onnx_export.float_onnx import float_onnx
+from hawq_onnx.sources.data import load_data
+from hawq_onnx.sources.model import load_model
+
 
 def run_cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-c", "from hawq_onnx.cli import main; main()", *args],
@@ -121,8 +122,8 @@ class _OptionAShortcut(torch.nn.Module):
 
 
 def test_inspect_counts_macs_where_shape_inference_gives_up():
-    from hawq_onnx.export import _export_torchscript
-    from hawq_onnx.onnx_inspect import _infer_shapes_batch1
+    from hawq_onnx.core.onnx_inspect import _infer_shapes_batch1
+    from hawq_onnx.onnx_export.float_onnx import _export_torchscript
 
     with warnings.catch_warnings():  # TorchScript says it cannot constant-fold the strided Slice
         warnings.simplefilter("ignore")

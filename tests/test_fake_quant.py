@@ -9,24 +9,42 @@ import pytest
 import torch
 import torch.nn as nn
 
+from hawq_onnx.core.bn_fold import fold_copy
+from hawq_onnx.core.grid import (
+    activation_qrange,
+    bias_scale,
+    dequantize,
+    fake_quantize_torch,
+    fake_quantize_weight_np,
+    quantize,
+    quantize_bias,
+    weight_qrange,
+    weight_scale,
+)
+from hawq_onnx.core.layers import describe_layers
 from hawq_onnx.errors import HawqError
-from hawq_onnx.fake_quant import (ActivationFakeQuant, FakeQuantSTE, QuantLayer, WeightFakeQuant, calibrate,
-                                  export_plan_scales, quant_layers, quantize_model, set_scale_learning,
-                                  strip_fake_quant)
-from hawq_onnx.finetune import fold_copy
-from hawq_onnx.layers import describe_layers
-from hawq_onnx.model_source import load_model, model_fingerprint
-from hawq_onnx.observers import MinMaxObserver, MSEObserver, PercentileObserver, make_observer
-from hawq_onnx.plan import LayerPlan, Plan, load_plan, save_plan
-from hawq_onnx.quantization import (activation_qrange, bias_scale, dequantize, fake_quantize_torch, fake_quantize_weight_np,
-                                    quantize, quantize_bias, weight_qrange, weight_scale)
+from hawq_onnx.io.plan import LayerPlan, Plan, load_plan, save_plan
+from hawq_onnx.qat.fake_quant import (
+    ActivationFakeQuant,
+    FakeQuantSTE,
+    QuantLayer,
+    WeightFakeQuant,
+    calibrate,
+    export_plan_scales,
+    quant_layers,
+    quantize_model,
+    set_scale_learning,
+    strip_fake_quant,
+)
+from hawq_onnx.qat.observers import MinMaxObserver, MSEObserver, PercentileObserver, make_observer
+from hawq_onnx.sources.model import load_model, model_fingerprint
 
 
 @pytest.fixture(scope="module")
 def digits():
     loaded = load_model("digits-cnn")
     folded = fold_copy(loaded.module, loaded.input_shape)
-    from hawq_onnx.data import load_data
+    from hawq_onnx.sources.data import load_data
 
     return loaded, folded, load_data("digits", loaded.spec)
 

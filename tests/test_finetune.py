@@ -9,16 +9,18 @@ import torch
 from click.testing import CliRunner
 
 from hawq_onnx.cli import cli
-from hawq_onnx.data import load_data
+from hawq_onnx.core.bn_fold import fold_copy
+from hawq_onnx.core.layers import describe_layers
 from hawq_onnx.errors import HawqError
-from hawq_onnx.fake_quant import quant_layers, quantize_model
-from hawq_onnx.finetune import (_step_groups, augment_batch, finetune, fold_copy, load_quantized, order_blocks,
-                                restore_quantized, save_quantized, stage_steps, warmup_cosine)
-from hawq_onnx.layers import describe_layers
-from hawq_onnx.model_source import load_model, model_fingerprint
-from hawq_onnx.optimizers import LogAdam, StepAdamW
-from hawq_onnx.plan import LayerPlan, Plan, load_plan, save_plan
-from hawq_onnx.sensitivity_report import LayerSensitivity, SensitivityReport
+from hawq_onnx.io.plan import LayerPlan, Plan, load_plan, save_plan
+from hawq_onnx.io.quantized_checkpoint import load_quantized
+from hawq_onnx.io.sensitivity_report import LayerSensitivity, SensitivityReport
+from hawq_onnx.qat.checkpoint import restore_quantized, save_quantized
+from hawq_onnx.qat.fake_quant import quant_layers, quantize_model
+from hawq_onnx.qat.finetune import _step_groups, augment_batch, finetune, order_blocks, stage_steps, warmup_cosine
+from hawq_onnx.qat.optimizers import LogAdam, StepAdamW
+from hawq_onnx.sources.data import load_data
+from hawq_onnx.sources.model import load_model, model_fingerprint
 
 
 @pytest.fixture(scope="module")

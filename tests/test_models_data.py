@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from hawq_onnx.models.registry import ZOO
 
 from hawq_onnx.cli import cli
-from hawq_onnx.data import load_data
+from hawq_onnx.core.layers import describe_layers
 from hawq_onnx.errors import HawqError
-from hawq_onnx.layers import describe_layers
-from hawq_onnx.model_source import load_model, model_fingerprint, parse_input_shape
-from hawq_onnx.models.registry import ZOO
+from hawq_onnx.sources.data import load_data
+from hawq_onnx.sources.model import load_model, model_fingerprint, parse_input_shape
 
 
 def test_digits_split_is_fixed_and_stratified():
@@ -87,7 +87,7 @@ def test_user_model_file_and_module(tmp_path):
 
 
 def test_input_shape_from_the_data(tmp_path):
-    from hawq_onnx.data import sample_shape
+    from hawq_onnx.sources.data import sample_shape
 
     f = tmp_path / "mymodel.py"
     f.write_text("import torch.nn as nn\n"

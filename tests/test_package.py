@@ -15,14 +15,14 @@ import pytest
 from click.testing import CliRunner
 from onnx import numpy_helper
 
-import hawq_onnx.package as package
-from hawq_onnx.bn_fold import fold_batchnorm
-from hawq_onnx.bundle import format_manifest, read_bundle
+import hawq_onnx.deploy.package as package
 from hawq_onnx.cli import cli
-from hawq_onnx.data import load_data
+from hawq_onnx.core.bn_fold import fold_batchnorm
+from hawq_onnx.deploy.bundle import format_manifest, read_bundle
 from hawq_onnx.errors import HawqError
-from hawq_onnx.export import float_onnx, save_onnx
-from hawq_onnx.model_source import load_model
+from hawq_onnx.onnx_export.float_onnx import float_onnx, save_onnx
+from hawq_onnx.sources.data import load_data
+from hawq_onnx.sources.model import load_model
 
 BUNDLE_FILES = {"model.onnx", "model.ort", "model.required_operators.config", "manifest.json"}
 

@@ -7,10 +7,10 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import onnxruntime as ort
+from hawq_onnx.passes.clip_sub_byte_activations import ClipSubByteActivationsPass
 from onnx import TensorProto, helper, numpy_helper
 
-from hawq_onnx.passes.clip_sub_byte_activations import ClipSubByteActivationsPass
-from hawq_onnx.quantization import activation_qrange, dequantize, quantize
+from hawq_onnx.core.grid import activation_qrange, dequantize, quantize
 
 SCALE, ZERO_POINT = 0.25, 3
 

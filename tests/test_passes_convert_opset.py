@@ -7,9 +7,8 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-
 from hawq_onnx.passes.convert_opset import ConvertOpsetPass, required_opset
+from onnx import TensorProto, helper, numpy_helper
 
 
 def small_model(opset: int = 21) -> onnx.ModelProto:

@@ -6,9 +6,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
-
 from hawq_onnx.passes.fold_batchnorm import FoldBatchNormPass
+from onnx import TensorProto, helper, numpy_helper
 
 RNG = np.random.default_rng(0)
 

@@ -6,9 +6,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
-
 from hawq_onnx.passes.global_average_pool import ReduceMeanToGlobalAveragePoolPass
+from onnx import TensorProto, helper, numpy_helper
 
 
 def reduce_mean_model(axes: list[int], keepdims: int) -> onnx.ModelProto:

@@ -7,10 +7,6 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from onnx import TensorProto, helper, numpy_helper
-
 from hawq_onnx.passes.clip_sub_byte_activations import ClipSubByteActivationsPass
 from hawq_onnx.passes.insert_activation_qdq import (
     Calibrated,
@@ -23,7 +19,11 @@ from hawq_onnx.passes.insert_activation_qdq import (
     nested_qparams,
     place,
 )
-from hawq_onnx.quantization import activation_qrange, dequantize, quantize
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+
+from hawq_onnx.core.grid import activation_qrange, dequantize, quantize
 
 RNG = np.random.default_rng(0)
 P8 = QParams(8, 0.02, 0)

@@ -9,9 +9,8 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-
 from hawq_onnx.passes.integer_pad import IntegerPadPass
+from onnx import TensorProto, helper, numpy_helper
 
 SCALE, ZERO_POINT = 0.05, 7
 PADS = [0, 2, 0, 0, 0, 2, 0, 0]  # two zero channels on each side, as ResNet's option-A shortcut

@@ -8,9 +8,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
-
 from hawq_onnx.passes.integer_requantize import IntegerRequantizePass
+from onnx import TensorProto, helper, numpy_helper
 
 COARSE_SCALE, COARSE_ZP = 0.4, 2
 

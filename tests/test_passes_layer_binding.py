@@ -7,10 +7,10 @@ import logging
 import numpy as np
 import onnx_ir as ir
 import pytest
+from hawq_onnx.passes.layer_binding import BoundLayer, LayerRequest, bind_layers
 from onnx import TensorProto, helper, numpy_helper
 
 from hawq_onnx.errors import HawqError
-from hawq_onnx.passes.layer_binding import BoundLayer, LayerRequest, bind_layers
 
 RNG = np.random.default_rng(0)
 WEIGHTS = {

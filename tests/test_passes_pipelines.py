@@ -6,13 +6,12 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-
 from hawq_onnx.passes import pipelines
 from hawq_onnx.passes.clip_sub_byte_activations import ClipSubByteActivationsPass
 from hawq_onnx.passes.drop_intermediate_shapes import DropIntermediateShapesPass
 from hawq_onnx.passes.onnx_simplify import OnnxSimplifyPass
 from hawq_onnx.passes.widen_sub_byte_weights import WidenSubByteWeightsPass
+from onnx import TensorProto, helper, numpy_helper
 
 
 def qdq_model() -> onnx.ModelProto:

@@ -7,10 +7,10 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
+from hawq_onnx.passes.quantize_weights import QuantizeWeightsPass, WeightQuantSpec
 from onnx import TensorProto, helper, numpy_helper
 
-from hawq_onnx.passes.quantize_weights import QuantizeWeightsPass, WeightQuantSpec
-from hawq_onnx.quantization import (
+from hawq_onnx.core.grid import (
     bias_scale,
     dequantize,
     fake_quantize_weight_np,

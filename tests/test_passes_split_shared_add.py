@@ -6,10 +6,9 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
-
 from hawq_onnx.passes.insert_activation_qdq import EdgeQuant, Fixed, QParams, place
 from hawq_onnx.passes.split_shared_add import SplitSharedAddPass
+from onnx import TensorProto, helper, numpy_helper
 
 P4 = QParams(4, 0.2345, 0)
 P8 = QParams(8, 0.0123, 0)

@@ -8,9 +8,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
-
 from hawq_onnx.passes.unsigned_wide_input_weights import UnsignedWideInputWeightsPass
+from onnx import TensorProto, helper, numpy_helper
 
 RNG = np.random.default_rng(0)
 C = 8

@@ -10,9 +10,8 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
-
 from hawq_onnx.passes.widen_sub_byte_weights import WidenSubByteWeightsPass
+from onnx import TensorProto, helper, numpy_helper
 
 RNG = np.random.default_rng(0)
 SUB_BYTE = {4: (TensorProto.INT4, ml_dtypes.int4, 7), 2: (TensorProto.INT2, ml_dtypes.int2, 1)}

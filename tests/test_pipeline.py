@@ -12,9 +12,9 @@ import onnxruntime as ort
 import pytest
 
 from hawq_onnx.errors import HawqError
+from hawq_onnx.io.plan import load_plan
+from hawq_onnx.io.sensitivity_report import load_sensitivity
 from hawq_onnx.pipeline import STAGES_FILE, QuantizeConfig, run_quantize
-from hawq_onnx.plan import load_plan
-from hawq_onnx.sensitivity_report import load_sensitivity
 
 FAST = dict(analysis_batch_size=64, latency_runs=0)
 ARTEFACTS = ["sensitivity.json", "sensitivity.png", "plan.json", "pareto.png", "quantized.pt", "quantized.plan.json",

@@ -22,16 +22,20 @@ import pytest
 import torch
 from onnx import TensorProto, numpy_helper
 
-from hawq_onnx import fake_quant, ort_eval
-from hawq_onnx.data import load_data
+from hawq_onnx.core.bn_fold import fold_copy
+from hawq_onnx.core.grid import STORAGE_BITS, quantize_weight, storage_bytes
+from hawq_onnx.core.layers import describe_layers
 from hawq_onnx.errors import HawqError
-from hawq_onnx.export import float_onnx
-from hawq_onnx.finetune import FinetuneResult, finetune, fold_copy, save_quantized
-from hawq_onnx.layers import describe_layers
-from hawq_onnx.model_source import load_model, model_fingerprint
-from hawq_onnx.plan import LayerPlan, Plan, RegionGrid, load_plan, plan_from_json, save_plan
-from hawq_onnx.qdq_export import export_plan, observe_ranges, plan_only_onnx, prepare, quantize_onnx
-from hawq_onnx.quantization import STORAGE_BITS, quantize_weight, storage_bytes
+from hawq_onnx.io.plan import LayerPlan, Plan, RegionGrid, load_plan, plan_from_json, save_plan
+from hawq_onnx.onnx_export.float_onnx import float_onnx
+from hawq_onnx.onnx_export.qdq import export_plan, observe_ranges, plan_only_onnx, prepare, quantize_onnx
+from hawq_onnx.qat import fake_quant
+from hawq_onnx.qat.region_grids import reference_model
+from hawq_onnx.qat.checkpoint import save_quantized
+from hawq_onnx.qat.finetune import FinetuneResult, finetune
+from hawq_onnx.sources.data import load_data
+from hawq_onnx.sources.model import load_model, model_fingerprint
+from hawq_onnx.validation import ort_eval
 
 TESTS = Path(__file__).resolve().parent
 # Every weight width and storage type (INT8, INT4 with 3 and 4 bits, INT2), 8-bit activations.
@@ -54,7 +58,7 @@ def calibrated_plan(folded: torch.nn.Module, input_shape, bits: dict, calib_x: n
 
 
 def reference_logits(folded, plan: Plan, x: np.ndarray) -> np.ndarray:
-    qmodel = fake_quant.quantize_model(folded, plan)
+    qmodel = reference_model(folded, plan)
     with torch.no_grad():
         return qmodel(torch.from_numpy(x)).numpy()
 
@@ -134,7 +138,7 @@ def test_region_grids_round_trip_through_plan_json(digits, exported_a4, tmp_path
     alien = Plan(again.model, again.fingerprint, again.layers,
                  region_grids=[RegionGrid("no_such_node", "t", 8, 0.1, 0)])
     with pytest.raises(HawqError, match="region grids name 1 tensor"):
-        fake_quant.quantize_model(folded, alien)
+        reference_model(folded, alien)
 
 
 @pytest.mark.parametrize("grids, message", [

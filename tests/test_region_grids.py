@@ -1,4 +1,4 @@
-"""Naming the exporter's grids between layers in PyTorch (hawq_onnx.region_grids), piece by piece."""
+"""Naming the exporter's grids between layers in PyTorch (hawq_onnx.qat.region_grids), piece by piece."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import pytest
 import torch
 import torch.nn as nn
 
+from hawq_onnx.core.grid import fake_quantize_torch
 from hawq_onnx.errors import HawqError
-from hawq_onnx.fake_quant import QuantLayer
-from hawq_onnx.plan import RegionGrid
-from hawq_onnx.quantization import fake_quantize_torch
-from hawq_onnx.region_grids import apply_region_grids, match, node_values, trace
+from hawq_onnx.io.plan import RegionGrid
+from hawq_onnx.onnx_export.region_match import match, node_values
+from hawq_onnx.qat.fake_quant import QuantLayer
+from hawq_onnx.qat.region_grids import apply_region_grids, trace
 
 
 class Residual(nn.Module):

@@ -241,11 +241,11 @@ def make_bad_inputs(b: Path, a: Artifacts) -> None:
 
     # A plan for WeightReadInForward, which cannot be quantized as planned: uncalibrated, and
     # calibrated by hand (scales from the weights) for the exporter.
-    from hawq_onnx.allocation import allocate
-    from hawq_onnx.finetune import fold_copy
-    from hawq_onnx.model_source import load_model
-    from hawq_onnx.plan import ActivationQuant, save_plan
-    from hawq_onnx.quantization import weight_scale
+    from hawq_onnx.allocation.solve import allocate
+    from hawq_onnx.core.bn_fold import fold_copy
+    from hawq_onnx.core.grid import weight_scale
+    from hawq_onnx.io.plan import ActivationQuant, save_plan
+    from hawq_onnx.sources.model import load_model
 
     loaded = load_model(f"{b / 'models.py'}:weight_read_in_forward")
     plan = allocate(sensitivity_report(loaded), "4x", w_bits=(4, 8), a_bits=(8,), pin_ends=False)
@@ -653,8 +653,8 @@ def test_gate_failure_exits_1_after_writing_the_reports(env, tmp_path):
 
 def test_check_output_path_probes_the_folder_for_real(tmp_path, monkeypatch):
     """Permission bits do not stop root: the check creates (and removes) a file to know."""
-    from hawq_onnx import artifacts
     from hawq_onnx.errors import HawqError
+    from hawq_onnx.io import atomic as artifacts
 
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
@@ -670,8 +670,8 @@ def test_check_output_path_probes_the_folder_for_real(tmp_path, monkeypatch):
 
 def test_a_write_that_fails_leaves_the_old_file(tmp_path, monkeypatch):
     """Disk full mid-write: one-line error, the old file intact, no temporary file left."""
-    from hawq_onnx import artifacts
     from hawq_onnx.errors import HawqError
+    from hawq_onnx.io import atomic as artifacts
 
     target = tmp_path / "plan.json"
     target.write_text("old")
@@ -686,8 +686,8 @@ def test_a_write_that_fails_leaves_the_old_file(tmp_path, monkeypatch):
 
 
 def test_atomic_writer_never_replaces_a_device_or_folder(tmp_path):
-    from hawq_onnx import artifacts
     from hawq_onnx.errors import HawqError
+    from hawq_onnx.io import atomic as artifacts
 
     os.mkfifo(tmp_path / "fifo")
     (tmp_path / "folder").mkdir()
@@ -699,7 +699,7 @@ def test_atomic_writer_never_replaces_a_device_or_folder(tmp_path):
 
 
 def test_writing_through_a_symlink_replaces_the_link_not_its_target(tmp_path):
-    from hawq_onnx import artifacts
+    from hawq_onnx.io import atomic as artifacts
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -715,7 +715,7 @@ def test_writing_through_a_symlink_replaces_the_link_not_its_target(tmp_path):
 
 def test_plan_loader_refuses_wrong_types(env):
     from hawq_onnx.errors import HawqError
-    from hawq_onnx.plan import plan_from_json
+    from hawq_onnx.io.plan import plan_from_json
 
     good = json.loads((env.a / "quantized.plan.json").read_text())
     plan_from_json(copy.deepcopy(good))

@@ -14,8 +14,8 @@ from torch.func import functional_call
 
 from hawq_onnx.cli import cli
 from hawq_onnx.errors import HawqError
-from hawq_onnx.sensitivity import analyze
-from hawq_onnx.sensitivity_report import load_sensitivity
+from hawq_onnx.io.sensitivity_report import load_sensitivity
+from hawq_onnx.sensitivity.hessian import analyze
 
 
 class MLP(nn.Module):
@@ -280,8 +280,8 @@ def test_cli_on_digits_writes_loadable_json_and_png(tmp_path):
         assert all(layer.perturbation["mse-full"][b] <= v for b, v in layer.perturbation["mse"].items())
     assert set(report.layers[0].perturbation["mse"]) == {"2", "3", "4", "8"}
     # the fingerprint is the BN-folded model's, as the plan and the exporter see it
-    from hawq_onnx.bn_fold import fold_batchnorm
-    from hawq_onnx.model_source import load_model, model_fingerprint
+    from hawq_onnx.core.bn_fold import fold_batchnorm
+    from hawq_onnx.sources.model import load_model, model_fingerprint
 
     loaded = load_model("digits-cnn")
     fold_batchnorm(loaded.module, loaded.spec.input_shape)

@@ -17,20 +17,20 @@ import onnx
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
+from hawq_onnx.models.registry import ZOO
 from onnx import TensorProto, helper, numpy_helper
 
-from hawq_onnx.bn_fold import fold_batchnorm
 from hawq_onnx.cli import cli
-from hawq_onnx.data import load_data
+from hawq_onnx.core.bn_fold import fold_batchnorm
 from hawq_onnx.errors import HawqError
-from hawq_onnx.export import float_onnx, save_onnx
-from hawq_onnx.kernel_census import is_integer_op, kernel_census
-from hawq_onnx.latency import measure_latency
-from hawq_onnx.model_source import load_model
-from hawq_onnx.models.registry import ZOO
-from hawq_onnx.ort_baseline import ort_int8
-from hawq_onnx.sensitivity_report import LayerSensitivity, SensitivityReport, save_sensitivity
-from hawq_onnx.validate import MEAN_KEY, STD_KEY, validate
+from hawq_onnx.io.sensitivity_report import LayerSensitivity, SensitivityReport, save_sensitivity
+from hawq_onnx.onnx_export.float_onnx import float_onnx, save_onnx
+from hawq_onnx.sources.data import load_data
+from hawq_onnx.sources.model import load_model
+from hawq_onnx.validation.kernel_census import is_integer_op, kernel_census
+from hawq_onnx.validation.latency import measure_latency
+from hawq_onnx.validation.ort_baseline import ort_int8
+from hawq_onnx.validation.validate import MEAN_KEY, STD_KEY, validate
 
 LAYERS = ("stem", "block_conv1", "block_conv2", "down", "conv", "fc")
 INT4_LAYERS = ("block_conv1", "down")
@@ -138,8 +138,8 @@ def test_integer_kernels_against_the_file_run_unoptimized(pair, digits, caplog):
     assert r.to_json()["models"]["quantized"]["kernels"]["agreement_with_unoptimized"] == pytest.approx(expected)
     # A session that computes something else than the file says is flagged (as U8S8 saturation is
     # on CPUs without VNNI): here the "deployed" scores are another sample's.
-    from hawq_onnx.ort_eval import model_io, open_session
-    from hawq_onnx.validate import _kernel_agreement
+    from hawq_onnx.validation.ort_eval import model_io, open_session
+    from hawq_onnx.validation.validate import _kernel_agreement
 
     io = model_io(open_session(pair["int8"], 1), pair["int8"])
     scores = ort.InferenceSession(str(pair["int8"]), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]

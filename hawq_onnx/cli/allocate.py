@@ -36,7 +36,7 @@ def command(sensitivity, budget, w_bits, a_bits, metric, scale_method, weight_ra
     """Choose each layer's weight and activation bits: the lowest total Omega within the budget (exact)."""
     import time
 
-    from hawq_onnx.allocation import (
+    from hawq_onnx.allocation.solve import (
         allocate,
         curvature,
         format_bops,
@@ -44,11 +44,11 @@ def command(sensitivity, budget, w_bits, a_bits, metric, scale_method, weight_ra
         parse_bits,
         parse_pin,
     )
-    from hawq_onnx.artifacts import check_output_path, sha256_file
+    from hawq_onnx.core.grid import ACTIVATION_BITS, WEIGHT_BITS
     from hawq_onnx.errors import HawqError
-    from hawq_onnx.plan import save_plan
-    from hawq_onnx.quantization import ACTIVATION_BITS, WEIGHT_BITS
-    from hawq_onnx.sensitivity_report import load_sensitivity
+    from hawq_onnx.io.atomic import check_output_path, sha256_file
+    from hawq_onnx.io.plan import save_plan
+    from hawq_onnx.io.sensitivity_report import load_sensitivity
 
     check_output_path(out, (sensitivity,))
     if plot is not None:
@@ -92,7 +92,7 @@ def command(sensitivity, budget, w_bits, a_bits, metric, scale_method, weight_ra
     save_plan(plan, out)
     click.echo(f"wrote {out}")
     if plot is not None:
-        from hawq_onnx.allocation_plot import plot_pareto
+        from hawq_onnx.allocation.plot import plot_pareto
 
         plot_pareto(plan, plot)
         click.echo(f"wrote {plot}")

@@ -27,11 +27,11 @@ from hawq_onnx.cli._options import data_option, device_option, model_options, se
 def command(model_ref, weights, input_shape, data, batches, batch_size, eig_tol, max_iter, trace_tol, max_probes,
             sketch, device, seed, out, plot):
     """Top Hessian eigenvalue and trace of every quantizable layer (HAWQ, HAWQ-V2)."""
-    from hawq_onnx.artifacts import check_output_path
-    from hawq_onnx.data import load_data, resolve_source, sample_shape
-    from hawq_onnx.model_source import load_model, parse_input_shape
-    from hawq_onnx.sensitivity import analyze_model
-    from hawq_onnx.sensitivity_report import save_sensitivity
+    from hawq_onnx.io.atomic import check_output_path
+    from hawq_onnx.io.sensitivity_report import save_sensitivity
+    from hawq_onnx.sensitivity.hessian import analyze_model
+    from hawq_onnx.sources.data import load_data, resolve_source, sample_shape
+    from hawq_onnx.sources.model import load_model, parse_input_shape
 
     check_output_path(out, (weights,))
     if plot:
@@ -51,7 +51,7 @@ def command(model_ref, weights, input_shape, data, batches, batch_size, eig_tol,
     click.echo(f"analysed {len(report.layers)} layers on {report.settings['samples']} training samples "
                f"in {report.seconds:.1f} s; wrote {out}")
     if plot:
-        from hawq_onnx.sensitivity_plot import plot_sensitivity
+        from hawq_onnx.sensitivity.plot import plot_sensitivity
 
         plot_sensitivity(report, plot)
         click.echo(f"wrote {plot}")

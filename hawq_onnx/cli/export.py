@@ -27,9 +27,9 @@ def command(model_ref, weights, input_shape, plan_path, quantized_path, target, 
     The quantized export calibrates the 8-bit tensors between planned layers (residual adds,
     pooling, conv outputs) on --data (default: the data the plan was calibrated on).
     """
-    from hawq_onnx.artifacts import check_output_path
-    from hawq_onnx.export import save_onnx
-    from hawq_onnx.model_source import parse_input_shape
+    from hawq_onnx.io.atomic import check_output_path
+    from hawq_onnx.onnx_export.float_onnx import save_onnx
+    from hawq_onnx.sources.model import parse_input_shape
 
     check_output_path(out, (weights, plan_path, quantized_path))
     if plan_out is not None:
@@ -40,9 +40,9 @@ def command(model_ref, weights, input_shape, plan_path, quantized_path, target, 
         check_output_path(plan_out, (weights, plan_path, quantized_path))
     shape = parse_input_shape(input_shape)
     if plan_path is None and quantized_path is None:
-        from hawq_onnx.bn_fold import fold_batchnorm
-        from hawq_onnx.export import float_onnx
-        from hawq_onnx.model_source import load_model
+        from hawq_onnx.core.bn_fold import fold_batchnorm
+        from hawq_onnx.onnx_export.float_onnx import float_onnx
+        from hawq_onnx.sources.model import load_model
 
         if data is not None or target != "ort-cpu" or plan_out is not None:
             raise click.UsageError("--data, --target and --plan-out apply to the quantized export "
@@ -54,13 +54,13 @@ def command(model_ref, weights, input_shape, plan_path, quantized_path, target, 
         click.echo(f"wrote {out} ({proto.ByteSize():,} bytes, opset {proto.opset_import[0].version})")
         return
 
-    from hawq_onnx.qdq_export import export_plan
+    from hawq_onnx.onnx_export.qdq import export_plan
 
     exported = export_plan(model_ref, weights, shape, plan_path, quantized_path, target=target, data=data,
                            progress=True)
     save_onnx(exported.model, out)
     if plan_out is not None:
-        from hawq_onnx.plan import save_plan
+        from hawq_onnx.io.plan import save_plan
 
         save_plan(exported.plan, plan_out)
     layers = ", ".join(f"{k}: {v}" for k, v in exported.bits_histogram().items())

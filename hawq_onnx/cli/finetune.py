@@ -46,12 +46,14 @@ def default_plan_out(out: str) -> Path:
 def command(model_ref, weights, input_shape, data, plan_path, sensitivity, order, epochs, steps, optimizer, lr,
             step_lr, batch_size, distill, distill_weight, temperature, data_fraction, seed, device, out, plan_out):
     """Quantize a model as its plan says and fine-tune it (HAWQ order), or calibrate only (ptq)."""
-    from hawq_onnx.artifacts import check_output_path
-    from hawq_onnx.data import load_data, resolve_source, sample_shape
-    from hawq_onnx.finetune import finetune, fold_copy, save_quantized
-    from hawq_onnx.model_source import load_model, model_fingerprint, parse_input_shape
-    from hawq_onnx.plan import load_plan, save_plan
-    from hawq_onnx.sensitivity_report import load_sensitivity
+    from hawq_onnx.core.bn_fold import fold_copy
+    from hawq_onnx.io.atomic import check_output_path
+    from hawq_onnx.io.plan import load_plan, save_plan
+    from hawq_onnx.io.sensitivity_report import load_sensitivity
+    from hawq_onnx.qat.checkpoint import save_quantized
+    from hawq_onnx.qat.finetune import finetune
+    from hawq_onnx.sources.data import load_data, resolve_source, sample_shape
+    from hawq_onnx.sources.model import load_model, model_fingerprint, parse_input_shape
 
     plan_out = plan_out or str(default_plan_out(out))
     inputs = (weights, plan_path, sensitivity)

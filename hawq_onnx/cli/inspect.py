@@ -12,8 +12,8 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print the table (or the bundle manifest) as JSON.")
 def command(model_path, as_json):
     """Per-layer weights, bits, MACs and bytes of an ONNX model, or a `package` bundle (folder or .zip)."""
-    from hawq_onnx.bundle import format_manifest, is_bundle, read_bundle
-    from hawq_onnx.onnx_inspect import format_inspection, inspect_onnx
+    from hawq_onnx.core.onnx_inspect import format_inspection, inspect_onnx
+    from hawq_onnx.deploy.bundle import format_manifest, is_bundle, read_bundle
 
     if is_bundle(model_path):
         manifest = read_bundle(model_path).manifest

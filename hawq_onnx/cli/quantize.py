@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import click
 
-from hawq_onnx.cli._options import (data_option, device_option, model_options, seed_option, step_lr_option,
-                                   weight_range_option)
+from hawq_onnx.cli._options import (
+    data_option,
+    device_option,
+    model_options,
+    seed_option,
+    step_lr_option,
+    weight_range_option,
+)
 
 
 def _bits(value: str, allowed: tuple[int, ...], option: str) -> tuple[int, ...]:
@@ -51,8 +57,8 @@ def command(model_ref, weights, input_shape, data, budget, w_bits, a_bits, weigh
     Without --model and --data it runs the embedded default: the zoo's digits CNN on
     scikit-learn's digits.
     """
-    from hawq_onnx.model_source import parse_input_shape
     from hawq_onnx.pipeline import QuantizeConfig, run_quantize
+    from hawq_onnx.sources.model import parse_input_shape
 
     cfg = QuantizeConfig(model_ref=model_ref, weights=weights, input_shape=parse_input_shape(input_shape), data=data,
                          budget=budget, w_bits=_bits(w_bits, (2, 3, 4, 8), "--w-bits"),

@@ -49,10 +49,10 @@ def _batch_sizes(ctx, param, value: str) -> tuple[int, ...]:
 def command(float_path, quant_path, data, model_ref, input_shape, threads, batch_sizes, runs, warmup, provider,
             baseline, baseline_out, sensitivity, limit, eval_batch_size, json_out, report_out, max_drop):
     """Measure a quantized ONNX model against its float original under ONNX Runtime."""
-    from hawq_onnx.artifacts import check_output_path
-    from hawq_onnx.model_source import parse_input_shape
-    from hawq_onnx.report import format_table, plot_paths, write_markdown, write_result_json
-    from hawq_onnx.validate import validate
+    from hawq_onnx.io.atomic import check_output_path
+    from hawq_onnx.sources.model import parse_input_shape
+    from hawq_onnx.validation.report import format_table, plot_paths, write_markdown, write_result_json
+    from hawq_onnx.validation.validate import validate
 
     inputs = (float_path, quant_path, sensitivity)
     for out in (json_out if json_out != "-" else None, report_out, baseline_out,

@@ -1,0 +1,1 @@
+"""Stage 2: bits per layer under size and BOPs budgets, solved exactly, and the Pareto frontier."""

@@ -1,0 +1,1 @@
+"""Stage 6: .ort bundles with their operator config and manifest."""

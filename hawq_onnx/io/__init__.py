@@ -1,0 +1,1 @@
+"""Atomic writes, and the artefacts' formats: sensitivity.json, plan.json, quantized.pt."""

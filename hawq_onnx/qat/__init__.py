@@ -1,0 +1,1 @@
+"""Stage 3: fake quantization, calibration and quantization-aware fine-tuning in HAWQ order."""

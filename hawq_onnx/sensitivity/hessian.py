@@ -1,0 +1,576 @@
+"""Per-layer Hessian sensitivity: the top eigenvalue and the trace of each layer's Hessian block.
+
+For every quantizable layer i (Conv1d/Conv2d/Linear, BN folded) and the training loss
+L = sum_b (n_b / N) L_b over the analysis batches (model in eval mode), on the block
+H_i = d^2 L / dW_i^2:
+
+- top eigenvalue (HAWQ): power iteration v <- H_i v / ||H_i v||, eigenvalue = v^T H_i v (the
+  normalised Rayleigh quotient), stopped when it changes by less than ``eig_tol`` relatively or
+  after ``max_iter`` products. It finds the eigenvalue of largest magnitude and keeps its sign:
+  a negative one is reported with status "indefinite", a block with H_i v = 0 with status "zero".
+- trace (HAWQ-V2): Hutchinson's estimator E[z^T H_i z] = tr(H_i), Rademacher z, with the
+  variance reduction of Hutch++ (Meyer, Musco, Musco, Woodruff 2021): with Q an orthonormal
+  basis of H_i S for a random sketch S, tr(H_i) = tr(Q^T H_i Q) + tr((I - QQ^T) H_i (I - QQ^T))
+  exactly; the first term is computed, the second estimated by Hutchinson with deflated probes
+  z - Q Q^T z. Probes continue until the standard error is below ``trace_tol`` x |trace| (at
+  least ``min_probes``, at most ``max_probes``). ``sketch=0`` is plain Hutchinson. The sketch also
+  gives the Ritz vector that starts the power iteration, so it converges in a few products.
+- activation trace (HAWQ-V2 weighs activations too): Hutchinson's estimate of the trace of the
+  loss Hessian w.r.t. the layer's INPUT as the layer sees it, per sample (the mean of the
+  per-sample traces), plus the mean per-sample ||Q(x) - x||^2 at 4 and 8 activation bits.
+
+How the products are formed. A layer's output o = f(x, W) (bias aside) is linear in W and in x,
+so the block is a sandwich around the Hessian w.r.t. the output, exactly, whatever the rest of
+the model: H_i v = J^T (d^2 L / do^2) (J v) with J v = f(x, v) and J^T g the layer's weight
+gradient; for the input, z^T H_x z = u^T (d^2 L / do^2) u with u = f(z, W). (d^2 L / do^2) u is
+one double backward through the first-order graph dL/do, built ONCE per batch with
+create_graph=True and reused (retain_graph) by every product of every layer. A layer called
+more than once per forward pass feeds its own later input, so o is not linear in W there: its
+block is taken by double backward w.r.t. W itself, from the same graph.
+
+Cost model (F forward, B backward, D_i one double backward from the loss down to layer i,
+which costs about 2-3x (F + B) of the part of the network after layer i):
+- per batch, once: F + B with create_graph (graphs are kept in memory up to
+  ``max_cached_samples`` samples, about 3 MB per CIFAR sample for ResNet20; beyond, every round
+  rebuilds them, F + B per batch per round, shared by all layers of the round);
+- per layer: 2 x sketch + power iterations + trace probes (+ activation probes, at most
+  ``act_max_probes``) products, each one D_i per batch; a naive loop pays F + B + D_i per product.
+Layers run in lockstep (one round = the next product of every unfinished layer), so rebuilt
+graphs are shared, and each layer stops on its own tolerances.
+
+Measured on ResNet20 (one batch of 256, folded, CPU; benchmarks/bench_sensitivity.py):
+- one probe over ALL layers at once (cross terms vanish in expectation) is NOT used: the cross
+  terms dominate its variance, 2-25x the per-probe standard deviation of a per-layer probe
+  (layer3.2.conv2: 8.9 vs 0.35 of the trace), far more than the per-layer products cost;
+- ``torch.autograd.grad(..., is_grads_batched=True)`` (vmap over probes) is 1.0-1.4x SLOWER per
+  vector than separate products on CPU, so products are formed one by one;
+- plain Hutchinson needs ~(0.3-0.5 / trace_tol)^2 probes per layer (0.3-0.5 relative standard
+  deviation per probe); after a 16-vector Hutch++ sketch the residual's is 0.01-0.06, and the
+  power iteration from the sketch's Ritz vector converges in 2-4 products instead of 6-24.
+
+Seeds: every layer draws from its own ``torch.Generator`` seeded from ``seed`` and the layer
+name, so a layer's result does not depend on which other layers are analysed or on the device.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import sys
+import time
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from hawq_onnx.core import grid as quantization
+from hawq_onnx.core.layers import describe_layers, quantizable_modules
+from hawq_onnx.errors import HawqError
+from hawq_onnx.io.sensitivity_report import LayerSensitivity, SensitivityReport, perturbation_key
+
+if TYPE_CHECKING:
+    from hawq_onnx.sources.data import Dataset
+    from hawq_onnx.sources.model import LoadedModel
+
+log = logging.getLogger(__name__)
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# A layer's program yields a weight-space vector v (and receives H_i v) or INPUT_PROBE (and
+# receives one Hutchinson sample z^T H_x z of the input-activation Hessian).
+INPUT_PROBE = "input-probe"
+
+NO_LAYER = "the model has no quantizable layer (Conv1d, Conv2d or Linear): nothing to analyse"
+DEFAULTS: dict[str, Any] = {"eig_tol": 1e-3, "max_iter": 100, "trace_tol": 1e-2, "min_probes": 8, "max_probes": 200,
+                            "sketch": 16, "act_tol": 0.1, "act_max_probes": 32}
+
+
+@dataclass(frozen=True)
+class Eigen:
+    value: float
+    iterations: int
+    converged: bool
+    zero: bool = False
+
+
+@dataclass(frozen=True)
+class Trace:
+    value: float
+    std_error: float
+    probes: int
+    converged: bool
+
+
+# --- the algorithms: generators that yield a vector v and receive the product H v ------------
+
+def rademacher(n: int, gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    """+-1 entries drawn on the CPU (the same numbers on every device)."""
+    return (torch.randint(0, 2, (n,), generator=gen) * 2 - 1).to(dtype=like.dtype, device=like.device)
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.dot(a.double(), b.double()))
+
+
+def hutchpp_sketch(dim: int, size: int, gen: torch.Generator, like: torch.Tensor):
+    """Q, an orthonormal basis of H S for a Rademacher sketch S (dim x size), and T = Q^T H Q.
+
+    Q comes from a Householder QR: orthonormal even where H S is rank deficient (a zero block,
+    dim < size), and the Hutch++ identity holds for any orthonormal Q. 2 x size products."""
+    sketch = []
+    for _ in range(size):
+        sketch.append((yield rademacher(dim, gen, like)))
+    q, _ = torch.linalg.qr(torch.stack(sketch, 1))
+    hq = []
+    for k in range(q.shape[1]):
+        hq.append((yield q[:, k].contiguous()))
+    t = (q.T @ torch.stack(hq, 1)).double()
+    return q, (t + t.T) / 2
+
+
+def power_iteration(v0: torch.Tensor, tol: float, max_iter: int):
+    """Dominant eigenpair by power iteration; the eigenvalue is the Rayleigh quotient v^T H v."""
+    v = v0 / v0.norm()
+    eigenvalue, previous = 0.0, None
+    for iteration in range(1, max_iter + 1):
+        hv = yield v
+        eigenvalue = _dot(v, hv)  # ||v|| = 1
+        norm = float(hv.norm())
+        if not norm > torch.finfo(hv.dtype).tiny:  # H v = 0: a (numerically) zero block
+            return Eigen(0.0, iteration, True, zero=True)
+        if previous is not None and abs(eigenvalue - previous) <= tol * abs(eigenvalue):
+            return Eigen(eigenvalue, iteration, True)
+        previous = eigenvalue
+        v = hv / norm
+    return Eigen(eigenvalue, max_iter, False)
+
+
+def _mean_and_error(samples: list[float]) -> tuple[float, float]:
+    x = np.asarray(samples, np.float64)
+    return float(x.mean()), float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else math.inf
+
+
+def deflated_hutchinson(q: torch.Tensor, exact: float, tol: float, min_probes: int, max_probes: int,
+                        gen: torch.Generator):
+    """tr(H) = exact + E[z^T H z] over Rademacher z deflated by Q (exact = tr(Q^T H Q));
+    stops when the standard error of the estimate is <= tol x |estimate|."""
+    dim = q.shape[0]
+    if q.shape[1] >= dim:  # the sketch spans the whole block: the trace is exact
+        return Trace(exact, 0.0, 0, True)
+    samples: list[float] = []
+    mean, error = 0.0, math.inf
+    while len(samples) < max_probes:
+        z = rademacher(dim, gen, q)
+        if q.shape[1]:
+            z = z - q @ (q.T @ z)
+        samples.append(_dot(z, (yield z)))
+        if len(samples) >= min_probes:
+            mean, error = _mean_and_error(samples)
+            if error <= tol * abs(exact + mean):
+                break
+    return Trace(exact + mean, error, len(samples), error <= tol * abs(exact + mean))
+
+
+def input_hutchinson(tol: float, min_probes: int, max_probes: int):
+    """Hutchinson's trace of the input-activation Hessian: the engine draws each probe."""
+    samples: list[float] = []
+    mean, error = 0.0, math.inf
+    while len(samples) < max_probes:
+        samples.append((yield INPUT_PROBE))
+        if len(samples) >= min_probes:
+            mean, error = _mean_and_error(samples)
+            if error <= tol * abs(mean):
+                break
+    return Trace(mean, error, len(samples), error <= tol * abs(mean))
+
+
+def layer_program(dim: int, like: torch.Tensor, gen: torch.Generator, *, sketch: int, eig_tol: float,
+                  max_iter: int, trace_tol: float, min_probes: int, max_probes: int, act_tol: float,
+                  act_max_probes: int):
+    """One layer's analysis: Hutch++ sketch -> power iteration from its top Ritz vector ->
+    deflated Hutchinson trace -> input-activation trace."""
+    if sketch > 0:
+        q, t = yield from hutchpp_sketch(dim, min(sketch, dim), gen, like)
+        ritz_values, ritz_vectors = torch.linalg.eigh(t)
+        top = int(ritz_values.abs().argmax())
+        v0 = q @ ritz_vectors[:, top].to(q.dtype)
+        exact = float(torch.trace(t))
+    else:
+        q, exact = like.new_zeros(dim, 0), 0.0
+        v0 = torch.randn(dim, generator=gen).to(like)
+    eigen = yield from power_iteration(v0, eig_tol, max_iter)
+    trace = yield from deflated_hutchinson(q, exact, trace_tol, min_probes, max_probes, gen)
+    act = Trace(0.0, 0.0, 0, True)
+    if act_max_probes > 0:
+        act = yield from input_hutchinson(act_tol, min(min_probes, act_max_probes), act_max_probes)
+    return eigen, trace, act
+
+
+# --- the engine: block products from per-batch first-order graphs ---------------------------
+
+def _bias_free(module: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """f(x, W): the layer without its bias, linear in x and in W."""
+    if isinstance(module, nn.Linear):
+        return F.linear
+    return lambda x, w: module._conv_forward(x, w, None)
+
+
+@dataclass
+class _Call:
+    x: torch.Tensor       # the layer's input (a private copy: later in-place ops cannot touch it)
+    o: torch.Tensor       # the layer's output, a node of the batch graph
+    grad_o: torch.Tensor  # dL/do, built with create_graph=True
+
+
+class _BatchGraph:
+    """One batch's forward and first-order backward, kept for double backward."""
+
+    def __init__(self, model: nn.Module, modules: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor,
+                 loss_fn: LossFn, weight: float, shared: Sequence[str]) -> None:
+        self.weight = weight
+        captured: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {name: [] for name in modules}
+
+        def hook(name: str):
+            def fn(mod: nn.Module, inputs, output):
+                if not output.requires_grad:  # nothing upstream needs a gradient: a fresh leaf is exact
+                    output = output.detach().requires_grad_(True)
+                captured[name].append((inputs[0].detach().clone(), output))
+                return output.clone()  # in-place ops downstream (ReLU(inplace)) must not rewrite `output`
+            return fn
+
+        handles = [m.register_forward_hook(hook(name)) for name, m in modules.items()]
+        try:
+            with torch.enable_grad():
+                loss = loss_fn(model(x), y)
+        finally:
+            for h in handles:
+                h.remove()
+        self.loss = float(loss.detach())
+        if not math.isfinite(self.loss):
+            raise HawqError(f"the loss is not finite ({self.loss}) on an analysis batch; check the weights and data")
+        outputs = [o for calls in captured.values() for _, o in calls]
+        shared_weights = [modules[name].weight for name in shared]
+        with torch.enable_grad():
+            grads = torch.autograd.grad(loss, outputs + shared_weights, create_graph=True, allow_unused=True)
+        it = iter(grads)
+        self.calls = {name: [_Call(x_in, o, g) for (x_in, o), g in zip(calls, it) if g is not None]
+                      for name, calls in captured.items()}
+        # A layer called more than once feeds its own later input: its output is no longer linear
+        # in W, so its block is taken by double backward w.r.t. W itself.
+        self.weight_grads = {name: (w, g) for name, w, g in zip(shared, shared_weights, it)}
+
+    def _output_hessian(self, calls: list[_Call], u: list[torch.Tensor]) -> list[torch.Tensor]:
+        hu = torch.autograd.grad([c.grad_o for c in calls], [c.o for c in calls], u,
+                                 retain_graph=True, allow_unused=True)
+        return [torch.zeros_like(c.o) if h is None else h for c, h in zip(calls, hu)]
+
+    def weight_hvp(self, name: str, f, weight: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """H_W v = J^T (d2L/do2) J v for this batch."""
+        if name in self.weight_grads:
+            w, g = self.weight_grads[name]
+            hv = None if g is None else torch.autograd.grad(g, w, v, retain_graph=True, allow_unused=True)[0]
+            return torch.zeros_like(v) if hv is None else hv
+        calls = self.calls[name]
+        if not calls:
+            return torch.zeros_like(v)
+        hu = self._output_hessian(calls, [f(c.x, v) for c in calls])
+        with torch.enable_grad():
+            w = torch.zeros_like(weight, requires_grad=True)
+            out = sum((f(c.x, w) * h).sum() for c, h in zip(calls, hu))
+            return torch.autograd.grad(out, w)[0]
+
+    def input_quadratic(self, name: str, f, weight: torch.Tensor, gen: torch.Generator) -> float:
+        """One Hutchinson sample z^T H_x z with z Rademacher over this batch's layer inputs."""
+        calls = self.calls[name]
+        if not calls:
+            return 0.0
+        u = [f(rademacher(c.x.numel(), gen, c.x).view_as(c.x), weight) for c in calls]
+        hu = self._output_hessian(calls, u)
+        return sum(_dot(a.flatten(), b.flatten()) for a, b in zip(u, hu))
+
+
+class _Products:
+    """Hessian-block products summed over batches, weighted by batch size."""
+
+    def __init__(self, model: nn.Module, modules: dict[str, nn.Module], batches: Sequence[Batch],
+                 loss_fn: LossFn, device: torch.device, cache: bool, shared: Sequence[str]) -> None:
+        self.model, self.modules, self.loss_fn, self.device, self.shared = model, modules, loss_fn, device, shared
+        self.batches = batches
+        total = sum(len(y) for _, y in batches)
+        self.weights = [len(y) / total for _, y in batches]
+        self.cache: list[_BatchGraph] | None = list(self._build()) if cache else None
+        self.f = {name: _bias_free(m) for name, m in modules.items()}
+
+    def _build(self) -> Iterable[_BatchGraph]:
+        for (x, y), w in zip(self.batches, self.weights):
+            yield _BatchGraph(self.model, self.modules, x.to(self.device), y.to(self.device), self.loss_fn, w,
+                              self.shared)
+
+    def graphs(self) -> Iterable[_BatchGraph]:
+        return self.cache if self.cache is not None else self._build()
+
+    def round(self, requests: dict[str, Any], gens: dict[str, torch.Generator],
+              seconds: dict[str, float]) -> dict[str, Any]:
+        """The next product of every layer in `requests`, in one pass over the batch graphs."""
+        replies: dict[str, Any] = {name: 0.0 if req is INPUT_PROBE else None for name, req in requests.items()}
+        for graph in self.graphs():
+            for name, req in requests.items():
+                start = time.perf_counter()
+                weight = self.modules[name].weight.detach()
+                if req is INPUT_PROBE:
+                    replies[name] += graph.weight * graph.input_quadratic(name, self.f[name], weight, gens[name])
+                else:
+                    hv = graph.weight_hvp(name, self.f[name], weight, req.view_as(weight)).flatten()
+                    if not torch.isfinite(hv).all():
+                        raise HawqError(f"layer {name}: a Hessian-vector product is not finite; check the model and data")
+                    replies[name] = graph.weight * hv if replies[name] is None else replies[name] + graph.weight * hv
+                seconds[name] += time.perf_counter() - start
+        return replies
+
+
+# --- observers: activation ranges and quantization perturbations ------------------------------
+
+@dataclass
+class _InputStats:
+    calls: int                     # calls per forward pass
+    elements: int                  # input elements per sample, all calls
+    perturbation: dict[str, float]  # a_bits -> mean per-sample ||Q(x) - x||^2
+
+
+def _input_perturbation(model: nn.Module, modules: dict[str, nn.Module], batches: Sequence[Batch],
+                        device: torch.device) -> dict[str, _InputStats]:
+    """Per layer: calls, input elements per sample and the mean per-sample ||Q(x) - x||^2 per a_bits.
+
+    Two no-grad passes: an observer of the input range (min/max), then Q with the per-tensor
+    qparams of that range. A layer called several times counts all its inputs."""
+    lo = {n: math.inf for n in modules}
+    hi = {n: -math.inf for n in modules}
+    elements = {n: 0 for n in modules}
+    calls = {n: 0 for n in modules}
+    squared = {n: {b: 0.0 for b in quantization.ACTIVATION_BITS} for n in modules}
+    qparams: dict[str, dict[int, tuple[float, int]]] = {}
+    first_batch = True
+
+    def observe(name: str):
+        def fn(mod, inputs):
+            x = inputs[0].detach()
+            lo[name], hi[name] = min(lo[name], float(x.min())), max(hi[name], float(x.max()))
+            if first_batch:
+                elements[name] += x[0].numel()
+                calls[name] += 1
+        return fn
+
+    def perturb(name: str):
+        def fn(mod, inputs):
+            x = inputs[0].detach().float().cpu().numpy()
+            for bits, (scale, zero_point) in qparams[name].items():
+                qmin, qmax = quantization.activation_qrange(bits)
+                xq = quantization.dequantize(quantization.quantize(x, scale, zero_point, qmin, qmax), scale, zero_point)
+                squared[name][bits] += float(((xq.astype(np.float64) - x) ** 2).sum())
+        return fn
+
+    def run(hook) -> None:
+        nonlocal first_batch
+        handles = [m.register_forward_pre_hook(hook(n)) for n, m in modules.items()]
+        try:
+            with torch.no_grad():
+                for x, _ in batches:
+                    model(x.to(device))
+                    first_batch = False
+        finally:
+            for h in handles:
+                h.remove()
+
+    run(observe)
+    qparams.update({n: {b: quantization.activation_qparams(lo[n], hi[n], b) for b in quantization.ACTIVATION_BITS}
+                    for n in modules if elements[n]})
+    run(lambda n: perturb(n) if n in qparams else (lambda mod, inputs: None))
+    total = sum(len(y) for _, y in batches)
+    return {n: _InputStats(calls[n], elements[n], {str(b): v / total for b, v in squared[n].items()} if n in qparams else {})
+            for n in modules}
+
+
+def weight_perturbations(weight: torch.Tensor) -> dict[str, dict[str, float]]:
+    """||Q(W) - W||^2 for every candidate bit width, scale method and weight range (HAWQ-V2's Omega).
+
+    Keyed ``perturbation_key(method, weight_range)``: ``maxabs``, ``mse``, ``maxabs-full``, ``mse-full``.
+    """
+    w = weight.detach().float().cpu().numpy()
+    tables: dict[str, dict[str, float]] = {}
+    for method in ("maxabs", "mse"):
+        for b in quantization.WEIGHT_BITS:
+            scale = quantization.weight_scale(w, b, method)  # one search serves both ranges
+            for wr in quantization.WEIGHT_RANGES:
+                tables.setdefault(perturbation_key(method, wr), {})[str(b)] = \
+                    quantization.weight_perturbation_at(w, scale, b, wr)
+    return tables
+
+
+# --- public API -------------------------------------------------------------------------------
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise HawqError(f"device {device} requested but CUDA is not available (torch {torch.__version__}); use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise HawqError(f"device {device} is not supported: use cpu or cuda")
+    return dev
+
+
+def _check_settings(eig_tol: float, max_iter: int, trace_tol: float, act_tol: float, min_probes: int,
+                    max_probes: int, sketch: int, act_max_probes: int) -> None:
+    for label, value in (("eigenvalue tolerance", eig_tol), ("trace tolerance", trace_tol),
+                         ("activation trace tolerance", act_tol)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise HawqError(f"{label} must be a positive number, got {value}")
+    if max_iter < 1:
+        raise HawqError(f"max iterations must be at least 1, got {max_iter}")
+    if min_probes < 2:
+        raise HawqError(f"min probes must be at least 2 (a standard error needs two), got {min_probes}")
+    if max_probes < min_probes:
+        raise HawqError(f"max probes ({max_probes}) must be at least min probes ({min_probes})")
+    if sketch < 0 or act_max_probes < 0:
+        raise HawqError(f"sketch size and activation probes must be 0 or more, got {sketch} and {act_max_probes}")
+
+
+def _layer_seed(seed: int, name: str) -> int:
+    return (int(seed) * 1_000_003 + zlib.crc32(name.encode())) % (2 ** 63)
+
+
+def analyze(model: nn.Module, batches: Sequence[Batch], *, layers: Sequence[str] | None = None,
+            loss_fn: LossFn | None = None, eig_tol: float = DEFAULTS["eig_tol"], max_iter: int = DEFAULTS["max_iter"],
+            trace_tol: float = DEFAULTS["trace_tol"], act_tol: float = DEFAULTS["act_tol"],
+            min_probes: int = DEFAULTS["min_probes"], max_probes: int = DEFAULTS["max_probes"],
+            sketch: int = DEFAULTS["sketch"], act_max_probes: int = DEFAULTS["act_max_probes"],
+            activations: bool = True, seed: int = 0, device: str | torch.device = "cpu",
+            max_cached_samples: int = 1024, progress: bool = False) -> list[LayerSensitivity]:
+    """Hessian sensitivity of every quantizable layer (or of ``layers``), in network order.
+
+    ``batches``: (x, y) pairs; ``loss_fn(output, y)`` must average over the batch (default
+    cross-entropy). The model is analysed in eval mode on ``device``; its parameters are not
+    changed (a copy is moved when it lives on another device). The input-activation terms are
+    cheap but capped at ``act_max_probes`` (their standard error is reported, not converged
+    on); ``activations=False`` skips them and leaves the layers without an activation term."""
+    from tqdm import tqdm
+
+    _check_settings(eig_tol, max_iter, trace_tol, act_tol, min_probes, max_probes, sketch, act_max_probes)
+    dev = _resolve_device(device)
+    batches = list(batches)
+    if not batches or any(len(y) == 0 for _, y in batches):
+        raise HawqError("the sensitivity analysis needs at least one non-empty batch")
+    loss_fn = loss_fn or F.cross_entropy
+    if not quantizable_modules(model):
+        raise HawqError(NO_LAYER)
+    if next(model.parameters()).device != dev:
+        model = copy.deepcopy(model).to(dev)
+    all_modules = dict(quantizable_modules(model))
+    names = list(all_modules) if layers is None else list(layers)
+    unknown = [n for n in names if n not in all_modules]
+    if unknown:
+        raise HawqError(f"unknown layer(s) {', '.join(unknown)}; quantizable layers: {', '.join(all_modules)}")
+    if not names:
+        raise HawqError("no layer to analyse")
+    modules = {n: all_modules[n] for n in names}
+
+    was_training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval()
+    for p, _ in flags:  # second derivatives are taken w.r.t. layer outputs: no weight gradients needed
+        p.requires_grad_(False)
+    try:
+        info = {li.name: li for li in describe_layers(model, tuple(batches[0][0].shape[1:]))}
+        inputs = _input_perturbation(model, modules, batches, dev)
+        shared = [n for n in names if inputs[n].calls > 1]
+        for n in shared:
+            modules[n].weight.requires_grad_(True)
+        samples = sum(len(y) for _, y in batches)
+        products = _Products(model, modules, batches, loss_fn, dev, cache=samples <= max_cached_samples, shared=shared)
+        gens = {n: torch.Generator().manual_seed(_layer_seed(seed, n)) for n in names}
+        seconds = {n: 0.0 for n in names}
+        programs = {n: layer_program(modules[n].weight.numel(), modules[n].weight.detach().flatten(), gens[n],
+                                     sketch=sketch, eig_tol=eig_tol, max_iter=max_iter, trace_tol=trace_tol,
+                                     min_probes=min_probes, max_probes=max_probes, act_tol=act_tol,
+                                     act_max_probes=act_max_probes if activations and inputs[n].elements else 0)
+                    for n in names}
+        pending = {n: next(programs[n]) for n in names}
+        results: dict[str, tuple[Eigen, Trace, Trace]] = {}
+        with tqdm(total=len(names), unit="layer", desc="hessian", disable=not progress, file=sys.stderr) as bar:
+            count = 0
+            while pending:
+                replies = products.round(pending, gens, seconds)
+                count += len(pending)
+                for n, reply in replies.items():
+                    try:
+                        pending[n] = programs[n].send(reply)
+                    except StopIteration as stop:
+                        results[n] = stop.value
+                        del pending[n]
+                        bar.update(1)
+                bar.set_postfix(products=count)  # rounds take seconds: show that work goes on
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+    out = []
+    for n in names:
+        eigen, trace, act = results[n]
+        status = "zero" if eigen.zero else "indefinite" if eigen.value < 0 else "ok"
+        li = info[n]
+        out.append(LayerSensitivity(
+            name=n, kind=li.kind, params=li.params, out_channels=li.out_channels, macs=li.macs,
+            top_eigenvalue=eigen.value, eigen_iterations=eigen.iterations, eigen_converged=eigen.converged,
+            trace=trace.value, trace_std_error=_finite(trace.std_error), trace_probes=trace.probes,
+            trace_converged=trace.converged, seconds=seconds[n],
+            perturbation=weight_perturbations(modules[n].weight),
+            act_elements=inputs[n].elements if activations else 0, act_trace=act.value,
+            act_trace_std_error=_finite(act.std_error),
+            act_perturbation=inputs[n].perturbation if activations else {}, status=status))
+        log.info("%s: eigenvalue %.4g (%d it), trace %.4g +- %.2g (%d probes)", n, eigen.value,
+                 eigen.iterations, trace.value, trace.std_error, trace.probes)
+    return out
+
+
+def _finite(x: float) -> float:
+    # A standard error is infinite only when max_probes < 2 samples were drawn; JSON wants finite.
+    return x if math.isfinite(x) else float(np.finfo(np.float64).max)
+
+
+def analyze_model(loaded: LoadedModel, dataset: Dataset, *, batches: int = 1, batch_size: int = 256, seed: int = 0,
+                  device: str = "cpu", progress: bool = False, **options: Any) -> SensitivityReport:
+    """Fold BN (on a copy), analyse on ``batches`` deterministic shuffled training batches, and
+    fill the sensitivity report. ``options`` go to :func:`analyze`."""
+    from hawq_onnx.core.bn_fold import fold_batchnorm
+    from hawq_onnx.sources.model import model_fingerprint
+
+    if batches < 1 or batch_size < 1:
+        raise HawqError(f"--batches and --batch-size must be positive (got {batches} and {batch_size})")
+    _resolve_device(device)  # fail before the work
+    describe_layers(loaded.module, loaded.spec.input_shape)  # no quantizable layer: a clear error, now
+    if not quantizable_modules(loaded.module):
+        raise HawqError(NO_LAYER)
+    start = time.perf_counter()
+    model = copy.deepcopy(loaded.module)
+    fold_batchnorm(model, loaded.spec.input_shape)
+    data = list(dataset.train.batches(batch_size, shuffle=True, seed=seed, limit=batches))
+    layers = analyze(model, data, seed=seed, device=device, progress=progress, **options)
+    settings = {
+        "split": "train", "batches": len(data), "batch_size": batch_size, "samples": sum(len(y) for _, y in data),
+        "seed": seed, "device": str(device), "loss": "cross_entropy", "bn_folded": True,
+        **{k: options.get(k, v) for k, v in DEFAULTS.items()},
+    }
+    sketched = settings["sketch"] > 0
+    settings["eigen_method"] = "power iteration from " + (
+        "the top Ritz vector of the Hutch++ sketch" if sketched else "a random start")
+    settings["trace_method"] = ("Hutch++: Hutchinson (Rademacher) deflated by the sketch" if sketched
+                                else "Hutchinson (Rademacher)") + ", stopped on the standard error"
+    return SensitivityReport(model=loaded.reference, fingerprint=model_fingerprint(model), data=dataset.name,
+                             settings=settings, layers=layers, seconds=time.perf_counter() - start,
+                             float_weight_bytes=4 * sum(layer.params for layer in layers))
+

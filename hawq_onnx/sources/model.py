@@ -1,0 +1,182 @@
+"""Resolve ``--model`` / ``--weights`` / ``--input-shape`` into a ready PyTorch model.
+
+A model is named three ways: a zoo name (``resnet20-cifar10``), a file and factory
+(``path/to/file.py:make_model``) or a module and factory (``package.module:make_model``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import logging
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from hawq_onnx.core.layers import run_once
+from hawq_onnx.errors import HawqError
+from hawq_onnx.models.registry import DEFAULT_MODEL, ZOO
+from hawq_onnx.models.spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    module: nn.Module
+    spec: ModelSpec
+    reference: str
+    weights: str | None
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.spec.input_shape
+
+
+def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
+    """'3,32,32' or '1x3x32x32' (a leading batch of 1 is dropped)."""
+    if text is None or text == "":
+        return None
+    parts = text.replace("x", ",").replace(" ", "").split(",")
+    try:
+        dims = tuple(int(p) for p in parts if p)
+    except ValueError:
+        raise HawqError(f"--input-shape {text!r} is not a list of integers such as 3,32,32") from None
+    if not dims or any(d <= 0 for d in dims):
+        raise HawqError(f"--input-shape {text!r} must be positive integers such as 3,32,32")
+    return dims
+
+
+def _import_factory(ref: str):
+    target, _, attr = ref.rpartition(":")
+    if not target or not attr:
+        known = ", ".join(sorted(ZOO))
+        raise HawqError(f"unknown model {ref!r}: use a zoo name ({known}), FILE.py:factory or package.module:factory")
+    try:
+        if target.endswith(".py") or "/" in target or "\\" in target:
+            path = Path(target)
+            if not path.is_file():
+                raise HawqError(f"model file {path} does not exist")
+            name = "hawq_user_model_" + hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
+            spec = importlib.util.spec_from_file_location(name, path)
+            if spec is None or spec.loader is None:
+                raise HawqError(f"cannot import {path} as a Python module")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(target)
+    except HawqError:
+        raise
+    except Exception as exc:  # user code: any failure is their input's problem
+        raise HawqError(f"importing model {target!r} failed: {exc.__class__.__name__}: {exc}") from None
+    factory = getattr(module, attr, None)
+    if factory is None or not callable(factory):
+        raise HawqError(f"model module {target!r} has no callable {attr!r}")
+    return factory
+
+
+def _build(factory, ref: str) -> nn.Module:
+    try:
+        model = factory()
+    except Exception as exc:
+        raise HawqError(f"model factory {ref!r} raised {exc.__class__.__name__}: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise HawqError(f"model factory {ref!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A checkpoint as a flat state_dict: plain, ``{"state_dict": ...}``, DataParallel prefixes stripped."""
+    p = Path(path)
+    if not p.is_file():
+        raise HawqError(f"weights file {p} does not exist")
+    if p.stat().st_size == 0:
+        raise HawqError(f"weights file {p} is empty")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise HawqError(f"weights file {p} is not a readable torch checkpoint ({exc.__class__.__name__})") from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise HawqError(f"weights file {p} holds no state_dict (a dict of tensors)")
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
+
+
+def apply_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    own = model.state_dict()
+    # num_batches_tracked is bookkeeping that some checkpoints omit.
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+             for k in state if k in own and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} (e.g. {', '.join(unexpected[:3])})")
+        if wrong:
+            parts.append(f"wrong shape {len(wrong)} (e.g. {'; '.join(wrong[:2])})")
+        raise HawqError(f"weights {source} do not fit the model: {'; '.join(parts)}")
+    model.load_state_dict(state, strict=False)
+    check_finite(model, source)
+
+
+def check_finite(model: nn.Module, source: str) -> None:
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise HawqError(f"{source}: parameter {name} holds NaN or Inf values; fix or retrain the weights")
+
+
+def load_model(ref: str | None = None, weights: str | None = None,
+               input_shape: tuple[int, ...] | None = None,
+               data_shape: tuple[int, ...] | None = None) -> LoadedModel:
+    """Build the model, load its weights, check them, and put it in eval mode.
+
+    The input shape is ``input_shape``, else the model's own, else ``data_shape`` (one sample of
+    the data it will see, ``data.sample_shape``)."""
+    ref = ref or DEFAULT_MODEL
+    if ref in ZOO:
+        spec = ZOO[ref]
+        model = _build(spec.factory, ref)
+    else:
+        factory = _import_factory(ref)
+        model = _build(factory, ref)
+        declared = getattr(model, "input_shape", None) or getattr(factory, "input_shape", None)
+        shape = input_shape or (tuple(int(d) for d in declared) if declared else None)
+        if shape is None and data_shape:
+            shape = tuple(data_shape)
+            log.info("model %s declares no input shape: using the data's, %s", ref, shape)
+        if shape is None:
+            raise HawqError(f"model {ref!r} declares no input shape: pass --input-shape C,H,W")
+        classes = getattr(model, "class_names", None)
+        spec = ModelSpec(name=ref.rpartition(":")[2], factory=factory, input_shape=shape,
+                         mean=getattr(model, "input_mean", None), std=getattr(model, "input_std", None),
+                         class_names=tuple(classes) if classes else None)
+    if input_shape is not None and input_shape != spec.input_shape:
+        spec = replace(spec, input_shape=input_shape)
+    weights = weights or spec.default_weights
+    if weights:
+        apply_weights(model, load_state_dict_file(weights), str(weights))
+    else:
+        log.warning("model %s has no weights: using its random initialisation (pass --weights)", ref)
+    check_finite(model, str(weights or ref))
+    model.eval()
+    # Every command needs a model that runs on its input shape: say so now, in one line, rather
+    # than from deep inside an export or a training loop.
+    run_once(model, spec.input_shape)
+    return LoadedModel(model, spec, ref, str(weights) if weights else None)
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """Identifies the architecture (parameter names and shapes), not the values."""
+    h = hashlib.sha256()
+    for name, p in model.state_dict().items():
+        h.update(f"{name}:{tuple(p.shape)};".encode())
+    return h.hexdigest()[:16]

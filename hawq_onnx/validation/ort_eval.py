@@ -1,0 +1,161 @@
+"""Accuracy and agreement of ONNX models under ONNX Runtime, evaluated in batches.
+
+The session is the one a user deploys: default graph optimizations (``ORT_ENABLE_ALL``), the
+requested execution provider and thread count. Input and output names are read from the
+session; nothing assumes the exporter's ``input`` / ``logits``.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from hawq_onnx.core.grid import activation_qparams
+from hawq_onnx.errors import HawqError
+
+CPU = "CPUExecutionProvider"
+EVAL_BATCH_SIZE = 256
+_SHORT_PROVIDERS = {"cpu": CPU, "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider",
+                    "openvino": "OpenVINOExecutionProvider", "dnnl": "DnnlExecutionProvider",
+                    "coreml": "CoreMLExecutionProvider", "xnnpack": "XnnpackExecutionProvider",
+                    "qnn": "QNNExecutionProvider", "dml": "DmlExecutionProvider"}
+_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+
+
+def resolve_providers(provider: str | None) -> list[str]:
+    """``cpu``, ``cuda``, ... or a full ONNX Runtime provider name; CPU is kept as the fallback."""
+    import onnxruntime as ort
+
+    name = _SHORT_PROVIDERS.get((provider or "cpu").lower(), provider or CPU)
+    available = ort.get_available_providers()
+    if name not in available:
+        raise HawqError(f"execution provider {provider!r} is not available in this onnxruntime "
+                        f"(available: {', '.join(available)})")
+    return [name] if name == CPU else [name, CPU]
+
+
+def open_session(path: str | Path, threads: int, providers: Sequence[str] = (CPU,), optimized: bool = True):
+    """The session a user deploys (default optimizations), ``threads`` intra-op threads of its own.
+
+    ``optimized=False``: no graph optimizations, every Q/DQ run as written (the file's own arithmetic).
+    """
+    import onnxruntime as ort
+
+    from hawq_onnx.core.ort_session import open_session as _open
+    from hawq_onnx.core.ort_session import session_options
+
+    level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimized else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return _open(path, session_options(threads, level=level), list(providers))
+
+
+@dataclass(frozen=True)
+class ModelIO:
+    input_name: str
+    input_shape: tuple[int | None, ...]   # without the batch dimension; None where symbolic
+    input_dtype: type
+    output_name: str
+    output_shape: tuple[int | None, ...]  # without the batch dimension
+
+
+def _dims(shape) -> tuple[int | None, ...]:
+    return tuple(d if isinstance(d, int) and d > 0 else None for d in shape)
+
+
+def model_io(session, path: str | Path) -> ModelIO:
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1:
+        raise HawqError(f"{path} has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); "
+                        "validate needs a classifier with one image input")
+    if not outputs:
+        raise HawqError(f"{path} has no outputs")
+    dtype = _NUMPY_TYPES.get(inputs[0].type)
+    if dtype is None:
+        raise HawqError(f"{path}: input {inputs[0].name!r} is {inputs[0].type}; validate feeds float tensors")
+    shape, out_shape = list(inputs[0].shape), list(outputs[0].shape)
+    if not shape:
+        raise HawqError(f"{path}: input {inputs[0].name!r} has no rank; give the model a batched input")
+    return ModelIO(inputs[0].name, _dims(shape[1:]), dtype, outputs[0].name, _dims(out_shape[1:]))
+
+
+def check_input_fits(io: ModelIO, sample_shape: tuple[int, ...], path: str | Path) -> None:
+    """The data's sample shape must fit every static dimension of the model input."""
+    fits = len(io.input_shape) == len(sample_shape) and all(
+        d is None or d == s for d, s in zip(io.input_shape, sample_shape))
+    if not fits:
+        want = ", ".join("?" if d is None else str(d) for d in io.input_shape)
+        raise HawqError(f"{path} takes input {io.input_name!r} of shape (N, {want}) but the data gives "
+                        f"(N, {', '.join(map(str, sample_shape))}); pass the matching --data, --model or --input-shape")
+
+
+def predict(session, io: ModelIO, x: np.ndarray, batch_size: int = EVAL_BATCH_SIZE,
+            progress: bool = False, desc: str = "evaluate") -> np.ndarray:
+    """Logits for all of ``x``, ``batch_size`` samples per run, as (N, classes) float32."""
+    if batch_size <= 0:
+        raise HawqError(f"evaluation batch size must be positive, got {batch_size}")
+    parts = []
+    # disable=None: no bar where stderr is not a terminal (logs, CI), so errors stay one line there.
+    with tqdm(total=len(x), desc=desc, unit="img", disable=None if progress else True, file=sys.stderr,
+              leave=False) as bar:
+        for i in range(0, len(x), batch_size):
+            batch = np.ascontiguousarray(x[i:i + batch_size], dtype=io.input_dtype)
+            try:
+                out = session.run([io.output_name], {io.input_name: batch})[0]
+            except Exception as exc:
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+                raise HawqError(f"ONNX Runtime failed on a batch of shape {batch.shape}: {first}") from None
+            out = np.asarray(out)
+            if out.ndim > 2 and all(d == 1 for d in out.shape[2:]):
+                out = out.reshape(out.shape[0], -1)  # (N, C, 1, 1) heads
+            if out.ndim != 2 or out.shape[0] != len(batch):
+                raise HawqError(f"output {io.output_name!r} has shape {out.shape} for a batch of {len(batch)}; "
+                                "validate needs (N, classes) scores")
+            parts.append(out.astype(np.float32, copy=False))
+            bar.update(len(batch))
+    return np.concatenate(parts)
+
+
+@dataclass
+class Accuracy:
+    samples: int
+    correct_top1: int
+    correct_top5: int | None   # None for 10 classes or fewer, where top-5 says little
+
+    @property
+    def top1(self) -> float:
+        return self.correct_top1 / self.samples
+
+    @property
+    def top5(self) -> float | None:
+        return None if self.correct_top5 is None else self.correct_top5 / self.samples
+
+    def to_json(self) -> dict:
+        return {"samples": self.samples, "correct_top1": self.correct_top1, "top1": self.top1,
+                "correct_top5": self.correct_top5, "top5": self.top5}
+
+
+def accuracy(logits: np.ndarray, y: np.ndarray, num_classes: int) -> Accuracy:
+    """Top-1 is ``argmax == label``; top-5 counts a label with fewer than 5 strictly higher scores."""
+    if logits.shape[1] < num_classes:
+        raise HawqError(f"the model scores {logits.shape[1]} classes but the data has {num_classes}")
+    top1 = int((logits.argmax(axis=1) == y).sum())
+    top5 = None
+    if num_classes > 10:
+        true_score = logits[np.arange(len(y)), y][:, None]
+        top5 = int(((logits > true_score).sum(axis=1) < 5).sum())
+    return Accuracy(len(y), top1, top5)
+
+
+def agreement(logits_a: np.ndarray, logits_b: np.ndarray) -> float:
+    """Fraction of samples where both models pick the same class."""
+    return float((logits_a.argmax(axis=1) == logits_b.argmax(axis=1)).mean())
+
+
+def logit_error_steps(logits: np.ndarray, reference: np.ndarray, percentile: float = 99.0) -> float:
+    """The ``percentile`` of |logits - reference|, in steps of the 8-bit activation grid over the reference's range."""
+    step, _ = activation_qparams(float(reference.min()), float(reference.max()), 8)
+    return float(np.percentile(np.abs(logits - reference), percentile) / step)

@@ -1,0 +1,408 @@
+"""``validate``: is the quantized model fit to ship? Accuracy, latency, size and kernels, side by side.
+
+Works on any float / quantized ONNX pair (ours, ONNX Runtime's, anyone's): everything is read
+from the two files and measured under ONNX Runtime. The pieces live in their own modules:
+:mod:`hawq_onnx.validation.ort_eval` (accuracy, agreement), :mod:`hawq_onnx.validation.latency` (timing protocol),
+:mod:`hawq_onnx.validation.kernel_census` (integer kernels in ONNX Runtime's optimized graph),
+:mod:`hawq_onnx.core.onnx_inspect` (sizes, bits), :mod:`hawq_onnx.validation.ort_baseline` (``ort-int8``);
+this module runs them in order and holds the result. Writing it out is :mod:`hawq_onnx.validation.report`.
+
+The data spec (input shape, normalisation) comes from ``--model`` when given, else from the
+float ONNX file: its input shape (``--input-shape`` where it is symbolic) and the metadata
+keys ``hawq_onnx.mean`` / ``hawq_onnx.std`` (JSON lists or comma-separated floats) when present.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import onnx
+
+from hawq_onnx.core.onnx_inspect import Inspection, inspect_onnx, layer_name, load_onnx
+from hawq_onnx.errors import GateFailure, HawqError
+from hawq_onnx.io.sensitivity_report import SensitivityReport, load_sensitivity
+from hawq_onnx.models.spec import ModelSpec
+from hawq_onnx.sources.data import Dataset, load_data
+from hawq_onnx.validation.kernel_census import KernelCensus, kernel_census
+from hawq_onnx.validation.latency import LatencyResult, LatencyStats, measure_latency
+from hawq_onnx.validation.ort_baseline import BASELINES, ort_int8
+from hawq_onnx.validation.ort_eval import (
+    EVAL_BATCH_SIZE,
+    Accuracy,
+    accuracy,
+    agreement,
+    check_input_fits,
+    logit_error_steps,
+    model_io,
+    open_session,
+    predict,
+    resolve_providers,
+)
+
+log = logging.getLogger(__name__)
+
+FORMAT = "hawq-onnx-validation"
+VERSION = 1
+MEAN_KEY = "hawq_onnx.mean"
+STD_KEY = "hawq_onnx.std"
+FLOAT, QUANTIZED = "float", "quantized"
+KERNEL_AGREEMENT_WARNING = 0.995  # issue 5's bar for the file against its fake-quant model
+NO_NORMALISATION = "none (inputs in [0, 1]; no --model and no ONNX metadata)"
+
+
+@dataclass
+class ModelResult:
+    label: str                      # float | quantized | ort-int8
+    path: str | None                # None for a baseline kept only for the run
+    file_bytes: int
+    bytes_by_type: dict[str, int]   # initializer bytes per storage type (float, int8, int4, int32...)
+    accuracy: Accuracy
+    census: KernelCensus
+    drop_points: float | None = None   # float top-1 minus this top-1, in percentage points
+    agreement: float | None = None     # fraction of samples where this model and the float one agree
+    size_ratio: float | None = None    # file bytes / float file bytes
+    latency: dict[int, LatencyStats] = field(default_factory=dict)
+    speedup: dict[int, float] = field(default_factory=dict)   # float median / this median, per batch
+    # Top-1 agreement of the deployed session with the same file run with graph optimizations off
+    # (every Q/DQ as written, the layers in float): below 1, ONNX Runtime's integer kernels compute
+    # something else than the file says (int16 saturation of U8S8 kernels on CPUs without VNNI).
+    kernel_agreement: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        census = self.census.to_json()
+        return {"label": self.label, "path": self.path, "file_bytes": self.file_bytes,
+                "bytes_by_type": self.bytes_by_type, "size_ratio": self.size_ratio,
+                "accuracy": self.accuracy.to_json(), "drop_points": self.drop_points, "agreement": self.agreement,
+                "latency": {str(b): s.to_json() for b, s in self.latency.items()},
+                "speedup": {str(b): v for b, v in self.speedup.items()},
+                "kernels": {**{k: census[k] for k in ("optimization_level", "provider", "integer_ops", "integer_kernels",
+                                                      "dequantize_nodes", "quantize_nodes", "layers_by_mode")},
+                            "agreement_with_unoptimized": self.kernel_agreement}}
+
+
+@dataclass
+class LayerReport:
+    """One layer of the quantized model: what it stores, how it runs, how sensitive it is."""
+
+    layer: str                 # PyTorch module path where the weight is named <layer>.weight
+    node: str
+    op_type: str
+    storage: str               # weight storage type in the file
+    bits: int                  # effective weight bits
+    act_bits: int | None       # input activation bits, None when the input is float
+    bytes: int                 # weight bytes in the quantized file (scales and zero points included)
+    float_bytes: int | None    # the same layer's weight bytes in the float file
+    kernel: str                # the op ONNX Runtime runs
+    mode: str                  # integer | emulated | float | weight-only | missing
+    top_eigenvalue: float | None = None
+    trace: float | None = None
+    trace_per_param: float | None = None
+
+
+@dataclass
+class ReferenceAgreement:
+    """The quantized file under ONNX Runtime against the PyTorch fake-quant model it was exported from."""
+
+    samples: int
+    top1: float          # fraction of samples with the same top class
+    p99_steps: float     # 99th percentile |logit error|, in 8-bit steps of the reference's logit range
+
+    def to_json(self) -> dict[str, Any]:
+        return vars(self).copy()
+
+
+@dataclass
+class ValidationResult:
+    data: str
+    samples: int
+    num_classes: int
+    input_name: str
+    input_shape: tuple[int, ...]
+    normalisation: str                 # where mean/std came from
+    models: list[ModelResult]
+    layers: list[LayerReport]
+    latency: LatencyResult | None
+    max_drop: float | None = None
+    sensitivity: str | None = None
+    fake_quant: ReferenceAgreement | None = None
+
+    def model(self, label: str) -> ModelResult:
+        for m in self.models:
+            if m.label == label:
+                return m
+        raise KeyError(label)
+
+    @property
+    def float(self) -> ModelResult:
+        return self.model(FLOAT)
+
+    @property
+    def quantized(self) -> ModelResult:
+        return self.model(QUANTIZED)
+
+    @property
+    def gate_passed(self) -> bool | None:
+        if self.max_drop is None:
+            return None
+        return not (self.quantized.drop_points or 0.0) > self.max_drop + 1e-9
+
+    def check_gate(self) -> None:
+        """Raise GateFailure (exit 1) when the top-1 drop exceeds ``max_drop`` points."""
+        if self.gate_passed is False:
+            raise GateFailure(f"top-1 drop {self.quantized.drop_points:.2f} points exceeds --max-drop "
+                              f"{self.max_drop:g} ({100 * self.float.accuracy.top1:.2f} % float, "
+                              f"{100 * self.quantized.accuracy.top1:.2f} % quantized)")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": VERSION,
+                "data": {"source": self.data, "split": "test", "samples": self.samples,
+                         "num_classes": self.num_classes, "input_name": self.input_name,
+                         "input_shape": list(self.input_shape), "normalisation": self.normalisation},
+                "models": {m.label: m.to_json() for m in self.models},
+                "latency": None if self.latency is None else {
+                    k: v for k, v in self.latency.to_json().items() if k != "models"},
+                "layers": [vars(layer) for layer in self.layers],
+                "sensitivity": self.sensitivity,
+                "fake_quant_agreement": None if self.fake_quant is None else self.fake_quant.to_json(),
+                "gate": {"max_drop": self.max_drop, "passed": self.gate_passed}}
+
+
+# --- the data spec ------------------------------------------------------------------------
+
+def _floats(text: str, key: str, path: str | Path) -> tuple[float, ...]:
+    try:
+        value = json.loads(text) if text.strip().startswith("[") else [float(v) for v in text.split(",")]
+        out = tuple(float(v) for v in value)
+    except (ValueError, TypeError):
+        raise HawqError(f"{path}: metadata {key}={text!r} is not a list of numbers") from None
+    if not out or not all(math.isfinite(v) for v in out):
+        raise HawqError(f"{path}: metadata {key}={text!r} is not a list of finite numbers")
+    return out
+
+
+def _onnx_input_shape(model: onnx.ModelProto) -> tuple[int | None, ...]:
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    if len(inputs) != 1:
+        raise HawqError(f"the float model has {len(inputs)} inputs; validate needs a classifier with one input")
+    dims = inputs[0].type.tensor_type.shape.dim
+    return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims[1:])
+
+
+def data_spec(float_model: onnx.ModelProto, float_path: str | Path, model_ref: str | None = None,
+              input_shape: tuple[int, ...] | None = None) -> tuple[ModelSpec, str]:
+    """The spec that ``load_data`` needs, and a note of where the normalisation came from."""
+    if model_ref is not None:
+        from hawq_onnx.models.registry import ZOO
+        from hawq_onnx.sources.model import load_model
+
+        if model_ref in ZOO:
+            spec = ZOO[model_ref]
+        else:  # a user's model: building it is the only way to read its declared spec
+            with _quiet("hawq_onnx.sources.model"):
+                spec = load_model(model_ref, None, input_shape).spec
+        spec = replace(spec, input_shape=input_shape) if input_shape else spec
+        return spec, f"--model {model_ref}" if spec.mean is not None else "none (--model declares none)"
+    shape = _onnx_input_shape(float_model)
+    if input_shape is None:
+        if not shape or any(d is None for d in shape):
+            shown = ", ".join("?" if d is None else str(d) for d in shape)
+            raise HawqError(f"{float_path} has a dynamic input shape (N, {shown}): pass --input-shape C,H,W or --model")
+        input_shape = tuple(int(d) for d in shape)
+    meta = {p.key: p.value for p in float_model.metadata_props}
+    mean = _floats(meta[MEAN_KEY], MEAN_KEY, float_path) if MEAN_KEY in meta else None
+    std = _floats(meta[STD_KEY], STD_KEY, float_path) if STD_KEY in meta else None
+    if (mean is None) != (std is None):
+        raise HawqError(f"{float_path}: metadata has only one of {MEAN_KEY} and {STD_KEY}; it needs both or neither")
+    if std is not None and any(s == 0 for s in std):
+        raise HawqError(f"{float_path}: metadata {STD_KEY} holds a zero")
+    outputs = float_model.graph.output
+    dims = outputs[0].type.tensor_type.shape.dim if outputs else []
+    classes = dims[-1].dim_value if len(dims) >= 2 and dims[-1].HasField("dim_value") else 0
+    spec = ModelSpec(name=Path(float_path).stem, factory=lambda: None, input_shape=input_shape, mean=mean, std=std,
+                     class_names=tuple(str(i) for i in range(classes)) if classes > 0 else None)
+    if mean is None:
+        return spec, NO_NORMALISATION
+    return spec, f"ONNX metadata {MEAN_KEY}/{STD_KEY}"
+
+
+@contextlib.contextmanager
+def _quiet(logger: str):
+    lg = logging.getLogger(logger)
+    level = lg.level
+    lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        lg.setLevel(level)
+
+
+# --- the run ------------------------------------------------------------------------------
+
+def _layer_reports(quant: Inspection, census: KernelCensus, float_ins: Inspection,
+                   sensitivity: SensitivityReport | None) -> list[LayerReport]:
+    kernels = {layer.node: layer for layer in census.layers}
+    float_bytes = {layer_name(r.weight, r.node): r.bytes for r in float_ins.layers}
+    sens = {s.name: s for s in sensitivity.layers} if sensitivity is not None else {}
+    rows = []
+    for r in quant.layers:
+        name = layer_name(r.weight, r.node)
+        k = kernels.get(r.node)
+        s = sens.get(name)
+        rows.append(LayerReport(
+            layer=name, node=r.node, op_type=r.op_type, storage=r.storage, bits=r.bits, act_bits=r.act_bits,
+            bytes=r.bytes, float_bytes=float_bytes.get(name), kernel=k.kernel if k else "",
+            mode=k.mode if k else "missing",
+            top_eigenvalue=s.top_eigenvalue if s else None, trace=s.trace if s else None,
+            trace_per_param=s.trace_per_param if s else None))
+    if sens:
+        onnx_names = {row.layer for row in rows}
+        unmatched = [n for n in sens if n not in onnx_names]
+        if unmatched:
+            log.warning("%d sensitivity layer(s) have no weight <layer>.weight in the quantized model: %s",
+                        len(unmatched), ", ".join(unmatched[:5]))
+    return rows
+
+
+def _kernel_agreement(path: Path, io, x: np.ndarray, deployed: np.ndarray, threads: int, providers: Sequence[str],
+                      eval_batch_size: int, progress: bool, label: str) -> float:
+    """Top-1 agreement of ``deployed`` (default session) with ``path`` run without graph optimizations."""
+    plain = open_session(path, threads, providers, optimized=False)
+    same = agreement(deployed, predict(plain, io, x, eval_batch_size, progress, desc=f"{label} unoptimized"))
+    if same < KERNEL_AGREEMENT_WARNING:
+        log.warning("%s: ONNX Runtime's optimized session agrees with the same file run unoptimized on only %.2f %% "
+                    "of the samples: its integer kernels do not compute what the file's Q/DQ says (on x86 CPUs "
+                    "without VNNI, U8S8 kernels saturate int16 sums of 8-bit products)", label, 100 * same)
+    return same
+
+
+def validate(float_path: str | Path, quant_path: str | Path, data: str | Dataset, *,
+             model_ref: str | None = None, input_shape: tuple[int, ...] | None = None,
+             threads: int = 2, batch_sizes: Sequence[int] = (1, 64), runs: int = 50, warmup: int = 5,
+             provider: str | None = None, baseline: str | None = None, baseline_out: str | Path | None = None,
+             sensitivity: str | Path | None = None, limit: int | None = None,
+             eval_batch_size: int = EVAL_BATCH_SIZE, max_drop: float | None = None,
+             reference: Callable[[np.ndarray], np.ndarray] | None = None,
+             progress: bool = False) -> ValidationResult:
+    """Measure ``quant_path`` against ``float_path`` (and an optional baseline) under ONNX Runtime.
+
+    ``reference``: the PyTorch fake-quant model's scores for a batch of test inputs; the
+    quantized file's agreement with it is reported. ``runs=0`` skips the latency measurement. The gate (``max_drop``) is recorded, not raised:
+    call :meth:`ValidationResult.check_gate` after writing the reports.
+    """
+    if baseline is not None and baseline not in BASELINES:
+        raise HawqError(f"unknown baseline {baseline!r}: use {', '.join(BASELINES)}")
+    if limit is not None and limit < 1:
+        raise HawqError(f"--limit must be at least 1, got {limit}")
+    if max_drop is not None and not (math.isfinite(max_drop) and max_drop >= 0):
+        raise HawqError(f"--max-drop must be a non-negative number of points, got {max_drop}")
+    if runs < 0:
+        raise HawqError(f"--runs must be 0 (no latency) or more, got {runs}")
+    if threads < 1:
+        raise HawqError(f"--threads must be at least 1, got {threads}")
+    sens = load_sensitivity(sensitivity) if sensitivity is not None else None  # fail before the long part
+    float_model = load_onnx(float_path)
+    load_onnx(quant_path)
+    providers = resolve_providers(provider)
+
+    if isinstance(data, Dataset):
+        dataset, source, normalisation = data, data.name, "as given"
+    else:
+        spec, normalisation = data_spec(float_model, float_path, model_ref, input_shape)
+        dataset, source = load_data(data, spec), data
+        if normalisation == NO_NORMALISATION:
+            log.warning("%s carries no %s/%s metadata and no --model was given: feeding inputs scaled to [0, 1] "
+                        "without normalisation (pass --model if the model expects normalised inputs)",
+                        float_path, MEAN_KEY, STD_KEY)
+    test = dataset.test.take(limit)
+
+    with tempfile.TemporaryDirectory(prefix="hawq-validate-") as tmp:
+        paths: dict[str, Path] = {FLOAT: Path(float_path), QUANTIZED: Path(quant_path)}
+        float_session = open_session(float_path, threads, providers)
+        float_io = model_io(float_session, float_path)
+        check_input_fits(float_io, tuple(test.x.shape[1:]), float_path)
+        if baseline == "ort-int8":
+            # Before any global thread pool exists in this process (there is none here: latency
+            # runs in a child process), as the quantizer requires.
+            target = Path(tmp) / "ort-int8.onnx"
+            ort_int8(float_path, dataset.calib, target, float_io.input_name, float_io.input_dtype)
+            paths["ort-int8"] = target
+
+        sessions = {}
+        for label, path in paths.items():  # every input and output checked before any evaluation
+            session = float_session if label == FLOAT else open_session(path, threads, providers)
+            io = float_io if label == FLOAT else model_io(session, path)
+            check_input_fits(io, tuple(test.x.shape[1:]), path)
+            if label != FLOAT and None not in io.output_shape + float_io.output_shape \
+                    and io.output_shape != float_io.output_shape:
+                raise HawqError(f"{path} outputs shape (N, {', '.join(map(str, io.output_shape))}) but the float "
+                                f"model outputs (N, {', '.join(map(str, float_io.output_shape))}): not the same model")
+            sessions[label] = (session, io)
+        logits: dict[str, np.ndarray] = {}
+        kernel_agreement: dict[str, float] = {}
+        for label, (session, io) in sessions.items():
+            logits[label] = predict(session, io, test.x, eval_batch_size, progress, desc=f"{label} top-1")
+            if logits[label].shape != logits[FLOAT].shape:
+                raise HawqError(f"{paths[label]} gives scores of shape {logits[label].shape[1:]} but the float model "
+                                f"{logits[FLOAT].shape[1:]}: not the same model")
+            if label != FLOAT:
+                kernel_agreement[label] = _kernel_agreement(paths[label], io, test.x, logits[label], threads,
+                                                            providers, eval_batch_size, progress, label)
+        del sessions
+
+        latency = None
+        if runs > 0:
+            latency = measure_latency({k: str(v) for k, v in paths.items()}, test.x, batch_sizes=batch_sizes,
+                                      threads=threads, runs=runs, warmup=warmup, providers=providers)
+
+        models: list[ModelResult] = []
+        inspections: dict[str, Inspection] = {}
+        for label, path in paths.items():
+            inspections[label] = inspect_onnx(path)
+            acc = accuracy(logits[label], test.y, dataset.num_classes)
+            models.append(ModelResult(label=label, path=str(path), file_bytes=os.path.getsize(path),
+                                      bytes_by_type=inspections[label].bytes_by_type, accuracy=acc,
+                                      census=kernel_census(path, providers)))
+        if baseline_out is not None and "ort-int8" in paths:
+            from hawq_onnx.io.atomic import write_bytes
+
+            write_bytes(baseline_out, paths["ort-int8"].read_bytes())
+
+    ref = models[0]
+    for m in models:
+        if m.label == "ort-int8":
+            m.path = str(baseline_out) if baseline_out is not None else None
+        m.size_ratio = m.file_bytes / ref.file_bytes
+        if m is not ref:
+            m.drop_points = 100.0 * (ref.accuracy.correct_top1 - m.accuracy.correct_top1) / ref.accuracy.samples
+            m.agreement = agreement(logits[FLOAT], logits[m.label])
+            m.kernel_agreement = kernel_agreement.get(m.label)
+        if latency is not None:
+            m.latency = latency.models[m.label]
+            m.speedup = {b: latency.speedup(m.label, FLOAT, b) for b in latency.batch_sizes}
+
+    fake_quant = None
+    if reference is not None:
+        ref_logits = reference(test.x)
+        if ref_logits.shape != logits[QUANTIZED].shape:
+            raise HawqError(f"the PyTorch reference gives scores of shape {ref_logits.shape[1:]} but {quant_path} "
+                            f"{logits[QUANTIZED].shape[1:]}: not the same model")
+        fake_quant = ReferenceAgreement(len(test), agreement(logits[QUANTIZED], ref_logits),
+                                        logit_error_steps(logits[QUANTIZED], ref_logits))
+
+    quant = models[1]
+    layers = _layer_reports(inspections[QUANTIZED], quant.census, inspections[FLOAT], sens)
+    return ValidationResult(data=source, samples=len(test), num_classes=dataset.num_classes,
+                            input_name=float_io.input_name, input_shape=tuple(test.x.shape[1:]),
+                            normalisation=normalisation, models=models, layers=layers, latency=latency,
+                            max_drop=max_drop, sensitivity=str(sensitivity) if sensitivity is not None else None,
+                            fake_quant=fake_quant)
