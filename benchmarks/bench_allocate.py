@@ -22,10 +22,10 @@ from hawq_onnx.allocation.pareto import pareto_frontier
 from hawq_onnx.allocation.solve import allocate, build_problem
 from hawq_onnx.core.grid import WEIGHT_BITS, weight_perturbation
 from hawq_onnx.core.layers import describe_layers, quantizable_modules
-from hawq_onnx.io.sensitivity_report import LayerSensitivity, SensitivityReport
+from hawq_onnx.io.sensitivity_report import LayerSensitivity, Sensitivity
 
 
-def zoo_report(name: str, seed: int) -> SensitivityReport:
+def zoo_report(name: str, seed: int) -> Sensitivity:
     torch.manual_seed(seed)
     spec = ZOO[name]
     model = spec.factory().eval()
@@ -44,7 +44,7 @@ def zoo_report(name: str, seed: int) -> SensitivityReport:
             trace_converged=True, seconds=0.0, perturbation=pert, act_elements=act_elements,
             act_trace=float(10 ** rng.uniform(-4, -2)) * act_elements,
             act_perturbation={"4": 1e-3 * act_elements, "8": 4e-6 * act_elements}))
-    return SensitivityReport(model=name, fingerprint="synthetic", data="synthetic", settings={}, layers=layers)
+    return Sensitivity(model=name, fingerprint="synthetic", data="synthetic", settings={}, layers=layers)
 
 
 def timed(fn, repeats: int):

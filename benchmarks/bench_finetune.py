@@ -37,7 +37,7 @@ from hawq_onnx.allocation.solve import allocate
 from hawq_onnx.errors import HawqError
 from hawq_onnx.io.atomic import write_json
 from hawq_onnx.io.plan import Plan, save_plan
-from hawq_onnx.io.sensitivity_report import SensitivityReport, load_sensitivity, save_sensitivity
+from hawq_onnx.io.sensitivity_report import Sensitivity, load_sensitivity, save_sensitivity
 from hawq_onnx.qat.finetune import finetune
 from hawq_onnx.sensitivity.hessian import analyze_model
 from hawq_onnx.sources.data import load_data
@@ -47,13 +47,13 @@ W_BITS = (2, 4, 8)
 A_BITS = (4,)  # inside the network; the first and last layer are pinned to 8/8 by allocate
 
 
-def _with_curvatures(report: SensitivityReport, tpp: dict[str, float], act: dict[str, float]) -> SensitivityReport:
+def _with_curvatures(report: Sensitivity, tpp: dict[str, float], act: dict[str, float]) -> Sensitivity:
     layers = [dataclasses.replace(l, trace=tpp[l.name] * l.params, top_eigenvalue=tpp[l.name],
                                   act_trace=act.get(l.name, l.act_trace)) for l in report.layers]
     return dataclasses.replace(report, layers=layers)
 
 
-def reversed_report(report: SensitivityReport) -> SensitivityReport:
+def reversed_report(report: Sensitivity) -> Sensitivity:
     """Curvatures reversed in rank over the layers the allocation is free to choose."""
     free = report.layers[1:-1]
     by_tpp = sorted(free, key=lambda l: l.trace_per_param)
@@ -65,7 +65,7 @@ def reversed_report(report: SensitivityReport) -> SensitivityReport:
     return _with_curvatures(report, tpp, act)
 
 
-def random_report(report: SensitivityReport, seed: int) -> SensitivityReport:
+def random_report(report: Sensitivity, seed: int) -> Sensitivity:
     rng = np.random.default_rng(seed)
     measured = [l.trace_per_param for l in report.layers if l.trace_per_param > 0]
     lo, hi = np.log10(min(measured)), np.log10(max(measured))
@@ -73,7 +73,7 @@ def random_report(report: SensitivityReport, seed: int) -> SensitivityReport:
     return _with_curvatures(report, tpp, {})
 
 
-def uniform_plan(report: SensitivityReport, budget: str) -> Plan | None:
+def uniform_plan(report: Sensitivity, budget: str) -> Plan | None:
     for bits in sorted(W_BITS, reverse=True):
         try:
             return allocate(report, budget, w_bits=(bits,), a_bits=A_BITS)

@@ -37,7 +37,7 @@ def sensitivity_report(loaded):
     from hawq_onnx.core.bn_fold import fold_copy
     from hawq_onnx.core.grid import WEIGHT_BITS, weight_perturbation
     from hawq_onnx.core.layers import describe_layers
-    from hawq_onnx.io.sensitivity_report import LayerSensitivity, SensitivityReport
+    from hawq_onnx.io.sensitivity_report import LayerSensitivity, Sensitivity
     from hawq_onnx.sources.model import model_fingerprint
 
     folded = fold_copy(loaded.module, loaded.input_shape)
@@ -51,7 +51,7 @@ def sensitivity_report(loaded):
             name=info.name, kind=info.kind, params=info.params, out_channels=info.out_channels, macs=info.macs,
             top_eigenvalue=10 * TRACES[k % len(TRACES)], eigen_iterations=5, eigen_converged=True, trace=trace,
             trace_std_error=0.01 * trace, trace_probes=8, trace_converged=True, seconds=0.0, perturbation=pert))
-    return SensitivityReport(model=loaded.reference, fingerprint=model_fingerprint(folded), data="digits",
+    return Sensitivity(model=loaded.reference, fingerprint=model_fingerprint(folded), data="digits",
                              settings={"synthetic": True}, layers=layers,
                              float_weight_bytes=4 * sum(layer.params for layer in layers))
 

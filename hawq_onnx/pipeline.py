@@ -1,5 +1,8 @@
 """`quantize`: analyze -> allocate -> finetune -> export -> validate, in one output folder.
 
+Each stage is the Python API's function of the same name (:mod:`hawq_onnx.api`); this module
+chains them and keeps their files.
+
 Each stage's output is reused when the stage's inputs did not change: a stage key (the hash of
 its options and of the files it reads) and the hashes of its outputs are kept in
 ``.hawq-stages.json`` in the folder. A stage whose key matches and whose outputs are still there,
@@ -12,67 +15,24 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from hawq_onnx.errors import HawqError
+import numpy as np
+
+from hawq_onnx import api
+from hawq_onnx.errors import GateFailure, HawqError
 from hawq_onnx.io.atomic import read_json, sha256_file, write_json
+from hawq_onnx.options import QuantizeOptions
+from hawq_onnx.results import QuantizeResult
 
 log = logging.getLogger(__name__)
 
 STAGES_FILE = ".hawq-stages.json"
 PIPELINE_VERSION = 1
-
-
-@dataclass
-class QuantizeConfig:
-    """Everything `quantize` needs; the defaults are the embedded default job."""
-
-    model_ref: str | None = None
-    weights: str | None = None
-    input_shape: tuple[int, ...] | None = None
-    data: str | None = None
-    budget: str = "8x"
-    w_bits: Sequence[int] = (2, 4, 8)
-    a_bits: Sequence[int] = (4,)
-    weight_range: str = "narrow"
-    metric: str = "trace"
-    analysis_batches: int = 1
-    analysis_batch_size: int = 256
-    epochs: float | None = None
-    order: str = "hawq"
-    lr: float | None = None  # None: fine-tuning's default for its optimizer
-    step_lr: float | None = None  # quantized weights' peak lr in units of their step; None: lr
-    batch_size: int = 128
-    distill: bool = True
-    data_fraction: float = 1.0
-    target: str = "ort-cpu"
-    device: str = "cpu"
-    seed: int = 0
-    baseline: str | None = None
-    latency_runs: int = 50
-    threads: int = 2
-    max_drop: float | None = None
-    force: bool = False
-
-
-@dataclass
-class QuantizeSummary:
-    out_dir: Path
-    reused: list[str]
-    ran: list[str]
-    files: dict[str, Path]
-    float_top1: float
-    quant_top1: float
-    drop_points: float
-    weight_ratio: float            # float32 weight bytes / nominal quantized weight bytes (the plan)
-    file_ratio: float              # float file bytes / quantized file bytes
-    latency_speedup: dict[int, float] = field(default_factory=dict)  # batch -> float ms / quantized ms
-    fake_quant_agreement: float | None = None  # top-1 agreement of the file with the PyTorch fake-quant model
-    seconds: float = 0.0
-    gate_passed: bool | None = None
 
 
 class StageCache:
@@ -113,50 +73,91 @@ def _file_id(path: str | Path | None) -> str | None:
     return sha256_file(path) if path and Path(path).is_file() else None
 
 
-def run_quantize(cfg: QuantizeConfig, out_dir: str | Path, *, progress: bool = True,
-                 say: Callable[[str], None] = lambda line: None) -> QuantizeSummary:
-    """Run every stage into ``out_dir`` and return the figures of the final validation."""
+def _arrays_id(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(f"{a.dtype}{a.shape};".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def _model_id(loaded, weights: str | Path | None, data: Any, dataset) -> dict[str, Any]:
+    """What identifies the model and data a stage read: file hashes, or content hashes of what a
+    Python caller passed (a module's weights, materialised data)."""
+    if loaded.reference.startswith("python:"):
+        state = [t.detach().cpu().numpy() for t in loaded.module.state_dict().values()]
+        weights_id = _arrays_id(*state) if state else None
+    else:
+        weights_id = _file_id(loaded.weights)
+    if data is None or isinstance(data, str):
+        data_id = dataset.name
+    else:
+        data_id = _arrays_id(dataset.train.x, dataset.train.y, dataset.test.x, dataset.test.y)
+    return {"model": loaded.reference, "weights": weights_id, "input_shape": list(loaded.input_shape), "data": data_id}
+
+
+def quantize(model: Any = None, data: Any = None, eval_data: Any = None, budget: str = "8x",
+             out: str | Path | None = None, *, options: QuantizeOptions | None = None,
+             weights: str | Path | None = None, input_shape: tuple[int, ...] | None = None,
+             input_fn: Callable | None = None, force: bool = False, progress: bool = False,
+             say: Callable[[str], None] = lambda line: None) -> QuantizeResult:
+    """Analyze, allocate, fine-tune, export and validate ``model`` on ``data``.
+
+    With ``out``, every artefact lands in that folder under the names ``hawq-onnx quantize``
+    uses, and a stage whose inputs did not change is reused (``force`` recomputes). Without it
+    the stages run in a temporary folder that is removed; the result holds the objects either
+    way. ``model`` and ``data`` are what :mod:`hawq_onnx.api` takes (None: the embedded default,
+    the zoo's digits CNN on scikit-learn's digits); ``say`` receives one line per stage.
+    """
+    opts = options or QuantizeOptions()
+    if not isinstance(opts, QuantizeOptions):
+        raise HawqError(f"quantize: options must be a QuantizeOptions, got {type(opts).__name__}")
+    if out is not None:
+        result = _run(model, data, eval_data, budget, Path(out), opts, weights, input_shape, input_fn, force,
+                      progress, say)
+    else:
+        with tempfile.TemporaryDirectory(prefix="hawq-quantize-") as tmp:
+            result = _run(model, data, eval_data, budget, Path(tmp), opts, weights, input_shape, input_fn, True,
+                          progress, say)
+        result.out_dir, result.files = None, {}
+    if result.report is not None:
+        result.report.check_gate()
+    elif opts.validate.max_drop is not None and result.drop_points > opts.validate.max_drop + 1e-9:
+        raise GateFailure(f"top-1 drop {result.drop_points:.2f} points exceeds max_drop {opts.validate.max_drop:g}")
+    return result
+
+
+def _run(model: Any, data: Any, eval_data: Any, budget: str, out: Path, opts: QuantizeOptions,
+         weights: str | Path | None, input_shape: tuple[int, ...] | None, input_fn: Callable | None, force: bool,
+         progress: bool, say: Callable[[str], None]) -> QuantizeResult:
     from hawq_onnx.allocation.plot import plot_pareto
-    from hawq_onnx.allocation.solve import allocate
-    from hawq_onnx.core.bn_fold import fold_copy
-    from hawq_onnx.io.plan import load_plan, save_plan
-    from hawq_onnx.io.sensitivity_report import load_sensitivity, save_sensitivity
-    from hawq_onnx.onnx_export.float_onnx import float_onnx, save_onnx
-    from hawq_onnx.onnx_export.qdq import quantize_onnx
-    from hawq_onnx.qat.checkpoint import restore_quantized, save_quantized
-    from hawq_onnx.qat.finetune import finetune, predict_scores
-    from hawq_onnx.qat.region_grids import reference_model
-    from hawq_onnx.sensitivity.hessian import analyze_model
+    from hawq_onnx.io.plan import Plan
+    from hawq_onnx.io.sensitivity_report import Sensitivity
+    from hawq_onnx.results import ExportedModel, QuantizedModel
     from hawq_onnx.sensitivity.plot import plot_sensitivity
-    from hawq_onnx.sources.data import load_data, resolve_source, sample_shape
-    from hawq_onnx.sources.model import load_model
-    from hawq_onnx.validation.report import write_markdown, write_result_json
-    from hawq_onnx.validation.validate import validate
+    from hawq_onnx.validation.report import write_markdown
 
     start = time.perf_counter()
-    out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise HawqError(f"--out {out} is a file; give a folder")
+        raise HawqError(f"out {out} is a file; give a folder")
     files = {name: out / name for name in (
         "sensitivity.json", "sensitivity.png", "plan.json", "pareto.png", "quantized.pt", "quantized.plan.json",
         "model.float.onnx", "model.qdq.onnx", "model.qdq.plan.json", "report.json", "report.md")}
-    for p in (cfg.weights,):
-        if p and Path(p).resolve().parent == out.resolve() and Path(p).name in files:
-            raise HawqError(f"--weights {p} would be overwritten by an output; choose another --out folder")
+    if weights and Path(weights).resolve().parent == out.resolve() and Path(weights).name in files:
+        raise HawqError(f"weights {weights} would be overwritten by an output; choose another out folder")
     reused: list[str] = []
     ran: list[str] = []
 
-    loaded = load_model(cfg.model_ref, cfg.weights, cfg.input_shape, data_shape=sample_shape(cfg.data))
-    source = resolve_source(cfg.data, loaded.spec)
-    dataset = load_data(source, loaded.spec, seed=cfg.seed)
+    loaded = api.prepare_model(model, weights=weights, input_shape=input_shape, data=data, input_fn=input_fn)
+    dataset = api.prepare_data(loaded, data, eval_data, input_fn=input_fn, seed=opts.analyze.seed)
     # Inputs are checked before anything is written: a bad model or data leaves no folder behind.
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise HawqError(f"cannot create output folder {out}: {exc.strerror}") from None
-    cache = StageCache(out, cfg.force)
-    model_id = {"model": loaded.reference, "weights": _file_id(loaded.weights),
-                "input_shape": list(loaded.input_shape), "data": source}
+    cache = StageCache(out, force)
+    model_id = _model_id(loaded, weights, data, dataset)
+    objects: dict[str, Any] = {}
 
     def stage(name: str, key: str, outputs: Sequence[Path], work: Callable[[], None]) -> None:
         step = len(reused) + len(ran) + 1
@@ -172,115 +173,71 @@ def run_quantize(cfg: QuantizeConfig, out_dir: str | Path, *, progress: bool = T
         say(f"[{step}/5] {name}: wrote {', '.join(p.name for p in outputs)} in {time.perf_counter() - t:.1f} s")
 
     # 1. Hessian sensitivity of the BN-folded model on training batches.
-    analyze_opts = {"batches": cfg.analysis_batches, "batch_size": cfg.analysis_batch_size, "seed": cfg.seed}
-
-    def analyze() -> None:
-        report = analyze_model(loaded, dataset, **analyze_opts, device=cfg.device, progress=progress)
-        save_sensitivity(report, files["sensitivity.json"])
+    def analyze_stage() -> None:
+        report = api.analyze(loaded, dataset, options=opts.analyze, progress=progress)
+        report.save(files["sensitivity.json"])
         plot_sensitivity(report, files["sensitivity.png"])
 
-    stage("analyze", stage_key("analyze", **model_id, **analyze_opts),
-          [files["sensitivity.json"], files["sensitivity.png"]], analyze)
+    stage("analyze", stage_key("analyze", **model_id, **asdict(opts.analyze)),
+          [files["sensitivity.json"], files["sensitivity.png"]], analyze_stage)
 
     # 2. Bits per layer under the budget.
-    alloc_opts = {"budget": cfg.budget, "w_bits": list(cfg.w_bits), "a_bits": list(cfg.a_bits), "metric": cfg.metric,
-                  "weight_range": cfg.weight_range}
-
     def allocate_stage() -> None:
-        report = load_sensitivity(files["sensitivity.json"])
-        plan = allocate(report, cfg.budget, w_bits=cfg.w_bits, a_bits=cfg.a_bits, metric=cfg.metric,
-                        weight_range=cfg.weight_range, sensitivity_sha256=sha256_file(files["sensitivity.json"]))
-        save_plan(plan, files["plan.json"])
+        plan = api.allocate(files["sensitivity.json"], budget, options=opts.allocate)
+        plan.save(files["plan.json"])
         plot_pareto(plan, files["pareto.png"])
 
-    stage("allocate", stage_key("allocate", sensitivity=_file_id(files["sensitivity.json"]), **alloc_opts),
+    stage("allocate", stage_key("allocate", sensitivity=_file_id(files["sensitivity.json"]), budget=budget,
+                                **asdict(opts.allocate)),
           [files["plan.json"], files["pareto.png"]], allocate_stage)
 
     # 3. Fine-tuning (or calibration only) of the plan.
-    tune_opts = {"order": cfg.order, "epochs": cfg.epochs, "lr": cfg.lr, "step_lr": cfg.step_lr,
-                 "batch_size": cfg.batch_size,
-                 "distill": cfg.distill, "data_fraction": cfg.data_fraction, "seed": cfg.seed}
-
     def finetune_stage() -> None:
-        from hawq_onnx.sources.model import model_fingerprint
+        tuned = api.finetune(loaded, files["plan.json"], dataset, options=opts.finetune, progress=progress,
+                             sensitivity=Sensitivity.load(files["sensitivity.json"]))
+        tuned.save(files["quantized.pt"])
+        tuned.plan.save(files["quantized.plan.json"])
+        objects["quantized"] = tuned
+        say(f"      fake-quant top-1 {100 * tuned.quant_accuracy:.2f} % (float {100 * tuned.float_accuracy:.2f} %)")
 
-        fingerprint = model_fingerprint(fold_copy(loaded.module, loaded.input_shape))
-        plan = load_plan(files["plan.json"], fingerprint)
-        report = load_sensitivity(files["sensitivity.json"])
-        result = finetune(loaded, plan, dataset, **tune_opts, device=cfg.device, progress=progress,
-                          sensitivity=report)
-        save_quantized(result, files["quantized.pt"])
-        save_plan(result.plan, files["quantized.plan.json"])
-        say(f"      fake-quant top-1 {100 * result.quant_accuracy:.2f} % (float {100 * result.float_accuracy:.2f} %)")
-
-    stage("finetune", stage_key("finetune", **model_id, plan=_file_id(files["plan.json"]), **tune_opts),
+    stage("finetune", stage_key("finetune", **model_id, plan=_file_id(files["plan.json"]), **asdict(opts.finetune)),
           [files["quantized.pt"], files["quantized.plan.json"]], finetune_stage)
+    quantized = objects.get("quantized") or QuantizedModel.restore(loaded, files["quantized.pt"])
 
     # 4. Float and quantized ONNX.
     def export_stage() -> None:
-        folded = fold_copy(loaded.module, loaded.input_shape)
-        save_onnx(float_onnx(folded, loaded.input_shape), files["model.float.onnx"])
-        tuned, plan = restore_quantized(loaded, files["quantized.pt"])
-        exported = quantize_onnx(tuned, loaded.input_shape, plan, dataset.calib.x, target=cfg.target,
-                                 progress=progress)
-        save_onnx(exported.model, files["model.qdq.onnx"])
-        save_plan(exported.plan, files["model.qdq.plan.json"])
+        api.export(loaded).save(files["model.float.onnx"])
+        exported = api.export(quantized, data=dataset, options=opts.export, progress=progress)
+        exported.save(files["model.qdq.onnx"], files["model.qdq.plan.json"])
 
-    stage("export", stage_key("export", **model_id, quantized=_file_id(files["quantized.pt"]), target=cfg.target),
+    stage("export", stage_key("export", **model_id, quantized=_file_id(files["quantized.pt"]),
+                              **asdict(opts.export)),
           [files["model.float.onnx"], files["model.qdq.onnx"], files["model.qdq.plan.json"]], export_stage)
+    exported = ExportedModel.load(files["model.qdq.onnx"], files["model.qdq.plan.json"])
 
-    # 5. Validation under ONNX Runtime.
-    val_opts = {"baseline": cfg.baseline, "runs": cfg.latency_runs, "threads": cfg.threads,
-                "max_drop": cfg.max_drop}
-    result_box: dict[str, Any] = {}
-
+    # 5. Validation under ONNX Runtime, against the PyTorch model the file should reproduce.
     def validate_stage() -> None:
-        tuned, _ = restore_quantized(loaded, files["quantized.pt"])
-        qmodel = reference_model(tuned.cpu(), load_plan(files["model.qdq.plan.json"]))
-
-        def reference(x):  # the fake-quant model the file should reproduce, on the CPU like the file
-            return predict_scores(qmodel, x)
-
-        result = validate(files["model.float.onnx"], files["model.qdq.onnx"], dataset, model_ref=None,
-                          input_shape=loaded.input_shape, threads=cfg.threads, runs=cfg.latency_runs,
-                          baseline=cfg.baseline, sensitivity=files["sensitivity.json"], max_drop=cfg.max_drop,
-                          reference=reference, progress=progress)
-        write_result_json(result, files["report.json"])
+        result = api.validate(files["model.float.onnx"], exported, dataset, reference=quantized,
+                              sensitivity=files["sensitivity.json"], options=opts.validate, progress=progress)
+        result.save(files["report.json"])
         write_markdown(result, files["report.md"])
-        result_box["result"] = result
+        objects["report"] = result
 
     stage("validate", stage_key("validate", float=_file_id(files["model.float.onnx"]),
                                 quant=_file_id(files["model.qdq.onnx"]), plan=_file_id(files["model.qdq.plan.json"]),
-                                data=source, **val_opts),
+                                data=model_id["data"], **asdict(opts.validate)),
           [files["report.json"], files["report.md"]], validate_stage)
 
     report_json = read_json(files["report.json"], "report")
-    plan = load_plan(files["quantized.plan.json"])
-    summary = _summarise(out, report_json, plan, reused, ran, files, time.perf_counter() - start)
-    if "result" in result_box:
-        result_box["result"].check_gate()
-    elif cfg.max_drop is not None and summary.drop_points > cfg.max_drop + 1e-9:
-        from hawq_onnx.errors import GateFailure
-        raise GateFailure(f"top-1 drop {summary.drop_points:.2f} points exceeds --max-drop {cfg.max_drop:g}")
-    return summary
-
-
-def _summarise(out: Path, report: dict[str, Any], plan, reused: list[str], ran: list[str],
-               files: dict[str, Path], seconds: float) -> QuantizeSummary:
-    models = report["models"]
+    plan = Plan.load(files["quantized.plan.json"])
+    models = report_json["models"]
     f, q = models["float"], models["quantized"]
-    return QuantizeSummary(
+    return QuantizeResult(
         out_dir=out, reused=reused, ran=ran, files=files,
-        float_top1=f["accuracy"]["top1"], quant_top1=q["accuracy"]["top1"],
-        drop_points=float(q["drop_points"]),
-        weight_ratio=float(plan.totals.get("ratio", 0.0)),
-        file_ratio=f["file_bytes"] / q["file_bytes"],
+        float_top1=f["accuracy"]["top1"], quant_top1=q["accuracy"]["top1"], drop_points=float(q["drop_points"]),
+        weight_ratio=float(plan.totals.get("ratio", 0.0)), file_ratio=f["file_bytes"] / q["file_bytes"],
         latency_speedup={int(b): float(v) for b, v in (q.get("speedup") or {}).items()},
-        fake_quant_agreement=(report.get("fake_quant_agreement") or {}).get("top1"), seconds=seconds)
-
-
-def summary_json(summary: QuantizeSummary) -> dict[str, Any]:
-    d = asdict(summary)
-    d["out_dir"] = str(summary.out_dir)
-    d["files"] = {k: str(v) for k, v in summary.files.items()}
-    return d
+        fake_quant_agreement=(report_json.get("fake_quant_agreement") or {}).get("top1"),
+        seconds=time.perf_counter() - start, gate_passed=(report_json.get("gate") or {}).get("passed"),
+        sensitivity=Sensitivity.load(files["sensitivity.json"]), plan=plan, quantized=quantized,
+        exported=exported, report=objects.get("report"))

@@ -43,7 +43,8 @@ from hawq_onnx.passes.split_shared_add import SplitSharedAddPass
 from hawq_onnx.passes.unsigned_wide_input_weights import UnsignedWideInputWeightsPass
 from hawq_onnx.passes.widen_sub_byte_weights import WidenSubByteWeightsPass
 
-TARGETS = ("ort-cpu", "compact")
+from hawq_onnx.options import TARGETS  # the choice lists, defined once
+
 DEFAULT_TARGET = "ort-cpu"
 # Constants up to this many elements are merged when equal (zero points, Clip bounds, scales).
 DEDUP_SIZE_LIMIT = 1024

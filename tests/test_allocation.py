@@ -26,7 +26,7 @@ from hawq_onnx.errors import HawqError
 from hawq_onnx.io.plan import load_plan, plan_from_json, save_plan
 from hawq_onnx.io.sensitivity_report import (
     LayerSensitivity,
-    SensitivityReport,
+    Sensitivity,
     save_sensitivity,
 )
 
@@ -50,15 +50,15 @@ def make_layer(name: str, params: int, rng: np.random.Generator, *, act: bool, t
 
 
 def make_report(params: list[int], seed: int = 0, *, act: bool = False, names: list[str] | None = None,
-                traces: list[float | None] | None = None) -> SensitivityReport:
+                traces: list[float | None] | None = None) -> Sensitivity:
     rng = np.random.default_rng(seed)
     names = names or [f"block{i}.conv" for i in range(len(params))]
     traces = traces or [None] * len(params)
     layers = [make_layer(n, p, rng, act=act, trace_per_param=t) for n, p, t in zip(names, params, traces)]
-    return SensitivityReport(model="toy", fingerprint="f" * 16, data="synthetic", settings={}, layers=layers)
+    return Sensitivity(model="toy", fingerprint="f" * 16, data="synthetic", settings={}, layers=layers)
 
 
-def resnet20_report(act: bool = True) -> SensitivityReport:
+def resnet20_report(act: bool = True) -> Sensitivity:
     names = ["conv1"] + [f"layer{s}.{b}.conv{c}" for s in (1, 2, 3) for b in range(3) for c in (1, 2)] + ["linear"]
     return make_report(RESNET20_PARAMS, seed=20, act=act, names=names)
 

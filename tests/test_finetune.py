@@ -14,7 +14,7 @@ from hawq_onnx.core.layers import describe_layers
 from hawq_onnx.errors import HawqError
 from hawq_onnx.io.plan import LayerPlan, Plan, load_plan, save_plan
 from hawq_onnx.io.quantized_checkpoint import load_quantized
-from hawq_onnx.io.sensitivity_report import LayerSensitivity, SensitivityReport
+from hawq_onnx.io.sensitivity_report import LayerSensitivity, Sensitivity
 from hawq_onnx.qat.checkpoint import restore_quantized, save_quantized
 from hawq_onnx.qat.fake_quant import quant_layers, quantize_model
 from hawq_onnx.qat.finetune import _step_groups, augment_batch, finetune, order_blocks, stage_steps, warmup_cosine
@@ -86,7 +86,7 @@ def test_blocks_group_by_parent_module_and_sensitivity_report_orders_them():
     def ls(name, trace, params=10):
         return LayerSensitivity(name, "conv2d", params, 4, 100, 1.0, 10, True, trace, 0.0, 10, True, 0.0)
 
-    report = SensitivityReport("m", "f", "digits", {}, [ls("conv1", 50.0), ls("layer1.0.conv1", 1.0),
+    report = Sensitivity("m", "f", "digits", {}, [ls("conv1", 50.0), ls("layer1.0.conv1", 1.0),
                                                         ls("layer1.0.conv2", 1.0), ls("layer1.1.conv1", 2.0),
                                                         ls("layer1.1.conv2", 2.0), ls("linear", 3.0, params=1)])
     assert [b.name for b in order_blocks(plan, report)] == ["conv1", "linear", "layer1.1", "layer1.0"]

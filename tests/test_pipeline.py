@@ -14,9 +14,11 @@ import pytest
 from hawq_onnx.errors import HawqError
 from hawq_onnx.io.plan import load_plan
 from hawq_onnx.io.sensitivity_report import load_sensitivity
-from hawq_onnx.pipeline import STAGES_FILE, QuantizeConfig, run_quantize
+from hawq_onnx.options import AnalyzeOptions, FinetuneOptions, QuantizeOptions, ValidateOptions
+from hawq_onnx.pipeline import STAGES_FILE, quantize
 
-FAST = dict(analysis_batch_size=64, latency_runs=0)
+FAST = QuantizeOptions(analyze=AnalyzeOptions(batch_size=64), validate=ValidateOptions(runs=0))
+STEPPED = QuantizeOptions(analyze=FAST.analyze, finetune=FinetuneOptions(step_lr=0.01), validate=FAST.validate)
 ARTEFACTS = ["sensitivity.json", "sensitivity.png", "plan.json", "pareto.png", "quantized.pt", "quantized.plan.json",
              "model.float.onnx", "model.qdq.onnx", "model.qdq.plan.json", "report.json", "report.md"]
 
@@ -25,7 +27,7 @@ ARTEFACTS = ["sensitivity.json", "sensitivity.png", "plan.json", "pareto.png", "
 def first_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("q")
     lines: list[str] = []
-    summary = run_quantize(QuantizeConfig(**FAST), out, progress=False, say=lines.append)
+    summary = quantize(out=out, options=FAST, say=lines.append)
     return out, summary, lines
 
 
@@ -62,21 +64,21 @@ def test_summary_meets_the_default_job_goals(first_run):
 def test_second_run_reuses_every_stage_and_force_recomputes_one(first_run):
     out, summary, _ = first_run
     lines: list[str] = []
-    again = run_quantize(QuantizeConfig(**FAST), out, progress=False, say=lines.append)
+    again = quantize(out=out, options=FAST, say=lines.append)
     assert again.reused == ["analyze", "allocate", "finetune", "export", "validate"] and again.ran == []
     assert any("reused" in line for line in lines)
     assert again.quant_top1 == summary.quant_top1
     # A changed budget reruns allocation and everything after it, not the analysis.
-    changed = run_quantize(QuantizeConfig(**{**FAST, "budget": "10x"}), out, progress=False)
+    changed = quantize(budget="10x", out=out, options=FAST)
     assert changed.reused == ["analyze"] and changed.weight_ratio >= 10.0
     # An output modified by hand is not trusted.
     stages = json.loads((out / STAGES_FILE).read_text())
     assert "analyze" in stages["stages"]
     (out / "report.md").write_text("edited")
-    edited = run_quantize(QuantizeConfig(**{**FAST, "budget": "10x"}), out, progress=False)
+    edited = quantize(budget="10x", out=out, options=FAST)
     assert edited.ran == ["validate"]
     # --step-lr reaches fine-tuning: it reruns from there, and the plan records it.
-    stepped = run_quantize(QuantizeConfig(**{**FAST, "budget": "10x", "step_lr": 0.01}), out, progress=False)
+    stepped = quantize(budget="10x", out=out, options=STEPPED)
     assert stepped.reused == ["analyze", "allocate"]
     assert load_plan(out / "quantized.plan.json").calibration["step_lr"] == 0.01
 
@@ -85,7 +87,7 @@ def test_out_must_be_a_folder(tmp_path):
     f = tmp_path / "file"
     f.write_text("x")
     with pytest.raises(HawqError, match="is a file"):
-        run_quantize(QuantizeConfig(**FAST), f, progress=False)
+        quantize(out=f, options=FAST)
 
 
 def test_cli_one_line_errors(tmp_path):

@@ -23,7 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 from hawq_onnx.cli import cli
 from hawq_onnx.core.bn_fold import fold_batchnorm
 from hawq_onnx.errors import HawqError
-from hawq_onnx.io.sensitivity_report import LayerSensitivity, SensitivityReport, save_sensitivity
+from hawq_onnx.io.sensitivity_report import LayerSensitivity, Sensitivity, save_sensitivity
 from hawq_onnx.onnx_export.float_onnx import float_onnx, save_onnx
 from hawq_onnx.sources.data import load_data
 from hawq_onnx.sources.model import load_model
@@ -201,7 +201,7 @@ def _sensitivity(path: Path) -> Path:
                                top_eigenvalue=1.0 + i, eigen_iterations=5, eigen_converged=True, trace=10.0 * (i + 1),
                                trace_std_error=0.1, trace_probes=8, trace_converged=True, seconds=0.0)
               for i, n in enumerate(LAYERS)]
-    save_sensitivity(SensitivityReport("digits-cnn", "x", "digits", {}, layers), path)
+    save_sensitivity(Sensitivity("digits-cnn", "x", "digits", {}, layers), path)
     return path
 
 

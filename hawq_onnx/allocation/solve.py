@@ -42,15 +42,14 @@ from hawq_onnx.core.grid import (
 )
 from hawq_onnx.errors import HawqError
 from hawq_onnx.io.plan import LayerPlan, Plan
-from hawq_onnx.io.sensitivity_report import LayerSensitivity, SensitivityReport, perturbation_key
+from hawq_onnx.io.sensitivity_report import LayerSensitivity, Sensitivity, perturbation_key
+from hawq_onnx.options import METRICS, SCALE_METHODS  # the choice lists, defined once
 
 log = logging.getLogger(__name__)
 
 DEFAULT_W_BITS = (2, 4, 8)
 DEFAULT_A_BITS = (4, 8)
 END_BITS = (8, 8)  # first and last layer, as HAWQ does
-METRICS = ("trace", "eigenvalue")
-SCALE_METHODS = ("maxabs", "mse")
 PARETO_POINTS = 60  # frontier points kept in the plan (evenly spread in log ratio), plus the chosen one
 
 Bits = tuple[int | None, int | None]  # (w_bits, a_bits); None = float
@@ -218,7 +217,7 @@ def choice_cost(layer: LayerSensitivity, bits: Bits, metric: str = "trace", scal
 class Problem:
     """The allocation problem once candidates, pins, ties and costs are resolved."""
 
-    report: SensitivityReport
+    report: Sensitivity
     groups: list[list[int]]        # layer indices per item, network order
     options: list[list[Bits]]      # per item, the choices it may take
     items: list[Item]
@@ -257,7 +256,7 @@ def _match(pattern: str, names: list[str], what: str) -> list[str]:
     return hits
 
 
-def build_problem(report: SensitivityReport, *, w_bits: Sequence[int] = DEFAULT_W_BITS,
+def build_problem(report: Sensitivity, *, w_bits: Sequence[int] = DEFAULT_W_BITS,
                   a_bits: Sequence[int] = DEFAULT_A_BITS, metric: str = "trace", scale_method: str = "maxabs",
                   weight_range: str = "narrow",
                   ties: Sequence[str | Sequence[str]] = (), pinned: Mapping[str, tuple[int, int]] | None = None,
@@ -405,7 +404,7 @@ def format_bops(n: float, *, up: bool = False) -> str:
     raise AssertionError("unreachable")
 
 
-def allocate(report: SensitivityReport, budget: int | str, *, w_bits: Sequence[int] = DEFAULT_W_BITS,
+def allocate(report: Sensitivity, budget: int | str, *, w_bits: Sequence[int] = DEFAULT_W_BITS,
              a_bits: Sequence[int] = DEFAULT_A_BITS, metric: str = "trace", scale_method: str = "maxabs",
              weight_range: str = "narrow", bops_limit: int | str | None = None,
              ties: Sequence[str | Sequence[str]] = (),

@@ -57,16 +57,29 @@ def command(model_ref, weights, input_shape, data, budget, w_bits, a_bits, weigh
     Without --model and --data it runs the embedded default: the zoo's digits CNN on
     scikit-learn's digits.
     """
-    from hawq_onnx.pipeline import QuantizeConfig, run_quantize
+    from hawq_onnx.options import (
+        ACTIVATION_BITS,
+        WEIGHT_BITS,
+        AllocateOptions,
+        AnalyzeOptions,
+        ExportOptions,
+        FinetuneOptions,
+        QuantizeOptions,
+        ValidateOptions,
+    )
+    from hawq_onnx.pipeline import quantize
     from hawq_onnx.sources.model import parse_input_shape
 
-    cfg = QuantizeConfig(model_ref=model_ref, weights=weights, input_shape=parse_input_shape(input_shape), data=data,
-                         budget=budget, w_bits=_bits(w_bits, (2, 3, 4, 8), "--w-bits"),
-                         a_bits=_bits(a_bits, (4, 8), "--a-bits"), weight_range=weight_range, epochs=epochs,
-                         order=order, lr=lr, step_lr=step_lr,
-                         analysis_batches=batches, analysis_batch_size=batch_size, target=target, device=device,
-                         seed=seed, baseline=baseline, latency_runs=runs, max_drop=max_drop, force=force)
-    s = run_quantize(cfg, out, progress=True, say=lambda line: click.echo(line, err=True))
+    options = QuantizeOptions(
+        analyze=AnalyzeOptions(batches=batches, batch_size=batch_size, seed=seed, device=device),
+        allocate=AllocateOptions(w_bits=_bits(w_bits, WEIGHT_BITS, "--w-bits"),
+                                 a_bits=_bits(a_bits, ACTIVATION_BITS, "--a-bits"), weight_range=weight_range),
+        finetune=FinetuneOptions(order=order, epochs=epochs, lr=lr, step_lr=step_lr, seed=seed, device=device),
+        export=ExportOptions(target=target),
+        validate=ValidateOptions(runs=runs, baseline=baseline, max_drop=max_drop))
+    s = quantize(model_ref, data, budget=budget, out=out, options=options, weights=weights,
+                 input_shape=parse_input_shape(input_shape), force=force, progress=True,
+                 say=lambda line: click.echo(line, err=True))
     click.echo("")
     click.echo(f"top-1: float {100 * s.float_top1:.2f} %, quantized {100 * s.quant_top1:.2f} % "
                f"({100 * (s.quant_top1 - s.float_top1) + 0.0:+.2f} points)")

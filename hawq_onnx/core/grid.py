@@ -24,9 +24,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-WEIGHT_BITS = (2, 3, 4, 8)
-ACTIVATION_BITS = (4, 8)
-WEIGHT_RANGES = ("narrow", "full")
+from hawq_onnx.options import ACTIVATION_BITS, WEIGHT_BITS, WEIGHT_RANGES  # the choice lists, defined once
+
 # Bits each weight occupies in the file: 3-bit weights live in INT4 storage.
 STORAGE_BITS = {2: 2, 3: 4, 4: 4, 8: 8}
 FLOAT_BITS = 32

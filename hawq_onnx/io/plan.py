@@ -96,6 +96,15 @@ class Plan:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
+    def save(self, path: str | Path) -> Path:
+        """Write plan.json atomically (what ``hawq-onnx allocate`` writes)."""
+        return save_plan(self, path)
+
+    @classmethod
+    def load(cls, path: str | Path, fingerprint: str | None = None) -> "Plan":
+        """Read a plan.json; with ``fingerprint``, check it was made for that (BN-folded) model."""
+        return load_plan(path, fingerprint)
+
 
 def save_plan(plan: Plan, path: str | Path) -> Path:
     return write_json(path, plan.to_json())

@@ -57,7 +57,7 @@ class LayerSensitivity:
 
 
 @dataclass
-class SensitivityReport:
+class Sensitivity:
     model: str
     fingerprint: str
     data: str
@@ -80,8 +80,17 @@ class SensitivityReport:
                 return layer
         raise KeyError(name)
 
+    def save(self, path: str | Path) -> Path:
+        """Write sensitivity.json atomically (what ``hawq-onnx analyze`` writes)."""
+        return save_sensitivity(self, path)
 
-def save_sensitivity(report: SensitivityReport, path: str | Path) -> Path:
+    @classmethod
+    def load(cls, path: str | Path) -> "Sensitivity":
+        """Read a sensitivity.json written by ``save`` or ``hawq-onnx analyze``."""
+        return load_sensitivity(path)
+
+
+def save_sensitivity(report: Sensitivity, path: str | Path) -> Path:
     return write_json(path, report.to_json())
 
 
@@ -124,7 +133,7 @@ def _check_layer(layer: LayerSensitivity, where: str) -> None:
                         "rerun `hawq-onnx analyze`")
 
 
-def load_sensitivity(path: str | Path) -> SensitivityReport:
+def load_sensitivity(path: str | Path) -> Sensitivity:
     obj = read_json(path, "sensitivity")
     where = f"sensitivity file {path}"
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
@@ -141,7 +150,7 @@ def load_sensitivity(path: str | Path) -> SensitivityReport:
             layer = LayerSensitivity(**raw)
             _check_layer(layer, where)
             layers.append(layer)
-        report = SensitivityReport(model=obj["model"], fingerprint=obj["fingerprint"], data=obj["data"],
+        report = Sensitivity(model=obj["model"], fingerprint=obj["fingerprint"], data=obj["data"],
                                    settings=obj["settings"], layers=layers, seconds=obj.get("seconds", 0.0),
                                    float_weight_bytes=obj.get("float_weight_bytes", 0))
         for key in ("model", "fingerprint", "data"):

@@ -44,7 +44,8 @@ import torch.nn.functional as F
 from hawq_onnx.core.bn_fold import fold_copy
 from hawq_onnx.errors import HawqError
 from hawq_onnx.io.plan import Plan
-from hawq_onnx.io.sensitivity_report import SensitivityReport
+from hawq_onnx.io.sensitivity_report import Sensitivity
+from hawq_onnx.options import OPTIMIZERS, ORDERS  # the choice lists, defined once
 from hawq_onnx.qat.fake_quant import (
     DEFAULT_WEIGHT_METHOD,
     calibrate,
@@ -61,8 +62,6 @@ from hawq_onnx.sources.model import LoadedModel, model_fingerprint
 
 log = logging.getLogger(__name__)
 
-ORDERS = ("hawq", "single", "ptq")
-OPTIMIZERS = ("adam", "sgd")
 # Peak learning rates for the folded weights. ResNet20 at 13x (2/4/8-bit weights, 4-bit inputs),
 # HAWQ order, 3 epochs, fake-quant top-1: AdamW 1e-4 90.10 %, 3e-4 90.49 %, 1e-3 90.27 %; but the
 # digits default lost 0.56 points at 3e-4 against +0.27 at 1e-4, so 1e-4 stays the default and
@@ -114,7 +113,7 @@ def blocks_of(plan: Plan) -> list[Block]:
     return list(blocks.values())
 
 
-def order_blocks(plan: Plan, sensitivity: SensitivityReport | None = None) -> list[Block]:
+def order_blocks(plan: Plan, sensitivity: Sensitivity | None = None) -> list[Block]:
     """Blocks most sensitive first: sum of Omega, or the block's Tr(H) / params from a report.
 
     Ties keep module order (a stable sort).
@@ -386,7 +385,7 @@ def finetune(loaded: LoadedModel, plan: Plan, dataset: Dataset, *, order: str = 
              learn_scales: bool = True, scale_lr: float = 1e-3, weight_method: str = DEFAULT_WEIGHT_METHOD,
              observer: str = DEFAULT_OBSERVER, final_share: float = 0.5, warmup: float = 0.05,
              augment: str = "auto", seed: int = 0, device: str = "cpu", progress: bool = False,
-             sensitivity: SensitivityReport | None = None) -> FinetuneResult:
+             sensitivity: Sensitivity | None = None) -> FinetuneResult:
     """Quantize ``loaded``'s model as ``plan`` says and fine-tune it (or only calibrate: ``ptq``).
 
     ``epochs`` (fractions allowed) or ``steps`` is the whole training budget (default

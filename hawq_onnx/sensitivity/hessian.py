@@ -72,7 +72,7 @@ import torch.nn.functional as F
 from hawq_onnx.core import grid as quantization
 from hawq_onnx.core.layers import describe_layers, quantizable_modules
 from hawq_onnx.errors import HawqError
-from hawq_onnx.io.sensitivity_report import LayerSensitivity, SensitivityReport, perturbation_key
+from hawq_onnx.io.sensitivity_report import LayerSensitivity, Sensitivity, perturbation_key
 
 if TYPE_CHECKING:
     from hawq_onnx.sources.data import Dataset
@@ -543,14 +543,28 @@ def _finite(x: float) -> float:
 
 
 def analyze_model(loaded: LoadedModel, dataset: Dataset, *, batches: int = 1, batch_size: int = 256, seed: int = 0,
-                  device: str = "cpu", progress: bool = False, **options: Any) -> SensitivityReport:
+                  device: str = "cpu", progress: bool = False, **options: Any) -> Sensitivity:
     """Fold BN (on a copy), analyse on ``batches`` deterministic shuffled training batches, and
     fill the sensitivity report. ``options`` go to :func:`analyze`."""
+    if batches < 1 or batch_size < 1:
+        raise HawqError(f"--batches and --batch-size must be positive (got {batches} and {batch_size})")
+    _resolve_device(device)  # fail before the work
+    from hawq_onnx.sources.user_data import LOSS_WITHOUT_LABELS
+
+    data = list(dataset.train.batches(batch_size, shuffle=True, seed=seed, limit=batches))
+    loss = "cross_entropy" if dataset.labels_given else LOSS_WITHOUT_LABELS
+    return analyze_batches(loaded, data, dataset.name, batch_size=batch_size, seed=seed, device=device,
+                           progress=progress, loss=loss, **options)
+
+
+def analyze_batches(loaded: LoadedModel, data: Sequence[Batch], data_name: str, *, batch_size: int | None = None,
+                    seed: int = 0, device: str = "cpu", progress: bool = False, loss: str = "cross_entropy",
+                    **options: Any) -> Sensitivity:
+    """Fold BN (on a copy), analyse on the (inputs, labels) ``data`` batches, and fill the
+    sensitivity report. ``loss`` names the loss for the report; ``options`` go to :func:`analyze`."""
     from hawq_onnx.core.bn_fold import fold_batchnorm
     from hawq_onnx.sources.model import model_fingerprint
 
-    if batches < 1 or batch_size < 1:
-        raise HawqError(f"--batches and --batch-size must be positive (got {batches} and {batch_size})")
     _resolve_device(device)  # fail before the work
     describe_layers(loaded.module, loaded.spec.input_shape)  # no quantizable layer: a clear error, now
     if not quantizable_modules(loaded.module):
@@ -558,11 +572,12 @@ def analyze_model(loaded: LoadedModel, dataset: Dataset, *, batches: int = 1, ba
     start = time.perf_counter()
     model = copy.deepcopy(loaded.module)
     fold_batchnorm(model, loaded.spec.input_shape)
-    data = list(dataset.train.batches(batch_size, shuffle=True, seed=seed, limit=batches))
     layers = analyze(model, data, seed=seed, device=device, progress=progress, **options)
     settings = {
-        "split": "train", "batches": len(data), "batch_size": batch_size, "samples": sum(len(y) for _, y in data),
-        "seed": seed, "device": str(device), "loss": "cross_entropy", "bn_folded": True,
+        "split": "train", "batches": len(data),
+        "batch_size": batch_size if batch_size is not None else max(len(y) for _, y in data),
+        "samples": sum(len(y) for _, y in data),
+        "seed": seed, "device": str(device), "loss": loss, "bn_folded": True,
         **{k: options.get(k, v) for k, v in DEFAULTS.items()},
     }
     sketched = settings["sketch"] > 0
@@ -570,7 +585,6 @@ def analyze_model(loaded: LoadedModel, dataset: Dataset, *, batches: int = 1, ba
         "the top Ritz vector of the Hutch++ sketch" if sketched else "a random start")
     settings["trace_method"] = ("Hutch++: Hutchinson (Rademacher) deflated by the sketch" if sketched
                                 else "Hutchinson (Rademacher)") + ", stopped on the standard error"
-    return SensitivityReport(model=loaded.reference, fingerprint=model_fingerprint(model), data=dataset.name,
-                             settings=settings, layers=layers, seconds=time.perf_counter() - start,
-                             float_weight_bytes=4 * sum(layer.params for layer in layers))
-
+    return Sensitivity(model=loaded.reference, fingerprint=model_fingerprint(model), data=data_name,
+                       settings=settings, layers=layers, seconds=time.perf_counter() - start,
+                       float_weight_bytes=4 * sum(layer.params for layer in layers))

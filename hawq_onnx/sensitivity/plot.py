@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hawq_onnx.io.atomic import write_with
-from hawq_onnx.io.sensitivity_report import SensitivityReport
+from hawq_onnx.io.sensitivity_report import Sensitivity
 
 _EIGEN_COLOR = "#1f77b4"
 _TRACE_COLOR = "#d62728"
@@ -35,7 +35,7 @@ def _panel(ax, names: list[str], values: list[float], converged: list[bool], col
     ax.grid(axis="x", which="major", alpha=0.3)
 
 
-def plot_sensitivity(report: SensitivityReport, path: str | Path) -> Path:
+def plot_sensitivity(report: Sensitivity, path: str | Path) -> Path:
     """Write the bar chart as a PNG (atomically)."""
     import matplotlib
 

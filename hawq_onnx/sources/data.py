@@ -59,6 +59,7 @@ class Dataset:
     calib: Split
     test: Split
     num_classes: int
+    labels_given: bool = True  # False: the labels are the float model's top-1 (the data had none)
 
 
 def _stratified_split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int):

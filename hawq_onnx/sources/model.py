@@ -6,6 +6,7 @@ A model is named three ways: a zoo name (``resnet20-cifar10``), a file and facto
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib
 import importlib.util
@@ -180,3 +181,35 @@ def model_fingerprint(model: nn.Module) -> str:
     for name, p in model.state_dict().items():
         h.update(f"{name}:{tuple(p.shape)};".encode())
     return h.hexdigest()[:16]
+
+
+def from_module(module: nn.Module, input_shape: tuple[int, ...] | None = None,
+                data_shape: tuple[int, ...] | None = None, name: str | None = None) -> LoadedModel:
+    """A user's ``nn.Module`` as the stages take it: a private eval-mode copy (the user's module,
+    its mode and its weights are never touched), checked to run on its input shape.
+
+    The input shape is ``input_shape``, else the module's ``input_shape`` attribute, else
+    ``data_shape`` (one sample of the data). Inputs are taken as the data gives them: no
+    normalisation is added (``input_mean``/``input_std`` attributes, where present, are recorded).
+    """
+    if not isinstance(module, nn.Module):
+        raise HawqError(f"model must be a torch.nn.Module, a zoo name or FILE.py:factory; got {type(module).__name__}")
+    declared = getattr(module, "input_shape", None)
+    shape = input_shape or (tuple(int(d) for d in declared) if declared else None) or data_shape
+    if shape is None:
+        raise HawqError(f"{type(module).__name__} declares no input shape and there is no data to take one from: "
+                        "pass input_shape=(C, H, W)")
+    try:
+        copy_ = copy.deepcopy(module).cpu()
+    except Exception as exc:
+        raise HawqError(f"the model cannot be copied ({exc.__class__.__name__}: {exc}); hawq-onnx works on a copy "
+                        "so that your module is never modified") from None
+    check_finite(copy_, type(module).__name__)
+    copy_.eval()
+    run_once(copy_, tuple(shape))
+    label = name or type(module).__name__
+    classes = getattr(module, "class_names", None)
+    spec = ModelSpec(name=label, factory=lambda: copy.deepcopy(copy_), input_shape=tuple(int(d) for d in shape),
+                     mean=getattr(module, "input_mean", None), std=getattr(module, "input_std", None),
+                     class_names=tuple(classes) if classes else None)
+    return LoadedModel(copy_, spec, f"python:{label}", None)

@@ -21,7 +21,6 @@ import numpy as np
 from hawq_onnx.errors import HawqError
 from hawq_onnx.sources.data import Split
 
-BASELINES = ("ort-int8",)
 CALIBRATION_BATCH = 64
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from hawq_onnx.io.atomic import write_json, write_text, write_with
-from hawq_onnx.validation.validate import ValidationResult
+from hawq_onnx.validation.validate import ValidationReport
 
 MODE_COLOURS = {"integer": "#2a9d55", "emulated": "#e07b24", "float": "#8c8c8c",
                 "weight-only": "#4c78c8", "missing": "#c0392b"}
@@ -36,7 +36,7 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-def _summary_rows(result: ValidationResult) -> tuple[list[str], list[list[str]]]:
+def _summary_rows(result: ValidationReport) -> tuple[list[str], list[list[str]]]:
     head = ["model", "top-1", "drop (pts)", "agree"]
     if result.num_classes > 10:
         head.insert(2, "top-5")
@@ -59,7 +59,7 @@ def _summary_rows(result: ValidationResult) -> tuple[list[str], list[list[str]]]
     return head, rows
 
 
-def _layer_rows(result: ValidationResult) -> tuple[list[str], list[list[str]]]:
+def _layer_rows(result: ValidationReport) -> tuple[list[str], list[list[str]]]:
     head = ["layer", "op", "storage", "w bits", "a bits", "bytes", "float bytes", "ORT kernel", "runs as"]
     with_sens = any(r.trace is not None for r in result.layers)
     if with_sens:
@@ -75,12 +75,12 @@ def _layer_rows(result: ValidationResult) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
-def _bytes_by_type(result: ValidationResult) -> list[str]:
+def _bytes_by_type(result: ValidationReport) -> list[str]:
     return [f"{m.label}: " + ", ".join(f"{k} {v:,}" for k, v in sorted(m.bytes_by_type.items(), key=lambda kv: -kv[1]))
             for m in result.models]
 
 
-def _kernel_lines(result: ValidationResult) -> list[str]:
+def _kernel_lines(result: ValidationReport) -> list[str]:
     out = []
     for m in result.models:
         c = m.census
@@ -94,14 +94,14 @@ def _kernel_lines(result: ValidationResult) -> list[str]:
     return out
 
 
-def _gate_line(result: ValidationResult) -> str | None:
+def _gate_line(result: ValidationReport) -> str | None:
     if result.max_drop is None:
         return None
     verdict = "PASS" if result.gate_passed else "FAIL"
     return f"gate --max-drop {result.max_drop:g}: {verdict} (top-1 drop {result.quantized.drop_points:+.2f} points)"
 
 
-def _header_lines(result: ValidationResult) -> list[str]:
+def _header_lines(result: ValidationReport) -> list[str]:
     lines = [f"data: {result.data}, test split, {result.samples:,} samples, {result.num_classes} classes; "
              f"input {result.input_name!r} (N, {', '.join(map(str, result.input_shape))}); "
              f"normalisation: {result.normalisation}"]
@@ -134,7 +134,7 @@ def _text_table(head: Sequence[str], rows: Sequence[Sequence[str]], left: frozen
     return [fmt(head), "  ".join("-" * w for w in widths), *(fmt(r) for r in rows)]
 
 
-def format_table(result: ValidationResult) -> str:
+def format_table(result: ValidationReport) -> str:
     """The plain-text report printed by ``hawq-onnx validate``."""
     lines = _header_lines(result) + [""]
     lines += _text_table(*_summary_rows(result))
@@ -151,7 +151,7 @@ def format_table(result: ValidationResult) -> str:
 
 # --- JSON ----------------------------------------------------------------------------------
 
-def write_result_json(result: ValidationResult, path: str | os.PathLike) -> Path:
+def write_result_json(result: ValidationReport, path: str | os.PathLike) -> Path:
     return write_json(path, result.to_json())
 
 
@@ -176,7 +176,7 @@ MODEL_MARKERS = {"float": "o", "quantized": "D", "ort-int8": "s"}
 LABEL_OFFSETS = {"float": (10, 0, "center"), "quantized": (10, -7, "top"), "ort-int8": (10, 7, "bottom")}
 
 
-def plot_accuracy_vs_size(result: ValidationResult, path: str | os.PathLike) -> Path:
+def plot_accuracy_vs_size(result: ValidationReport, path: str | os.PathLike) -> Path:
     """Top-1 against file size; the figures themselves sit in the legend under the plot."""
     fig = _figure(6.4, 4.6)
     ax = fig.add_subplot()
@@ -206,7 +206,7 @@ def plot_accuracy_vs_size(result: ValidationResult, path: str | os.PathLike) -> 
     return _save(fig, Path(path))
 
 
-def plot_layer_bits(result: ValidationResult, path: str | os.PathLike) -> Path:
+def plot_layer_bits(result: ValidationReport, path: str | os.PathLike) -> Path:
     import numpy as np
     from matplotlib.patches import Patch
 
@@ -260,7 +260,7 @@ def plot_paths(report_path: str | os.PathLike) -> tuple[Path, Path]:
     return p.with_name(f"{p.stem}.accuracy_vs_size.png"), p.with_name(f"{p.stem}.layers.png")
 
 
-def write_markdown(result: ValidationResult, path: str | os.PathLike) -> list[Path]:
+def write_markdown(result: ValidationReport, path: str | os.PathLike) -> list[Path]:
     """``report.md`` with its two PNG plots beside it; returns the files written."""
     acc_png, layers_png = plot_paths(path)
     plot_accuracy_vs_size(result, acc_png)

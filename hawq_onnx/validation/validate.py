@@ -29,12 +29,14 @@ import onnx
 
 from hawq_onnx.core.onnx_inspect import Inspection, inspect_onnx, layer_name, load_onnx
 from hawq_onnx.errors import GateFailure, HawqError
-from hawq_onnx.io.sensitivity_report import SensitivityReport, load_sensitivity
+from hawq_onnx.io.atomic import write_json
+from hawq_onnx.io.sensitivity_report import Sensitivity, load_sensitivity
 from hawq_onnx.models.spec import ModelSpec
+from hawq_onnx.options import BASELINES
 from hawq_onnx.sources.data import Dataset, load_data
 from hawq_onnx.validation.kernel_census import KernelCensus, kernel_census
 from hawq_onnx.validation.latency import LatencyResult, LatencyStats, measure_latency
-from hawq_onnx.validation.ort_baseline import BASELINES, ort_int8
+from hawq_onnx.validation.ort_baseline import ort_int8
 from hawq_onnx.validation.ort_eval import (
     EVAL_BATCH_SIZE,
     Accuracy,
@@ -121,7 +123,7 @@ class ReferenceAgreement:
 
 
 @dataclass
-class ValidationResult:
+class ValidationReport:
     data: str
     samples: int
     num_classes: int
@@ -174,6 +176,10 @@ class ValidationResult:
                 "sensitivity": self.sensitivity,
                 "fake_quant_agreement": None if self.fake_quant is None else self.fake_quant.to_json(),
                 "gate": {"max_drop": self.max_drop, "passed": self.gate_passed}}
+
+    def save(self, path: str | Path) -> Path:
+        """Write report.json atomically (what ``hawq-onnx validate --json`` writes)."""
+        return write_json(path, self.to_json())
 
 
 # --- the data spec ------------------------------------------------------------------------
@@ -249,7 +255,7 @@ def _quiet(logger: str):
 # --- the run ------------------------------------------------------------------------------
 
 def _layer_reports(quant: Inspection, census: KernelCensus, float_ins: Inspection,
-                   sensitivity: SensitivityReport | None) -> list[LayerReport]:
+                   sensitivity: Sensitivity | None) -> list[LayerReport]:
     kernels = {layer.node: layer for layer in census.layers}
     float_bytes = {layer_name(r.weight, r.node): r.bytes for r in float_ins.layers}
     sens = {s.name: s for s in sensitivity.layers} if sensitivity is not None else {}
@@ -292,12 +298,12 @@ def validate(float_path: str | Path, quant_path: str | Path, data: str | Dataset
              sensitivity: str | Path | None = None, limit: int | None = None,
              eval_batch_size: int = EVAL_BATCH_SIZE, max_drop: float | None = None,
              reference: Callable[[np.ndarray], np.ndarray] | None = None,
-             progress: bool = False) -> ValidationResult:
+             progress: bool = False) -> ValidationReport:
     """Measure ``quant_path`` against ``float_path`` (and an optional baseline) under ONNX Runtime.
 
     ``reference``: the PyTorch fake-quant model's scores for a batch of test inputs; the
     quantized file's agreement with it is reported. ``runs=0`` skips the latency measurement. The gate (``max_drop``) is recorded, not raised:
-    call :meth:`ValidationResult.check_gate` after writing the reports.
+    call :meth:`ValidationReport.check_gate` after writing the reports.
     """
     if baseline is not None and baseline not in BASELINES:
         raise HawqError(f"unknown baseline {baseline!r}: use {', '.join(BASELINES)}")
@@ -401,7 +407,7 @@ def validate(float_path: str | Path, quant_path: str | Path, data: str | Dataset
 
     quant = models[1]
     layers = _layer_reports(inspections[QUANTIZED], quant.census, inspections[FLOAT], sens)
-    return ValidationResult(data=source, samples=len(test), num_classes=dataset.num_classes,
+    return ValidationReport(data=source, samples=len(test), num_classes=dataset.num_classes,
                             input_name=float_io.input_name, input_shape=tuple(test.x.shape[1:]),
                             normalisation=normalisation, models=models, layers=layers, latency=latency,
                             max_drop=max_drop, sensitivity=str(sensitivity) if sensitivity is not None else None,

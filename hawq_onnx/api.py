@@ -1,0 +1,345 @@
+"""The public Python API: one function per stage, frozen options, typed results.
+
+    import hawq_onnx as hq
+    sens = hq.analyze(model, loader)                 # -> Sensitivity     (sensitivity.json)
+    plan = hq.allocate(sens, budget="8x")            # -> Plan            (plan.json)
+    qmodel = hq.finetune(model, plan, loader)        # -> QuantizedModel  (quantized.pt)
+    onnx_q = hq.export(qmodel)                       # -> ExportedModel   (model.qdq.onnx + its plan)
+    onnx_f = hq.export(model)                        #    the float model, BatchNorm folded
+    report = hq.validate(onnx_f, onnx_q, test_loader, reference=qmodel)   # -> ValidationReport
+
+``model`` is the user's ``nn.Module`` (never modified: the stages work on a copy) or a name the
+CLI takes (a zoo name, ``FILE.py:factory``, ``package.module:factory``, with ``weights=``).
+``data`` is a DataLoader, a torch Dataset, an iterable of batches, arrays (``x`` or ``(x, y)``)
+or a CLI spec string (``digits``, ``cifar10:DIR``, ``npz:FILE``); see
+:mod:`hawq_onnx.sources.user_data` for batches. Without labels the float model's own top-1
+stands in for them, and every report says so. Options are the frozen dataclasses of
+:mod:`hawq_onnx.options`, given whole (``options=``) or field by field as keyword arguments.
+Functions log through ``logging`` (logger ``hawq_onnx``) and show progress bars only with
+``progress=True``; failures are :class:`hawq_onnx.errors.HawqError` naming the parameter.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import onnx
+import torch
+import torch.nn as nn
+
+from hawq_onnx.allocation.solve import allocate as _allocate
+from hawq_onnx.core.bn_fold import fold_copy
+from hawq_onnx.core.layers import run_once
+from hawq_onnx.core.onnx_inspect import Inspection, inspect_onnx
+from hawq_onnx.deploy.bundle import Bundle, is_bundle, read_bundle
+from hawq_onnx.deploy.package import PackageResult, build_bundle
+from hawq_onnx.errors import HawqError
+from hawq_onnx.io.atomic import sha256_file
+from hawq_onnx.io.plan import Plan
+from hawq_onnx.io.sensitivity_report import Sensitivity
+from hawq_onnx.onnx_export.float_onnx import float_onnx, save_onnx
+from hawq_onnx.onnx_export.qdq import quantize_onnx
+from hawq_onnx.options import (
+    AllocateOptions,
+    AnalyzeOptions,
+    ExportOptions,
+    FinetuneOptions,
+    ValidateOptions,
+    with_overrides,
+)
+from hawq_onnx.qat.finetune import finetune as _finetune
+from hawq_onnx.qat.finetune import predict_scores
+from hawq_onnx.qat.region_grids import reference_model
+from hawq_onnx.results import ExportedModel, QuantizedModel
+from hawq_onnx.sensitivity.hessian import analyze_batches, analyze_model
+from hawq_onnx.sources import user_data
+from hawq_onnx.sources.data import Dataset, Split, load_data, resolve_source, sample_shape
+from hawq_onnx.sources.model import LoadedModel, from_module, load_model, model_fingerprint
+from hawq_onnx.validation.validate import ValidationReport
+from hawq_onnx.validation.validate import validate as _validate
+
+PathLike = str | os.PathLike
+OnnxLike = PathLike | onnx.ModelProto | ExportedModel
+
+
+# --- models and data as the stages take them ------------------------------------------------
+
+def _reiterable(data: Any) -> Any:
+    """A one-shot iterator (a generator) read once into a list, so that every stage sees it all."""
+    if data is not None and not isinstance(data, (str, bytes)) and hasattr(data, "__next__"):
+        return list(data)
+    return data
+
+
+def _user_sample_shape(data: Any, input_fn: Callable | None) -> tuple[int, ...] | None:
+    if data is None:
+        return None
+    if isinstance(data, str):
+        return sample_shape(data)
+    for batch in user_data.iter_batches(data):
+        x, _ = user_data.split_batch(batch, input_fn)
+        return tuple(int(d) for d in x.shape[1:])
+    raise HawqError("data gave no batch")
+
+
+def prepare_model(model: nn.Module | str | LoadedModel | None, *, weights: PathLike | None = None,
+                  input_shape: tuple[int, ...] | None = None, data: Any = None,
+                  input_fn: Callable | None = None) -> LoadedModel:
+    """``model`` as the stages take it: a private copy in eval mode, its input shape known."""
+    if isinstance(model, LoadedModel):
+        return model
+    shape = tuple(int(d) for d in input_shape) if input_shape is not None else None
+    if model is None or isinstance(model, str):
+        return load_model(model, None if weights is None else str(weights), shape,
+                          data_shape=_user_sample_shape(data, input_fn))
+    if weights is not None:
+        raise HawqError("weights: load weights into your nn.Module yourself (weights= is for a model named by string)")
+    declared = getattr(model, "input_shape", None)
+    data_shape = None if shape or declared else _user_sample_shape(data, input_fn)
+    return from_module(model, shape, data_shape=data_shape)
+
+
+def _labeler(loaded: LoadedModel) -> Callable[[np.ndarray], np.ndarray]:
+    def label(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return predict_scores(loaded.module, x).argmax(axis=1).astype(np.int64)
+    return label
+
+
+def _num_classes(loaded: LoadedModel) -> int:
+    out = run_once(loaded.module, loaded.input_shape)
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        raise HawqError(f"the model's output must be one (batch, classes) tensor of scores, got "
+                        f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
+    return int(out.shape[1])
+
+
+def prepare_data(loaded: LoadedModel, data: Any, eval_data: Any = None, *, input_fn: Callable | None = None,
+                 seed: int = 0) -> Dataset:
+    """Training, calibration and evaluation splits for ``loaded`` from ``data`` (and ``eval_data``)."""
+    if isinstance(data, Dataset):
+        return data
+    if data is None or isinstance(data, str):
+        if eval_data is not None:
+            raise HawqError("eval_data: a spec string (digits, cifar10:DIR, npz:FILE) brings its own test split; "
+                            "give eval_data only with data held in Python")
+        return load_data(resolve_source(data, loaded.spec), loaded.spec, seed=seed)
+    return user_data.as_dataset(_reiterable(data), _reiterable(eval_data), num_classes=_num_classes(loaded),
+                                input_fn=input_fn, labeler=_labeler(loaded), seed=seed)
+
+
+# --- the stages -------------------------------------------------------------------------------
+
+def analyze(model: nn.Module | str, data: Any = None, *, options: AnalyzeOptions | None = None,
+            weights: PathLike | None = None, input_shape: tuple[int, ...] | None = None,
+            input_fn: Callable | None = None, progress: bool = False, **overrides: Any) -> Sensitivity:
+    """Per-layer Hessian sensitivity (top eigenvalue, Hutch++ trace) of the BN-folded ``model``.
+
+    With a spec string, ``batches`` shuffled training batches of ``batch_size`` are analysed (as
+    ``hawq-onnx analyze``); with data held in Python, its first ``batches`` batches as they come.
+    """
+    opts = with_overrides(options, AnalyzeOptions, overrides, "analyze")
+    if opts.batches < 1 or opts.batch_size < 1:
+        raise HawqError(f"analyze: batches and batch_size must be positive (got {opts.batches} and {opts.batch_size})")
+    data = _reiterable(data)
+    loaded = prepare_model(model, weights=weights, input_shape=input_shape, data=data, input_fn=input_fn)
+    settings = dict(eig_tol=opts.eig_tol, max_iter=opts.max_iter, trace_tol=opts.trace_tol,
+                    max_probes=opts.max_probes, sketch=opts.sketch)
+    if data is None or isinstance(data, (str, Dataset)):
+        dataset = prepare_data(loaded, data, seed=opts.seed)
+        return analyze_model(loaded, dataset, batches=opts.batches, batch_size=opts.batch_size, seed=opts.seed,
+                             device=opts.device, progress=progress, **settings)
+    batches, given = user_data.take_batches(data, opts.batches, batch_size=opts.batch_size, input_fn=input_fn,
+                                            labeler=_labeler(loaded))
+    return analyze_batches(loaded, batches, user_data.describe(data), seed=opts.seed, device=opts.device,
+                           progress=progress, loss="cross_entropy" if given else user_data.LOSS_WITHOUT_LABELS, **settings)
+
+
+def allocate(sensitivity: Sensitivity | PathLike, budget: str | int = "8x", *,
+             options: AllocateOptions | None = None, **overrides: Any) -> Plan:
+    """The bits of every layer with the lowest total Omega within ``budget`` (``13x``, ``800KB``,
+    or bytes), solved exactly, with the Pareto frontier in the plan."""
+    opts = with_overrides(options, AllocateOptions, overrides, "allocate")
+    digest = None
+    if not isinstance(sensitivity, Sensitivity):
+        digest = sha256_file(sensitivity) if Path(sensitivity).is_file() else None
+        sensitivity = Sensitivity.load(sensitivity)
+    return _allocate(sensitivity, budget, w_bits=opts.w_bits, a_bits=opts.a_bits, metric=opts.metric,
+                     scale_method=opts.scale_method, weight_range=opts.weight_range, bops_limit=opts.bops,
+                     ties=list(opts.ties), pinned=dict(opts.pins), pin_ends=opts.pin_ends,
+                     keep_float=list(opts.keep_float), sensitivity_sha256=digest)
+
+
+def finetune(model: nn.Module | str, plan: Plan | PathLike, data: Any = None, *, eval_data: Any = None,
+             options: FinetuneOptions | None = None, sensitivity: Sensitivity | PathLike | None = None,
+             weights: PathLike | None = None, input_shape: tuple[int, ...] | None = None,
+             input_fn: Callable | None = None, progress: bool = False, **overrides: Any) -> QuantizedModel:
+    """Quantize ``model`` as ``plan`` says and fine-tune it (HAWQ order by default), or calibrate
+    only (``order="ptq"``). Without labels, training distils from the float model alone and
+    the accuracies are agreement with it."""
+    opts = with_overrides(options, FinetuneOptions, overrides, "finetune")
+    data = _reiterable(data)
+    loaded = prepare_model(model, weights=weights, input_shape=input_shape, data=data, input_fn=input_fn)
+    fingerprint = model_fingerprint(fold_copy(loaded.module, loaded.input_shape))
+    plan = plan if isinstance(plan, Plan) else Plan.load(plan, fingerprint)
+    if sensitivity is not None and not isinstance(sensitivity, Sensitivity):
+        sensitivity = Sensitivity.load(sensitivity)
+    dataset = prepare_data(loaded, data, eval_data, input_fn=input_fn, seed=opts.seed)
+    settings = {k: getattr(opts, k) for k in FinetuneOptions.__dataclass_fields__}
+    if not dataset.labels_given:
+        settings.update(distill=True, distill_weight=1.0)  # the float model is the only teacher there is
+    result = _finetune(loaded, plan, dataset, **settings, progress=progress, sensitivity=sensitivity)
+    return QuantizedModel.from_result(result, loaded.input_shape, dataset.calib.x)
+
+
+def export(model: QuantizedModel | nn.Module | str, *, data: Any = None, options: ExportOptions | None = None,
+           path: PathLike | None = None, weights: PathLike | None = None,
+           input_shape: tuple[int, ...] | None = None, input_fn: Callable | None = None,
+           progress: bool = False, **overrides: Any) -> ExportedModel:
+    """ONNX: the mixed-precision QDQ model of a ``QuantizedModel``, or the float model (BatchNorm
+    folded, parameter names kept, dynamic batch) of an ``nn.Module`` or model name.
+
+    The QDQ export calibrates the 8-bit tensors between layers on ``data`` (default: the
+    fine-tuning's calibration samples) and returns them, named in PyTorch, as the exported
+    plan's grids. With ``path`` the file (and the exported plan, ``<stem>.plan.json``) is written.
+    """
+    opts = with_overrides(options, ExportOptions, overrides, "export")
+    if isinstance(model, QuantizedModel):
+        if data is not None:
+            calibration = _calibration_x(model, data, input_fn)
+        elif model.calibration_x is not None:
+            calibration = model.calibration_x
+        else:
+            raise HawqError("export: this QuantizedModel carries no calibration samples (it was loaded from a "
+                            "file): pass data= to calibrate the tensors between layers")
+        q = quantize_onnx(model.float_module(), model.input_shape, model.plan, calibration, target=opts.target,
+                          progress=progress)
+        exported = ExportedModel(q.model, q.plan, q.target, list(q.warnings), dict(q.bits), q.calibration_samples)
+    else:
+        if data is not None or overrides or options is not None:
+            raise HawqError("export: data and target apply to a QuantizedModel; a float model is exported as is")
+        loaded = prepare_model(model, weights=weights, input_shape=input_shape)
+        exported = ExportedModel(float_onnx(fold_copy(loaded.module, loaded.input_shape), loaded.input_shape))
+    if path is not None:
+        exported.save(path)
+    return exported
+
+
+def _calibration_x(model: QuantizedModel, data: Any, input_fn: Callable | None) -> np.ndarray:
+    if isinstance(data, Dataset):
+        return data.calib.x
+    if isinstance(data, str):
+        raise HawqError("export: data as a spec string needs the model's normalisation; pass arrays or a "
+                        "DataLoader of inputs as the model takes them")
+    batches, _ = user_data.take_batches(_reiterable(data), None, input_fn=input_fn,
+                                        labeler=lambda x: np.zeros(len(x), np.int64))
+    x = np.concatenate([b[0].numpy() for b in batches])
+    if tuple(x.shape[1:]) != tuple(model.input_shape):
+        raise HawqError(f"export: data samples have shape {tuple(x.shape[1:])}, the model takes {model.input_shape}")
+    return x[:user_data.CALIBRATION_SIZE]
+
+
+@contextmanager
+def _onnx_files(*models: OnnxLike | None) -> Iterator[list[Path | None]]:
+    """Paths for ONNX models given as files, ModelProtos or ExportedModels (the latter written to a
+    temporary folder that is removed afterwards)."""
+    with tempfile.TemporaryDirectory(prefix="hawq-api-") as tmp:
+        paths: list[Path | None] = []
+        for i, m in enumerate(models):
+            if m is None:
+                paths.append(None)
+            elif isinstance(m, (onnx.ModelProto, ExportedModel)):
+                paths.append(save_onnx(m.model if isinstance(m, ExportedModel) else m, Path(tmp) / f"model{i}.onnx"))
+            else:
+                paths.append(Path(m))
+        yield paths
+
+
+def _onnx_scores(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+    from hawq_onnx.validation.ort_eval import model_io, open_session, predict
+
+    session = open_session(path, threads)
+    io = model_io(session, path)
+    return lambda x: predict(session, io, np.ascontiguousarray(x, np.float32))
+
+
+def _eval_dataset(data: Any, float_path: Path, threads: int, input_fn: Callable | None) -> Dataset:
+    scores = _onnx_scores(float_path, threads)
+    x, y, given = user_data.collect(_reiterable(data), input_fn=input_fn,
+                                    labeler=lambda v: scores(v).argmax(axis=1).astype(np.int64))
+    name = user_data.describe(data) + ("" if given else f"; {user_data.FLOAT_MODEL_LABELS}")
+    calib = Split(x[:user_data.CALIBRATION_SIZE], y[:user_data.CALIBRATION_SIZE])
+    classes = max(int(y.max()) + 1, int(scores(x[:1]).shape[1]))
+    return Dataset(name, calib, calib, Split(x, y), classes, labels_given=given)
+
+
+def _reference(reference: QuantizedModel | Callable | None, quant: OnnxLike) -> Callable | None:
+    if reference is None or callable(reference) and not isinstance(reference, QuantizedModel):
+        return reference
+    if not isinstance(reference, QuantizedModel):
+        raise HawqError(f"validate: reference must be a QuantizedModel or a function of inputs, "
+                        f"got {type(reference).__name__}")
+    exported = quant if isinstance(quant, ExportedModel) else None
+    if exported is None and not isinstance(quant, onnx.ModelProto):
+        exported = ExportedModel.load(quant)  # picks up <stem>.plan.json where export wrote one
+    plan = exported.plan if exported is not None and exported.plan is not None else reference.plan
+    module = reference_model(reference.float_module(), plan)
+    return lambda x: predict_scores(module, x)
+
+
+def validate(float_model: OnnxLike, quantized_model: OnnxLike, data: Any, *,
+             reference: QuantizedModel | Callable[[np.ndarray], np.ndarray] | None = None,
+             sensitivity: Sensitivity | PathLike | None = None, options: ValidateOptions | None = None,
+             input_shape: tuple[int, ...] | None = None, input_fn: Callable | None = None,
+             model: str | None = None, progress: bool = False, **overrides: Any) -> ValidationReport:
+    """ONNX Runtime top-1, agreement, latency, size and kernels of the quantized model against the
+    float one (files, ModelProtos or ExportedModels), and, with ``reference`` (the QuantizedModel
+    it was exported from), its agreement with PyTorch. ``data`` held in Python is evaluated whole
+    (without labels, against the float model's top-1); a spec string is normalised by the ONNX
+    metadata or by ``model`` (a zoo name or FILE.py:factory), as ``hawq-onnx validate`` does."""
+    opts = with_overrides(options, ValidateOptions, overrides, "validate")
+    ref = _reference(reference, quantized_model)
+    with _onnx_files(float_model, quantized_model) as (fpath, qpath), tempfile.TemporaryDirectory() as tmp:
+        sens_path = sensitivity
+        if isinstance(sensitivity, Sensitivity):
+            sens_path = sensitivity.save(Path(tmp) / "sensitivity.json")
+        if data is None or isinstance(data, (str, Dataset)):
+            if data is None:
+                raise HawqError("validate: data is required (a DataLoader, arrays or a spec string)")
+            dataset = data
+        else:
+            dataset = _eval_dataset(data, fpath, opts.threads, input_fn)
+        return _validate(fpath, qpath, dataset, model_ref=model, input_shape=input_shape, threads=opts.threads,
+                         batch_sizes=opts.batch_sizes, runs=opts.runs, warmup=opts.warmup, provider=opts.provider,
+                         baseline=opts.baseline, sensitivity=sens_path, limit=opts.limit,
+                         eval_batch_size=opts.eval_batch_size, max_drop=opts.max_drop, reference=ref,
+                         progress=progress)
+
+
+def package(model: OnnxLike, out: PathLike, *, report: ValidationReport | PathLike | None = None,
+            as_zip: bool = False, model_ref: str | None = None) -> PackageResult:
+    """An ONNX Runtime bundle of ``model``: the .onnx, the .ort, the operator config for a minimal
+    build and a manifest (with ``report``'s figures), after checking the .ort matches the .onnx."""
+    with _onnx_files(model) as (path,), tempfile.TemporaryDirectory() as tmp:
+        report_path = report
+        if isinstance(report, ValidationReport):
+            report_path = report.save(Path(tmp) / "report.json")
+        return build_bundle(path, out, report=report_path, model_ref=model_ref, as_zip=as_zip)
+
+
+def inspect(model: OnnxLike) -> Inspection | Bundle:
+    """The per-layer table of an ONNX model (op, weight shape, params, MACs, storage, bits, bytes),
+    or, for a ``package`` bundle (folder or .zip), the bundle with its manifest."""
+    if isinstance(model, ExportedModel):
+        return inspect_onnx(model.model)
+    if isinstance(model, onnx.ModelProto):
+        return inspect_onnx(model)
+    if is_bundle(model):
+        return read_bundle(model)
+    return inspect_onnx(model)

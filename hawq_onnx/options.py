@@ -1,0 +1,137 @@
+"""The options of each stage: frozen dataclasses, and the choice lists the command line shows.
+
+One dataclass per stage, each field with the default the ``hawq-onnx`` command of that stage
+uses. The Python API takes them whole (``options=AnalyzeOptions(batches=2)``) or field by field
+as keyword arguments (``hq.analyze(model, data, batches=2)``); the CLI builds them from its flags,
+so the two cannot drift apart. Values are checked where they are used, with errors that name
+the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping, TypeVar
+
+from hawq_onnx.errors import HawqError
+
+# Choice lists (the CLI's click.Choice reads these).
+DEVICES = ("cpu", "cuda")
+METRICS = ("trace", "eigenvalue")
+SCALE_METHODS = ("maxabs", "mse")
+WEIGHT_RANGES = ("narrow", "full")
+ORDERS = ("hawq", "single", "ptq")
+OPTIMIZERS = ("adam", "sgd")
+TARGETS = ("ort-cpu", "compact")
+BASELINES = ("ort-int8",)
+WEIGHT_BITS = (2, 3, 4, 8)
+ACTIVATION_BITS = (4, 8)
+
+
+@dataclass(frozen=True)
+class AnalyzeOptions:
+    """Hessian sensitivity (``hq.analyze``, ``hawq-onnx analyze``).
+
+    ``batches`` x ``batch_size`` training samples are analysed; with a DataLoader or another
+    iterable of batches, ``batches`` of its own batches are taken as they come and
+    ``batch_size`` is not used.
+    """
+
+    batches: int = 1
+    batch_size: int = 256
+    eig_tol: float = 1e-3     # power iteration stops when the eigenvalue changes less than this, relatively
+    max_iter: int = 100       # power iterations at most
+    trace_tol: float = 1e-2   # Hutchinson stops when its standard error is below this fraction of the trace
+    max_probes: int = 200     # Hutchinson probes at most per layer
+    sketch: int = 16          # Hutch++ sketch size per layer (0: plain Hutchinson)
+    seed: int = 0
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class AllocateOptions:
+    """Bits per layer under a budget (``hq.allocate``, ``hawq-onnx allocate``)."""
+
+    w_bits: tuple[int, ...] = (2, 4, 8)
+    a_bits: tuple[int, ...] = (4, 8)
+    metric: str = "trace"               # Tr(H)/n (HAWQ-V2/V3) or the top eigenvalue (HAWQ)
+    scale_method: str = "maxabs"        # the weight scale whose ||Q(W) - W||^2 prices a choice
+    weight_range: str = "narrow"        # 2/3/4-bit weights on the narrow or the full signed range
+    bops: str | None = None             # an optional BOPs limit: 0.3G, 40x
+    ties: tuple[str, ...] = ()          # "a,b" layers (globs allowed) that share one choice
+    pins: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # layer (glob) -> (w_bits, a_bits)
+    pin_ends: bool = True               # first and last layer 8/8, as HAWQ does
+    keep_float: tuple[str, ...] = ()    # layers kept float (weights and input)
+
+
+@dataclass(frozen=True)
+class FinetuneOptions:
+    """Quantization-aware fine-tuning (``hq.finetune``, ``hawq-onnx finetune``).
+
+    ``epochs`` (or ``steps``) is the whole training budget, all stages together; ``None``: 5
+    epochs. ``lr`` ``None``: the optimizer's default (1e-4 Adam, 3e-4 SGD).
+    """
+
+    order: str = "hawq"                 # hawq: most sensitive blocks first; single: all at once; ptq: calibrate only
+    epochs: float | None = None
+    steps: int | None = None
+    optimizer: str = "adam"
+    lr: float | None = None
+    step_lr: float | None = None        # quantized weights' lr in units of their quantization step
+    batch_size: int = 128
+    distill: bool = True
+    distill_weight: float = 0.5
+    temperature: float = 2.0
+    data_fraction: float = 1.0
+    seed: int = 0
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """ONNX export (``hq.export``, ``hawq-onnx export``)."""
+
+    target: str = "ort-cpu"   # ort-cpu: integer kernels under ONNX Runtime's CPU provider; compact: plain Q/DQ
+
+
+@dataclass(frozen=True)
+class ValidateOptions:
+    """ONNX Runtime measurements (``hq.validate``, ``hawq-onnx validate``)."""
+
+    threads: int = 2
+    batch_sizes: tuple[int, ...] = (1, 64)
+    runs: int = 50            # timed runs per model and batch size; 0 skips latency
+    warmup: int = 5
+    provider: str | None = None
+    baseline: str | None = None   # "ort-int8": ONNX Runtime's own quantize_static beside ours
+    limit: int | None = None      # evaluate only the first N samples
+    eval_batch_size: int = 256
+    max_drop: float | None = None  # recorded; ValidationReport.check_gate raises past it
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    """Every stage of ``hq.quantize`` / ``hawq-onnx quantize``. Its defaults are the embedded
+    default job's: 4-bit activations inside the network (first and last layer 8-bit)."""
+
+    analyze: AnalyzeOptions = AnalyzeOptions()
+    allocate: AllocateOptions = AllocateOptions(a_bits=(4,))
+    finetune: FinetuneOptions = FinetuneOptions()
+    export: ExportOptions = ExportOptions()
+    validate: ValidateOptions = ValidateOptions()
+
+
+O = TypeVar("O")
+
+
+def with_overrides(options: O | None, cls: type[O], overrides: Mapping[str, Any], function: str) -> O:
+    """``options`` (or the defaults) with ``overrides`` applied; an unknown name is a HawqError."""
+    base = cls() if options is None else options
+    if not isinstance(base, cls):
+        raise HawqError(f"{function}: options must be a {cls.__name__}, got {type(base).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise HawqError(f"{function}: unknown option(s) {', '.join(unknown)}; {cls.__name__} has "
+                        f"{', '.join(sorted(names))}")
+    return dataclasses.replace(base, **overrides) if overrides else base
