@@ -207,7 +207,8 @@ def export(model: QuantizedModel | nn.Module | str, *, data: Any = None, options
 
     The QDQ export calibrates the 8-bit tensors between layers on ``data`` (default: the
     fine-tuning's calibration samples) and returns them, named in PyTorch, as the exported
-    plan's grids. With ``path`` the file (and the exported plan, ``<stem>.plan.json``) is written.
+    plan's grids. A float model takes its input shape from ``input_shape``, its own
+    ``input_shape`` attribute, or one sample of ``data``. With ``path`` the file (and the exported plan, ``<stem>.plan.json``) is written.
     """
     opts = with_overrides(options, ExportOptions, overrides, "export")
     if isinstance(model, QuantizedModel):
@@ -222,9 +223,10 @@ def export(model: QuantizedModel | nn.Module | str, *, data: Any = None, options
                           progress=progress)
         exported = ExportedModel(q.model, q.plan, q.target, list(q.warnings), dict(q.bits), q.calibration_samples)
     else:
-        if data is not None or overrides or options is not None:
-            raise HawqError("export: data and target apply to a QuantizedModel; a float model is exported as is")
-        loaded = prepare_model(model, weights=weights, input_shape=input_shape)
+        if overrides or options is not None:
+            raise HawqError("export: target applies to a QuantizedModel; a float model is exported as is")
+        data = _reiterable(data)  # only its first sample's shape is read, where the model declares none
+        loaded = prepare_model(model, weights=weights, input_shape=input_shape, data=data, input_fn=input_fn)
         exported = ExportedModel(float_onnx(fold_copy(loaded.module, loaded.input_shape), loaded.input_shape))
     if path is not None:
         exported.save(path)

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from hawq_onnx.core.onnx_inspect import load_onnx
+from hawq_onnx.errors import HawqError
 from hawq_onnx.io.plan import Plan, RegionGrid, load_plan, save_plan
 from hawq_onnx.io.quantized_checkpoint import QuantizedCheckpoint
 from hawq_onnx.io.sensitivity_report import Sensitivity
@@ -24,7 +25,7 @@ from hawq_onnx.onnx_export.float_onnx import save_onnx
 from hawq_onnx.qat.checkpoint import restore_quantized
 from hawq_onnx.qat.fake_quant import quantize_model, strip_fake_quant
 from hawq_onnx.qat.finetune import FinetuneResult
-from hawq_onnx.sources.model import LoadedModel, model_fingerprint
+from hawq_onnx.sources.model import LoadedModel, from_module, load_model, model_fingerprint
 from hawq_onnx.validation.validate import ValidationReport
 
 
@@ -66,6 +67,21 @@ class QuantizedModel:
                     calibration_x: np.ndarray | None) -> "QuantizedModel":
         return cls(result.model, result.plan, tuple(input_shape), result.reference, result.fingerprint,
                    result.float_accuracy, result.quant_accuracy, result.seconds, result.history, calibration_x)
+
+    @classmethod
+    def load(cls, path: str | Path, model: nn.Module | str, *, input_shape: tuple[int, ...] | None = None,
+             weights: str | Path | None = None) -> "QuantizedModel":
+        """quantized.pt put back onto ``model``, the float model it was made from (an ``nn.Module``,
+        or a zoo name or FILE.py:factory with ``weights``): quantized.pt holds the fine-tuned
+        weights and the plan, not the architecture. ``input_shape`` where the model declares none."""
+        if isinstance(model, nn.Module):
+            if weights is not None:
+                raise HawqError("weights: give weights with a model name, not with an nn.Module")
+            loaded = from_module(model, None if input_shape is None else tuple(input_shape))
+        else:
+            loaded = load_model(model, None if weights is None else str(weights),
+                                None if input_shape is None else tuple(input_shape))
+        return cls.restore(loaded, path)
 
     @classmethod
     def restore(cls, loaded: LoadedModel, path: str | Path) -> "QuantizedModel":
