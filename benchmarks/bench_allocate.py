@@ -18,8 +18,9 @@ import numpy as np
 import torch
 from hawq_onnx.models.registry import ZOO
 
+from hawq_onnx.allocation.cost_model import build_problem
 from hawq_onnx.allocation.pareto import pareto_frontier
-from hawq_onnx.allocation.solve import allocate, build_problem
+from hawq_onnx.allocation.solve import allocate
 from hawq_onnx.core.grid import WEIGHT_BITS, weight_perturbation
 from hawq_onnx.core.layers import describe_layers, quantizable_modules
 from hawq_onnx.io.sensitivity_report import LayerSensitivity, Sensitivity

@@ -37,7 +37,8 @@ def seed_models() -> list[bytes]:
 
 def run_targets(path: str) -> str:
     """'ok' or 'clean'; anything else raises (a traceback in the CLI would be a bug)."""
-    from hawq_onnx.core.onnx_inspect import format_inspection, inspect_onnx
+    from hawq_onnx.core.inspection_format import format_inspection
+    from hawq_onnx.core.onnx_inspect import inspect_onnx
     from hawq_onnx.core.ort_session import open_session
     from hawq_onnx.errors import HawqError
 

@@ -39,10 +39,9 @@ from hawq_onnx.core.layers import run_once
 from hawq_onnx.core.onnx_inspect import Inspection, inspect_onnx
 from hawq_onnx.deploy.bundle import Bundle, is_bundle, read_bundle
 from hawq_onnx.deploy.package import PackageResult, build_bundle
-from hawq_onnx.errors import HawqError
-from hawq_onnx.io.atomic import sha256_file
+from hawq_onnx.errors import HawqError, OptionError
 from hawq_onnx.io.plan import Plan
-from hawq_onnx.io.sensitivity_report import Sensitivity
+from hawq_onnx.io.sensitivity_report import Sensitivity, content_sha256
 from hawq_onnx.onnx_export.float_onnx import float_onnx, save_onnx
 from hawq_onnx.onnx_export.qdq import quantize_onnx
 from hawq_onnx.options import (
@@ -53,13 +52,15 @@ from hawq_onnx.options import (
     ValidateOptions,
     with_overrides,
 )
+from hawq_onnx.qat.finetune import check_options as check_finetune_options
 from hawq_onnx.qat.finetune import finetune as _finetune
 from hawq_onnx.qat.finetune import predict_scores
 from hawq_onnx.qat.region_grids import reference_model
 from hawq_onnx.results import ExportedModel, QuantizedModel
-from hawq_onnx.sensitivity.hessian import analyze_batches, analyze_model
+from hawq_onnx.sensitivity.hessian import analyze_batches, analyze_model, check_settings
 from hawq_onnx.sources import user_data
-from hawq_onnx.sources.data import Dataset, Split, load_data, resolve_source, sample_shape
+from hawq_onnx.sources.data import load_data, resolve_source, sample_shape
+from hawq_onnx.sources.splits import Dataset, Split
 from hawq_onnx.sources.model import LoadedModel, from_module, load_model, model_fingerprint
 from hawq_onnx.validation.validate import ValidationReport
 from hawq_onnx.validation.validate import validate as _validate
@@ -99,7 +100,8 @@ def prepare_model(model: nn.Module | str | LoadedModel | None, *, weights: PathL
         return load_model(model, None if weights is None else str(weights), shape,
                           data_shape=_user_sample_shape(data, input_fn))
     if weights is not None:
-        raise HawqError("weights: load weights into your nn.Module yourself (weights= is for a model named by string)")
+        raise OptionError("{weights}: load weights into your nn.Module yourself ({weights} is for a model named by "
+                          "string)", "weights")
     declared = getattr(model, "input_shape", None)
     data_shape = None if shape or declared else _user_sample_shape(data, input_fn)
     return from_module(model, shape, data_shape=data_shape)
@@ -127,8 +129,8 @@ def prepare_data(loaded: LoadedModel, data: Any, eval_data: Any = None, *, input
         return data
     if data is None or isinstance(data, str):
         if eval_data is not None:
-            raise HawqError("eval_data: a spec string (digits, cifar10:DIR, npz:FILE) brings its own test split; "
-                            "give eval_data only with data held in Python")
+            raise OptionError("{eval_data}: a spec string (digits, cifar10:DIR, npz:FILE) brings its own test "
+                              "split; give {eval_data} only with data held in Python", "eval_data")
         return load_data(resolve_source(data, loaded.spec), loaded.spec, seed=seed)
     return user_data.as_dataset(_reiterable(data), _reiterable(eval_data), num_classes=_num_classes(loaded),
                                 input_fn=input_fn, labeler=_labeler(loaded), seed=seed)
@@ -141,24 +143,27 @@ def analyze(model: nn.Module | str, data: Any = None, *, options: AnalyzeOptions
             input_fn: Callable | None = None, progress: bool = False, **overrides: Any) -> Sensitivity:
     """Per-layer Hessian sensitivity (top eigenvalue, Hutch++ trace) of the BN-folded ``model``.
 
-    With a spec string, ``batches`` shuffled training batches of ``batch_size`` are analysed (as
-    ``hawq-onnx analyze``); with data held in Python, its first ``batches`` batches as they come.
+    ``batches`` seeded random batches of ``batch_size`` samples are analysed: from the training
+    split of a spec string (as ``hawq-onnx analyze``), from all of the data held in Python.
     """
     opts = with_overrides(options, AnalyzeOptions, overrides, "analyze")
     if opts.batches < 1 or opts.batch_size < 1:
-        raise HawqError(f"analyze: batches and batch_size must be positive (got {opts.batches} and {opts.batch_size})")
-    data = _reiterable(data)
-    loaded = prepare_model(model, weights=weights, input_shape=input_shape, data=data, input_fn=input_fn)
+        raise OptionError(f"{{batches}} and {{batch_size}} must be positive (got {opts.batches} and {opts.batch_size})",
+                          "batches", "batch_size")
     settings = dict(eig_tol=opts.eig_tol, max_iter=opts.max_iter, trace_tol=opts.trace_tol,
                     max_probes=opts.max_probes, sketch=opts.sketch)
+    check_settings(**settings)  # before the model and data load
+    data = _reiterable(data)
+    loaded = prepare_model(model, weights=weights, input_shape=input_shape, data=data, input_fn=input_fn)
     if data is None or isinstance(data, (str, Dataset)):
         dataset = prepare_data(loaded, data, seed=opts.seed)
         return analyze_model(loaded, dataset, batches=opts.batches, batch_size=opts.batch_size, seed=opts.seed,
                              device=opts.device, progress=progress, **settings)
-    batches, given = user_data.take_batches(data, opts.batches, batch_size=opts.batch_size, input_fn=input_fn,
-                                            labeler=_labeler(loaded))
-    return analyze_batches(loaded, batches, user_data.describe(data), seed=opts.seed, device=opts.device,
-                           progress=progress, loss="cross_entropy" if given else user_data.LOSS_WITHOUT_LABELS, **settings)
+    split, given, _ = user_data.evaluation_split(data, input_fn=input_fn, labeler=_labeler(loaded))
+    batches = list(split.batches(opts.batch_size, shuffle=True, seed=opts.seed, limit=opts.batches))
+    return analyze_batches(loaded, batches, user_data.describe(data), batch_size=opts.batch_size, seed=opts.seed,
+                           device=opts.device, progress=progress,
+                           loss="cross_entropy" if given else user_data.LOSS_WITHOUT_LABELS, **settings)
 
 
 def allocate(sensitivity: Sensitivity | PathLike, budget: str | int = "8x", *,
@@ -166,14 +171,12 @@ def allocate(sensitivity: Sensitivity | PathLike, budget: str | int = "8x", *,
     """The bits of every layer with the lowest total Omega within ``budget`` (``13x``, ``800KB``,
     or bytes), solved exactly, with the Pareto frontier in the plan."""
     opts = with_overrides(options, AllocateOptions, overrides, "allocate")
-    digest = None
     if not isinstance(sensitivity, Sensitivity):
-        digest = sha256_file(sensitivity) if Path(sensitivity).is_file() else None
         sensitivity = Sensitivity.load(sensitivity)
     return _allocate(sensitivity, budget, w_bits=opts.w_bits, a_bits=opts.a_bits, metric=opts.metric,
                      scale_method=opts.scale_method, weight_range=opts.weight_range, bops_limit=opts.bops,
                      ties=list(opts.ties), pinned=dict(opts.pins), pin_ends=opts.pin_ends,
-                     keep_float=list(opts.keep_float), sensitivity_sha256=digest)
+                     keep_float=list(opts.keep_float), sensitivity_sha256=content_sha256(sensitivity))
 
 
 def finetune(model: nn.Module | str, plan: Plan | PathLike, data: Any = None, *, eval_data: Any = None,
@@ -184,6 +187,8 @@ def finetune(model: nn.Module | str, plan: Plan | PathLike, data: Any = None, *,
     only (``order="ptq"``). Without labels, training distils from the float model alone and
     the accuracies are agreement with it."""
     opts = with_overrides(options, FinetuneOptions, overrides, "finetune")
+    check_finetune_options(**{k: getattr(opts, k) for k in FinetuneOptions.__dataclass_fields__
+                              if k not in ("seed", "device", "distill")})
     data = _reiterable(data)
     loaded = prepare_model(model, weights=weights, input_shape=input_shape, data=data, input_fn=input_fn)
     fingerprint = model_fingerprint(fold_copy(loaded.module, loaded.input_shape))
@@ -195,7 +200,7 @@ def finetune(model: nn.Module | str, plan: Plan | PathLike, data: Any = None, *,
     if not dataset.labels_given:
         settings.update(distill=True, distill_weight=1.0)  # the float model is the only teacher there is
     result = _finetune(loaded, plan, dataset, **settings, progress=progress, sensitivity=sensitivity)
-    return QuantizedModel.from_result(result, loaded.input_shape, dataset.calib.x)
+    return QuantizedModel.from_result(result, loaded.input_shape, dataset.calib.x, len(dataset.test))
 
 
 def export(model: QuantizedModel | nn.Module | str, *, data: Any = None, options: ExportOptions | None = None,
@@ -239,12 +244,10 @@ def _calibration_x(model: QuantizedModel, data: Any, input_fn: Callable | None) 
     if isinstance(data, str):
         raise HawqError("export: data as a spec string needs the model's normalisation; pass arrays or a "
                         "DataLoader of inputs as the model takes them")
-    batches, _ = user_data.take_batches(_reiterable(data), None, input_fn=input_fn,
-                                        labeler=lambda x: np.zeros(len(x), np.int64))
-    x = np.concatenate([b[0].numpy() for b in batches])
+    x = user_data.first_inputs(_reiterable(data), user_data.CALIBRATION_SIZE, input_fn)
     if tuple(x.shape[1:]) != tuple(model.input_shape):
         raise HawqError(f"export: data samples have shape {tuple(x.shape[1:])}, the model takes {model.input_shape}")
-    return x[:user_data.CALIBRATION_SIZE]
+    return x
 
 
 @contextmanager
@@ -273,12 +276,13 @@ def _onnx_scores(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]
 
 def _eval_dataset(data: Any, float_path: Path, threads: int, input_fn: Callable | None) -> Dataset:
     scores = _onnx_scores(float_path, threads)
-    x, y, given = user_data.collect(_reiterable(data), input_fn=input_fn,
-                                    labeler=lambda v: scores(v).argmax(axis=1).astype(np.int64))
+    test, given, top = user_data.evaluation_split(_reiterable(data), input_fn=input_fn,
+                                                  labeler=lambda v: scores(v).argmax(axis=1).astype(np.int64))
     name = user_data.describe(data) + ("" if given else f"; {user_data.FLOAT_MODEL_LABELS}")
-    calib = Split(x[:user_data.CALIBRATION_SIZE], y[:user_data.CALIBRATION_SIZE])
-    classes = max(int(y.max()) + 1, int(scores(x[:1]).shape[1]))
-    return Dataset(name, calib, calib, Split(x, y), classes, labels_given=given)
+    first = np.arange(min(len(test), user_data.CALIBRATION_SIZE))
+    calib = test.take(len(first)) if isinstance(test, Split) else Split(*test.gather(first))
+    classes = max(top + 1, int(scores(calib.x[:1]).shape[1]))
+    return Dataset(name, calib, calib, test, classes, labels_given=given, samples=len(test))
 
 
 def _reference(reference: QuantizedModel | Callable | None, quant: OnnxLike) -> Callable | None:
@@ -299,12 +303,14 @@ def validate(float_model: OnnxLike, quantized_model: OnnxLike, data: Any, *,
              reference: QuantizedModel | Callable[[np.ndarray], np.ndarray] | None = None,
              sensitivity: Sensitivity | PathLike | None = None, options: ValidateOptions | None = None,
              input_shape: tuple[int, ...] | None = None, input_fn: Callable | None = None,
-             model: str | None = None, progress: bool = False, **overrides: Any) -> ValidationReport:
+             model: str | None = None, baseline_out: PathLike | None = None, progress: bool = False,
+             **overrides: Any) -> ValidationReport:
     """ONNX Runtime top-1, agreement, latency, size and kernels of the quantized model against the
     float one (files, ModelProtos or ExportedModels), and, with ``reference`` (the QuantizedModel
     it was exported from), its agreement with PyTorch. ``data`` held in Python is evaluated whole
     (without labels, against the float model's top-1); a spec string is normalised by the ONNX
-    metadata or by ``model`` (a zoo name or FILE.py:factory), as ``hawq-onnx validate`` does."""
+    metadata or by ``model`` (a zoo name or FILE.py:factory), as ``hawq-onnx validate`` does.
+    ``baseline_out`` keeps the ``baseline`` model (ONNX Runtime's own int8) there."""
     opts = with_overrides(options, ValidateOptions, overrides, "validate")
     ref = _reference(reference, quantized_model)
     with _onnx_files(float_model, quantized_model) as (fpath, qpath), tempfile.TemporaryDirectory() as tmp:
@@ -319,7 +325,7 @@ def validate(float_model: OnnxLike, quantized_model: OnnxLike, data: Any, *,
             dataset = _eval_dataset(data, fpath, opts.threads, input_fn)
         return _validate(fpath, qpath, dataset, model_ref=model, input_shape=input_shape, threads=opts.threads,
                          batch_sizes=opts.batch_sizes, runs=opts.runs, warmup=opts.warmup, provider=opts.provider,
-                         baseline=opts.baseline, sensitivity=sens_path, limit=opts.limit,
+                         baseline=opts.baseline, baseline_out=baseline_out, sensitivity=sens_path, limit=opts.limit,
                          eval_batch_size=opts.eval_batch_size, max_drop=opts.max_drop, reference=ref,
                          progress=progress)
 

@@ -22,7 +22,27 @@ class HawqError(Exception):
             self.exit_code = exit_code
 
 
-class GateFailure(HawqError):
-    """A check the user asked for did not pass (accuracy drop above --max-drop)."""
+
+
+class OptionError(HawqError):
+    """A bad argument, named by its Python parameter name.
+
+    ``template`` holds a ``{name}`` placeholder for each parameter in ``params``: ``str()`` fills
+    in the Python names (``batch_size``) for a caller of the library, and the command line
+    renders the same message with its flags (``--batch-size``) through :meth:`render`, so the
+    library never tells a Python caller to change a command-line flag.
+    """
+
+    def __init__(self, template: str, *params: str, exit_code: int | None = None) -> None:
+        self.template = template
+        self.params = params
+        super().__init__(self.render(lambda name: name), exit_code)
+
+    def render(self, name_of) -> str:
+        return self.template.format(**{p: name_of(p) for p in self.params})
+
+
+class GateFailure(OptionError):
+    """A check the user asked for did not pass (an accuracy drop above ``max_drop``)."""
 
     exit_code = EXIT_GATE

@@ -30,12 +30,8 @@ ACTIVATION_BITS = (4, 8)
 
 @dataclass(frozen=True)
 class AnalyzeOptions:
-    """Hessian sensitivity (``hq.analyze``, ``hawq-onnx analyze``).
-
-    ``batches`` x ``batch_size`` training samples are analysed; with a DataLoader or another
-    iterable of batches, ``batches`` of its own batches are taken as they come and
-    ``batch_size`` is not used.
-    """
+    """Hessian sensitivity (``hq.analyze``, ``hawq-onnx analyze``): the loss is averaged over
+    ``batches`` seeded random batches of ``batch_size`` training samples."""
 
     batches: int = 1
     batch_size: int = 256

@@ -24,7 +24,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from hawq_onnx import api
-from hawq_onnx.errors import GateFailure, HawqError
+from hawq_onnx.errors import GateFailure, HawqError, OptionError
+from hawq_onnx.io.folder_lock import locked_folder
 from hawq_onnx.io.atomic import read_json, sha256_file, write_json
 from hawq_onnx.options import QuantizeOptions
 from hawq_onnx.results import QuantizeResult
@@ -73,27 +74,58 @@ def _file_id(path: str | Path | None) -> str | None:
     return sha256_file(path) if path and Path(path).is_file() else None
 
 
-def _arrays_id(*arrays: np.ndarray) -> str:
+def _arrays_id(arrays) -> str:
     h = hashlib.sha256()
     for a in arrays:
+        a = np.ascontiguousarray(a)
         h.update(f"{a.dtype}{a.shape};".encode())
-        h.update(np.ascontiguousarray(a).tobytes())
+        h.update(a.tobytes())
     return h.hexdigest()
+
+
+def _split_id(split) -> str:
+    """A content hash of a split read batch by batch (a streamed one is read once more for it)."""
+    return _arrays_id(t.numpy() for batch in split.batches(1024) for t in batch)
 
 
 def _model_id(loaded, weights: str | Path | None, data: Any, dataset) -> dict[str, Any]:
     """What identifies the model and data a stage read: file hashes, or content hashes of what a
-    Python caller passed (a module's weights, materialised data)."""
+    Python caller passed (a module's weights, the data as the stages see it)."""
     if loaded.reference.startswith("python:"):
-        state = [t.detach().cpu().numpy() for t in loaded.module.state_dict().values()]
-        weights_id = _arrays_id(*state) if state else None
+        weights_id = _arrays_id(t.detach().cpu().numpy() for t in loaded.module.state_dict().values())
     else:
         weights_id = _file_id(loaded.weights)
     if data is None or isinstance(data, str):
         data_id = dataset.name
     else:
-        data_id = _arrays_id(dataset.train.x, dataset.train.y, dataset.test.x, dataset.test.y)
+        data_id = hashlib.sha256((_split_id(dataset.train) + _split_id(dataset.test)).encode()).hexdigest()
     return {"model": loaded.reference, "weights": weights_id, "input_shape": list(loaded.input_shape), "data": data_id}
+
+
+def check_options(budget: str, opts: QuantizeOptions) -> None:
+    """Every stage's options, checked as that stage would, before the first stage starts."""
+    from hawq_onnx.allocation.units import check_budget_text, parse_bits, parse_bops
+    from hawq_onnx.options import ACTIVATION_BITS, WEIGHT_BITS
+    from hawq_onnx.qat.finetune import check_options as check_finetune
+    from hawq_onnx.sensitivity.hessian import check_settings
+    from hawq_onnx.validation.validate import check_options as check_validate
+
+    check_budget_text(str(budget))  # the syntax; the size against the model comes at allocation
+    if opts.allocate.bops is not None:
+        parse_bops(str(opts.allocate.bops), 1 << 62)
+    parse_bits(",".join(map(str, opts.allocate.w_bits)), WEIGHT_BITS, "w_bits")
+    parse_bits(",".join(map(str, opts.allocate.a_bits)), ACTIVATION_BITS, "a_bits")
+    a = opts.analyze
+    if a.batches < 1 or a.batch_size < 1:
+        raise OptionError(f"{{batches}} and {{batch_size}} must be positive (got {a.batches} and {a.batch_size})",
+                          "batches", "batch_size")
+    check_settings(eig_tol=a.eig_tol, max_iter=a.max_iter, trace_tol=a.trace_tol, max_probes=a.max_probes,
+                   sketch=a.sketch)
+    check_finetune(**{k: getattr(opts.finetune, k) for k in ("order", "epochs", "steps", "optimizer", "lr",
+                                                              "step_lr", "batch_size", "data_fraction",
+                                                              "distill_weight", "temperature")})
+    v = opts.validate
+    check_validate(baseline=v.baseline, limit=v.limit, max_drop=v.max_drop, runs=v.runs, threads=v.threads)
 
 
 def quantize(model: Any = None, data: Any = None, eval_data: Any = None, budget: str = "8x",
@@ -112,41 +144,40 @@ def quantize(model: Any = None, data: Any = None, eval_data: Any = None, budget:
     opts = options or QuantizeOptions()
     if not isinstance(opts, QuantizeOptions):
         raise HawqError(f"quantize: options must be a QuantizeOptions, got {type(opts).__name__}")
+    check_options(budget, opts)  # every argument before any work: a typo must not cost an analysis
     if out is not None:
         result = _run(model, data, eval_data, budget, Path(out), opts, weights, input_shape, input_fn, force,
-                      progress, say)
+                      progress, say, identify=True)
     else:
         with tempfile.TemporaryDirectory(prefix="hawq-quantize-") as tmp:
             result = _run(model, data, eval_data, budget, Path(tmp), opts, weights, input_shape, input_fn, True,
-                          progress, say)
+                          progress, say, identify=False)
         result.out_dir, result.files = None, {}
     if result.report is not None:
         result.report.check_gate()
     elif opts.validate.max_drop is not None and result.drop_points > opts.validate.max_drop + 1e-9:
-        raise GateFailure(f"top-1 drop {result.drop_points:.2f} points exceeds max_drop {opts.validate.max_drop:g}")
+        raise GateFailure(f"top-1 drop {result.drop_points:.2f} points exceeds {{max_drop}} "
+                          f"{opts.validate.max_drop:g}", "max_drop")
     return result
 
 
 def _run(model: Any, data: Any, eval_data: Any, budget: str, out: Path, opts: QuantizeOptions,
          weights: str | Path | None, input_shape: tuple[int, ...] | None, input_fn: Callable | None, force: bool,
-         progress: bool, say: Callable[[str], None]) -> QuantizeResult:
-    from hawq_onnx.allocation.plot import plot_pareto
-    from hawq_onnx.io.plan import Plan
-    from hawq_onnx.io.sensitivity_report import Sensitivity
-    from hawq_onnx.results import ExportedModel, QuantizedModel
-    from hawq_onnx.sensitivity.plot import plot_sensitivity
-    from hawq_onnx.validation.report import write_markdown
-
+         progress: bool, say: Callable[[str], None], identify: bool) -> QuantizeResult:
     start = time.perf_counter()
     if out.exists() and not out.is_dir():
         raise HawqError(f"out {out} is a file; give a folder")
     files = {name: out / name for name in (
         "sensitivity.json", "sensitivity.png", "plan.json", "pareto.png", "quantized.pt", "quantized.plan.json",
         "model.float.onnx", "model.qdq.onnx", "model.qdq.plan.json", "report.json", "report.md")}
-    if weights and Path(weights).resolve().parent == out.resolve() and Path(weights).name in files:
-        raise HawqError(f"weights {weights} would be overwritten by an output; choose another out folder")
-    reused: list[str] = []
-    ran: list[str] = []
+    from hawq_onnx.sources.inputs import input_paths
+
+    for item in input_paths(model if isinstance(model, str) else None, weights, data if isinstance(data, str) else None):
+        if any(item.resolve() == path.resolve() for path in files.values()):
+            raise OptionError(f"the input {item} would be overwritten by an output; choose another {{out}} folder",
+                              "out")
+        if item.is_dir() and out.resolve().is_relative_to(item.resolve()):
+            raise OptionError(f"{{out}} {out} is inside the input folder {item}; choose another {{out}} folder", "out")
 
     loaded = api.prepare_model(model, weights=weights, input_shape=input_shape, data=data, input_fn=input_fn)
     dataset = api.prepare_data(loaded, data, eval_data, input_fn=input_fn, seed=opts.analyze.seed)
@@ -155,8 +186,26 @@ def _run(model: Any, data: Any, eval_data: Any, budget: str, out: Path, opts: Qu
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise HawqError(f"cannot create output folder {out}: {exc.strerror}") from None
+    with locked_folder(out):
+        return _stages(loaded, dataset, data, budget, out, files, opts, weights, force, progress, say, identify,
+                       start)
+
+
+def _stages(loaded, dataset, data: Any, budget: str, out: Path, files: dict[str, Path], opts: QuantizeOptions,
+            weights: str | Path | None, force: bool, progress: bool, say: Callable[[str], None], identify: bool,
+            start: float) -> QuantizeResult:
+    from hawq_onnx.allocation.plot import plot_pareto
+    from hawq_onnx.io.plan import Plan
+    from hawq_onnx.io.sensitivity_report import Sensitivity
+    from hawq_onnx.results import ExportedModel, QuantizedModel
+    from hawq_onnx.sensitivity.plot import plot_sensitivity
+    from hawq_onnx.validation.report import write_markdown
+
+    reused: list[str] = []
+    ran: list[str] = []
     cache = StageCache(out, force)
-    model_id = _model_id(loaded, weights, data, dataset)
+    # Without a folder to reuse stages from, the data is not read again to identify it.
+    model_id = _model_id(loaded, weights, data, dataset) if identify else {}
     objects: dict[str, Any] = {}
 
     def stage(name: str, key: str, outputs: Sequence[Path], work: Callable[[], None]) -> None:
@@ -225,7 +274,7 @@ def _run(model: Any, data: Any, eval_data: Any, budget: str, out: Path, opts: Qu
 
     stage("validate", stage_key("validate", float=_file_id(files["model.float.onnx"]),
                                 quant=_file_id(files["model.qdq.onnx"]), plan=_file_id(files["model.qdq.plan.json"]),
-                                data=model_id["data"], **asdict(opts.validate)),
+                                data=model_id.get("data"), **asdict(opts.validate)),
           [files["report.json"], files["report.md"]], validate_stage)
 
     report_json = read_json(files["report.json"], "report")

@@ -48,6 +48,7 @@ class QuantizedModel:
     seconds: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
     calibration_x: np.ndarray | None = field(default=None, repr=False)  # for the export's grids
+    eval_samples: int | None = None       # samples behind the two accuracies
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.module(x)
@@ -63,10 +64,11 @@ class QuantizedModel:
         return QuantizedCheckpoint(self.reference, self.fingerprint, state, self.plan).save(path)
 
     @classmethod
-    def from_result(cls, result: FinetuneResult, input_shape: tuple[int, ...],
-                    calibration_x: np.ndarray | None) -> "QuantizedModel":
+    def from_result(cls, result: FinetuneResult, input_shape: tuple[int, ...], calibration_x: np.ndarray | None,
+                    eval_samples: int | None = None) -> "QuantizedModel":
         return cls(result.model, result.plan, tuple(input_shape), result.reference, result.fingerprint,
-                   result.float_accuracy, result.quant_accuracy, result.seconds, result.history, calibration_x)
+                   result.float_accuracy, result.quant_accuracy, result.seconds, result.history, calibration_x,
+                   eval_samples)
 
     @classmethod
     def load(cls, path: str | Path, model: nn.Module | str, *, input_shape: tuple[int, ...] | None = None,

@@ -11,10 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from hawq_onnx.allocation.pareto import Item, pareto_frontier, solve_ilp
-from hawq_onnx.allocation.solve import (
-    allocate,
-    build_problem,
-    curvature,
+from hawq_onnx.allocation.cost_model import build_problem, curvature
+from hawq_onnx.allocation.solve import allocate
+from hawq_onnx.allocation.units import (
     parse_bits,
     parse_bops,
     parse_budget,

@@ -122,7 +122,7 @@ class _OptionAShortcut(torch.nn.Module):
 
 
 def test_inspect_counts_macs_where_shape_inference_gives_up():
-    from hawq_onnx.core.onnx_inspect import _infer_shapes_batch1
+    from hawq_onnx.core.onnx_shapes import _infer_shapes_batch1
     from hawq_onnx.onnx_export.float_onnx import _export_torchscript
 
     with warnings.catch_warnings():  # TorchScript says it cannot constant-fold the strided Slice

@@ -327,5 +327,5 @@ def test_a_planned_layer_the_forward_never_calls_is_an_error():
     layers = [LayerPlan(n, "conv2d", m.weight.numel(), m.weight.shape[0], 0, 8, 8)
               for n, m in (("conv", model.conv), ("spare", model.spare))]
     qmodel = quantize_model(model, Plan("m", model_fingerprint(model), layers))
-    with pytest.raises(HawqError, match="never calls layer spare.*--keep-float spare"):
+    with pytest.raises(HawqError, match="never calls layer spare.*keep_float spare"):
         calibrate(qmodel, [torch.randn(4, 1, 5, 5)])

@@ -259,12 +259,13 @@ def test_bad_options_are_one_line_errors(digits):
     loaded, data = digits
     plan = make_plan(loaded, 4, 4)
     for kwargs, match in [(dict(epochs=1, steps=1), "not both"), (dict(order="random"), "unknown order"),
-                          (dict(data_fraction=0.0), "data-fraction"), (dict(lr=-1.0), "positive"),
-                          (dict(step_lr=0.0), "step-lr must be positive"),
-                          (dict(step_lr=float("nan")), "step-lr must be positive"),
-                          (dict(step_lr=0.01, optimizer="sgd"), "needs --optimizer adam")]:
-        with pytest.raises(HawqError, match=match):
+                          (dict(data_fraction=0.0), "data_fraction"), (dict(lr=-1.0), "positive"),
+                          (dict(step_lr=0.0), "step_lr must be positive"),
+                          (dict(step_lr=float("nan")), "step_lr must be positive"),
+                          (dict(step_lr=0.01, optimizer="sgd"), "needs optimizer adam")]:
+        with pytest.raises(HawqError, match=match) as caught:
             finetune(loaded, plan, data, **kwargs)
+        assert "--" not in str(caught.value)  # the library names parameters, the CLI names flags
     plan.fingerprint = "0123456789abcdef"
     with pytest.raises(HawqError, match="another model"):
         finetune(loaded, plan, data, order="ptq")

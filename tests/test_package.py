@@ -19,6 +19,8 @@ import hawq_onnx.deploy.package as package
 from hawq_onnx.cli import cli
 from hawq_onnx.core.bn_fold import fold_batchnorm
 from hawq_onnx.deploy.bundle import format_manifest, read_bundle
+from hawq_onnx.deploy.manifest import validation_figures
+from hawq_onnx.deploy.ort_conversion import convert_to_ort, ort_model_operators, read_operator_config
 from hawq_onnx.errors import HawqError
 from hawq_onnx.onnx_export.float_onnx import float_onnx, save_onnx
 from hawq_onnx.sources.data import load_data
@@ -139,9 +141,9 @@ def _optimized_graph_operators(onnx_path: Path, tmp_path: Path) -> set[tuple[str
 @pytest.mark.parametrize("kind", ["float", "qdq"])
 def test_operator_config_is_exactly_the_ort_operators(bundles, kind, tmp_path):
     path = bundles[kind]
-    config = package.read_operator_config(path / "model.required_operators.config")
+    config = read_operator_config(path / "model.required_operators.config")
     assert config == _optimized_graph_operators(path / "model.onnx", tmp_path)
-    assert config == package.ort_model_operators(path / "model.ort")
+    assert config == ort_model_operators(path / "model.ort")
     if kind == "qdq":  # the integer kernels a minimal build needs, and no float Conv
         assert {("com.microsoft", 1, "QLinearConv"), ("com.microsoft", 1, "QGemm")} <= config
         assert not any(op in ("Conv", "Gemm") for _, _, op in config)
@@ -208,7 +210,7 @@ def test_corrupt_input_leaves_no_bundle(models, tmp_path):
 def test_broken_ort_leaves_no_bundle_and_keeps_the_old_one(models, bundles, tmp_path, monkeypatch):
     old = tmp_path / "out"
     shutil.copytree(bundles["qdq"], old)
-    real = package.convert_to_ort
+    real = convert_to_ort
 
     def truncated(onnx_path, work_dir):
         ort_path, config = real(onnx_path, work_dir)
@@ -226,7 +228,7 @@ def test_broken_ort_leaves_no_bundle_and_keeps_the_old_one(models, bundles, tmp_
 
 def test_ort_of_another_model_is_caught(models, tmp_path, monkeypatch):
     """The output comparison can fail: a conversion that changed one weight is refused."""
-    real = package.convert_to_ort
+    real = convert_to_ort
 
     def altered(onnx_path, work_dir):
         model = onnx.load(str(onnx_path))
@@ -303,7 +305,7 @@ def test_report_figures_metadata_and_wrong_model(models, tmp_path):
     (tmp_path / "bad.json").write_text("accuracy: 0.9")
     with pytest.raises(HawqError, match="not valid JSON"):
         package.build_bundle(models["qdq"], tmp_path / "c", report=tmp_path / "bad.json")
-    with pytest.raises(HawqError, match="wrong --model"):
+    with pytest.raises(HawqError, match="wrong model_ref"):
         package.build_bundle(models["qdq"], tmp_path / "c", model_ref="resnet20-cifar10")
     next(p for p in tagged.metadata_props if p.key == "hawq_onnx.mean").value = "[0.5, oops]"
     onnx.save(tagged, str(tmp_path / "badmeta.onnx"))
@@ -322,7 +324,7 @@ def test_validator_report_figures(tmp_path):
                                  "file_bytes": 30563, "size_ratio": 0.383, "speedup": {"1": 1.4},
                                  "latency": {"1": {"median_ms": 0.016, "p90_ms": 0.02}}}},
         "layers": [{"layer": "fc", "bytes": 370, "bits": 8}], "gate": {"max_drop": 1.0, "passed": True}}))
-    v = package.validation_figures(report)
+    v = validation_figures(report)
     assert v["accuracy"] == {"float.top1": 0.989, "float.samples": 359, "quantized.top1": 0.986,
                              "quantized.samples": 359, "quantized.drop_points": 0.3, "quantized.agreement": 0.99}
     assert v["size"] == {"float.file_bytes": 79746, "float.size_ratio": 1.0, "quantized.file_bytes": 30563,
@@ -333,10 +335,10 @@ def test_validator_report_figures(tmp_path):
     assert v["gate_passed"] is True and v["data"] == "digits" and v["source"] == "validation.json"
     (tmp_path / "report.md").write_text("# hawq-onnx validation report\n")
     with pytest.raises(HawqError, match="validate --json"):
-        package.validation_figures(tmp_path / "report.md")
+        validation_figures(tmp_path / "report.md")
     (tmp_path / "list.json").write_text("[1, 2]")
     with pytest.raises(HawqError, match="not an object"):
-        package.validation_figures(tmp_path / "list.json")
+        validation_figures(tmp_path / "list.json")
 
 
 def _with_int4_weight(qdq: Path, out: Path, through_cast: bool) -> Path:

@@ -451,7 +451,7 @@ CASES = [
     Case("finetune-lr-inf", "finetune --plan {a}/plan.json --steps 2 --lr inf --out {o}/q.pt", "must be positive"),
     Case("finetune-epochs-inf", "finetune --plan {a}/plan.json --epochs inf --out {o}/q.pt", "finite"),
     Case("finetune-distill-weight-above-1", "finetune --plan {a}/plan.json --steps 2 --distill-weight 1.5 --out {o}/q.pt",
-         r"distillation weight must be in \[0, 1\]"),
+         r"--distill-weight must be in \[0, 1\]"),
     Case("finetune-temperature-zero", "finetune --plan {a}/plan.json --steps 2 --temperature 0 --out {o}/q.pt",
          "temperature positive"),
     Case("finetune-diverges", "finetune --plan {a}/plan.json --order single --steps 2 --batch-size 8 --lr 1e30 --out {o}/q.pt",

@@ -144,8 +144,8 @@ def test_integer_kernels_against_the_file_run_unoptimized(pair, digits, caplog):
     io = model_io(open_session(pair["int8"], 1), pair["int8"])
     scores = ort.InferenceSession(str(pair["int8"]), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     with caplog.at_level("WARNING"):
-        same = _kernel_agreement(pair["int8"], io, x, np.roll(scores, 1, axis=0), 1, ["CPUExecutionProvider"],
-                                 64, False, "quantized")
+        same = _kernel_agreement(pair["int8"], io, lambda: iter([x]), len(x), np.roll(scores, 1, axis=0), 1,
+                                 ["CPUExecutionProvider"], False, "quantized")
     assert same < 0.5 and "agrees with the same file run unoptimized on only" in caplog.text
 
 
@@ -196,8 +196,12 @@ def test_latency_structure(pair):
     assert json.loads(json.dumps(r.to_json()))["models"]["quantized"]["8"]["runs"] == 3
 
 
-def _sensitivity(path: Path) -> Path:
-    layers = [LayerSensitivity(name=n, kind="conv2d", params=100 * (i + 1), out_channels=16, macs=1000,
+def _sensitivity(path: Path, params: dict[str, int] | None = None) -> Path:
+    """A report on the digits CNN's layers (their real sizes, made-up curvatures)."""
+    if params is None:
+        module = load_model("digits-cnn").module
+        params = {n: module.get_submodule(n).weight.numel() for n in LAYERS}
+    layers = [LayerSensitivity(name=n, kind="conv2d", params=params[n], out_channels=16, macs=1000,
                                top_eigenvalue=1.0 + i, eigen_iterations=5, eigen_converged=True, trace=10.0 * (i + 1),
                                trace_std_error=0.1, trace_probes=8, trace_converged=True, seconds=0.0)
               for i, n in enumerate(LAYERS)]
@@ -318,3 +322,10 @@ def test_help_lists_the_options():
     assert res.exit_code == 0
     for opt in ("--float", "--quant", "--baseline", "--max-drop", "--sensitivity", "--report", "--json", "--provider"):
         assert opt in res.output
+
+
+def test_cli_refuses_a_sensitivity_of_another_model(pair, tmp_path):
+    sens = _sensitivity(tmp_path / "other.json", params={n: 7 for n in LAYERS})
+    res = CliRunner().invoke(cli, ["validate", "--float", str(pair["float"]), "--quant", str(pair["int4"]), "--data",
+                                   "digits", "--model", "digits-cnn", "--runs", "0", "--sensitivity", str(sens)])
+    assert res.exit_code == 2 and "--sensitivity was made for another model" in res.output

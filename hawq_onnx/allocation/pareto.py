@@ -176,7 +176,7 @@ def solve_ilp(items: list[Item], size_limit: int | None, bops_limit: int | None,
             return None
         if res.status != 0 or res.x is None:
             raise HawqError(f"the BOPs-constrained allocation was not solved to optimality in {time_limit:.0f} s "
-                            f"({res.message}); drop --bops to use the exact frontier solver")
+                            f"({res.message}); drop the BOPs limit to use the exact frontier solver")
         x = res.x
         choice = [int(np.argmax(x[offsets[i]:offsets[i + 1]])) for i in range(len(items))]
         picked = offsets[:-1] + np.array(choice)

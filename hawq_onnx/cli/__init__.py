@@ -15,9 +15,22 @@ import traceback
 
 import click
 
-from hawq_onnx.errors import EXIT_INPUT, HawqError
+from hawq_onnx.errors import EXIT_INPUT, HawqError, OptionError
 
 INTERNAL_ERROR = 3
+# Library parameter -> flag, where the flag is not the parameter with dashes (batch_size -> --batch-size).
+FLAGS = {"model": "--model", "pins": "--pin", "ties": "--tie", "pin_ends": "--no-pin-ends",
+         "quantized": "--quantized", "bops": "--bops", "eval_data": "--data", "model_ref": "--model", "as_zip": "--zip"}
+
+
+def flag(param: str) -> str:
+    """The command-line flag of a library parameter."""
+    return FLAGS.get(param, "--" + param.replace("_", "-"))
+
+
+def message(exc: HawqError) -> str:
+    """The error as the command line says it: parameters named by their flags."""
+    return exc.render(flag) if isinstance(exc, OptionError) else str(exc)
 
 
 class _OneLineHandler(logging.Handler):
@@ -35,7 +48,7 @@ class HawqGroup(click.Group):
         except HawqError as exc:
             if debug:
                 traceback.print_exc()
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {message(exc)}", err=True)
             ctx.exit(exc.exit_code)
         except BrokenPipeError:
             # The reader went away (`hawq-onnx inspect m.onnx | head`): not an error of ours.
@@ -46,6 +59,10 @@ class HawqGroup(click.Group):
             ctx.exit(130)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
+        except SystemExit as exc:  # click ends through ctx.exit: a SystemExit here comes from user code
+            click.echo(f"error: the model's code called sys.exit({exc.code!r}) during the run; nothing more was "
+                       "written", err=True)
+            ctx.exit(EXIT_INPUT)
         except MemoryError:
             click.echo("error: out of memory; use a smaller --batch-size or fewer batches", err=True)
             ctx.exit(EXIT_INPUT)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+
 import click
+
+from hawq_onnx.errors import HawqError
+from hawq_onnx.options import DEVICES, WEIGHT_RANGES
 
 model_option = click.option("--model", "model_ref", default=None, metavar="M",
                             help="Zoo name (digits-cnn, resnet20-cifar10, ...), FILE.py:factory or package.module:factory. Default: digits-cnn.")
@@ -11,11 +16,12 @@ weights_option = click.option("--weights", default=None, metavar="CKPT",
 input_shape_option = click.option("--input-shape", default=None, metavar="C,H,W",
                                   help="Input shape without batch, for models that declare none (default: one sample of --data).")
 data_option = click.option("--data", default=None, metavar="D",
-                           help="digits | cifar10:DIR | npz:FILE. Default: the model's own (digits for digits-cnn).")
-device_option = click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+                           help="digits | cifar10:DIR | npz:FILE | imagefolder:DIR. "
+                                "Default: the model's own (digits for digits-cnn).")
+device_option = click.option("--device", type=click.Choice(DEVICES), default="cpu", show_default=True)
 seed_option = click.option("--seed", type=int, default=0, show_default=True)
 weight_range_option = click.option(
-    "--weight-range", type=click.Choice(["narrow", "full"]), default="narrow", show_default=True,
+    "--weight-range", type=click.Choice(WEIGHT_RANGES), default="narrow", show_default=True,
     help="Integer range of 2/3/4-bit weights: narrow [-(2^(b-1)-1), 2^(b-1)-1] (2 bits: -1, 0, 1) or full, "
          "with the extra negative level (2 bits: -2..1, as LSQ). Recorded in the plan; 8 bits stay narrow.")
 step_lr_option = click.option(
@@ -27,3 +33,51 @@ step_lr_option = click.option(
 
 def model_options(f):
     return model_option(weights_option(input_shape_option(f)))
+
+
+def fold_image_options(data: str | None, resize: int | None, crop: str | None, mean: str | None,
+                       std: str | None) -> str | None:
+    """``--data`` with --resize/--crop/--mean/--std written into its ``imagefolder:`` spec.
+
+    The library reads them only from the spec string, so that the data is named by one value
+    everywhere (reports, the plan's calibration record, the next stage's default)."""
+    flags = {"resize": resize, "crop": crop, "mean": mean, "std": std}
+    given = {k: v for k, v in flags.items() if v is not None}
+    if not given:
+        return data
+    if not data or not data.startswith("imagefolder:"):
+        got = f"--data {data}" if data else "no --data: the model's own data"
+        raise HawqError(f"{', '.join('--' + k for k in given)} {'is' if len(given) == 1 else 'are'} for "
+                        f"--data imagefolder:DIR only ({got})")
+    keys = {item.partition("=")[0] for item in data.split(",")[1:]}
+    for key, value in given.items():
+        if key in keys:
+            raise HawqError(f"{key} is given both in --data and as --{key}")
+        data += f",{key}=" + str(value).replace(",", "/")
+    from hawq_onnx.sources.imagefolder import parse_spec
+
+    parse_spec(data.partition(":")[2])  # bad values fail now, before the model is loaded
+    return data
+
+
+def image_options(f):
+    """--resize, --crop, --mean, --std: folded into the command's ``data`` before its body runs."""
+    @functools.wraps(f)
+    def command(*args, resize, crop, mean, std, **kwargs):
+        kwargs["data"] = fold_image_options(kwargs.get("data"), resize, crop, mean, std)
+        return f(*args, **kwargs)
+
+    options = [
+        click.option("--resize", type=int, default=None, metavar="N",
+                     help="imagefolder: shorter side to N pixels (bilinear) before the centre crop "
+                          "[default: the least scale that covers the crop]."),
+        click.option("--crop", default=None, metavar="N|HxW",
+                     help="imagefolder: centre crop; must match the model input [default: the model's H, W]."),
+        click.option("--mean", default=None, metavar="a,b,c",
+                     help="imagefolder: per-channel mean of [0, 1] pixels [default: the model's]."),
+        click.option("--std", default=None, metavar="a,b,c",
+                     help="imagefolder: per-channel std of [0, 1] pixels [default: the model's]."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command

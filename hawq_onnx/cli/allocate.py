@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from hawq_onnx.cli._options import weight_range_option
+from hawq_onnx.options import METRICS, SCALE_METHODS
 
 
 def _split(values: tuple[str, ...]) -> list[str]:
@@ -18,9 +19,9 @@ def _split(values: tuple[str, ...]) -> list[str]:
                    "KB = 1000, KiB = 1024 bytes).")
 @click.option("--w-bits", default="2,4,8", show_default=True, help="Candidate weight bits (from 2,3,4,8).")
 @click.option("--a-bits", default="4,8", show_default=True, help="Candidate input activation bits (from 4,8).")
-@click.option("--metric", type=click.Choice(["trace", "eigenvalue"]), default="trace", show_default=True,
+@click.option("--metric", type=click.Choice(METRICS), default="trace", show_default=True,
               help="Curvature: Tr(H)/n (HAWQ-V2/V3) or the top eigenvalue (HAWQ).")
-@click.option("--scale-method", type=click.Choice(["maxabs", "mse"]), default="maxabs", show_default=True,
+@click.option("--scale-method", type=click.Choice(SCALE_METHODS), default="maxabs", show_default=True,
               help="Weight scale whose ||Q(W) - W||^2 prices a choice.")
 @weight_range_option
 @click.option("--bops", default=None, metavar="N",
@@ -36,19 +37,13 @@ def command(sensitivity, budget, w_bits, a_bits, metric, scale_method, weight_ra
     """Choose each layer's weight and activation bits: the lowest total Omega within the budget (exact)."""
     import time
 
-    from hawq_onnx.allocation.solve import (
-        allocate,
-        curvature,
-        format_bops,
-        format_bytes,
-        parse_bits,
-        parse_pin,
-    )
-    from hawq_onnx.core.grid import ACTIVATION_BITS, WEIGHT_BITS
+    from hawq_onnx.allocation.cost_model import curvature
+    from hawq_onnx.allocation.units import format_bops, format_bytes, parse_bits, parse_pin
+    from hawq_onnx.api import allocate
     from hawq_onnx.errors import HawqError
-    from hawq_onnx.io.atomic import check_output_path, sha256_file
-    from hawq_onnx.io.plan import save_plan
+    from hawq_onnx.io.atomic import check_output_path
     from hawq_onnx.io.sensitivity_report import load_sensitivity
+    from hawq_onnx.options import ACTIVATION_BITS, WEIGHT_BITS, AllocateOptions
 
     check_output_path(out, (sensitivity,))
     if plot is not None:
@@ -59,13 +54,13 @@ def command(sensitivity, budget, w_bits, a_bits, metric, scale_method, weight_ra
         if pins.get(layer, bits) != bits:
             raise HawqError(f"--pin gives {layer} two precisions; give it one")
         pins[layer] = bits
+    options = AllocateOptions(w_bits=parse_bits(w_bits, WEIGHT_BITS, "--w-bits"),
+                              a_bits=parse_bits(a_bits, ACTIVATION_BITS, "--a-bits"), metric=metric,
+                              scale_method=scale_method, weight_range=weight_range, bops=bops, ties=tuple(tie),
+                              pins=pins, pin_ends=not no_pin_ends, keep_float=tuple(_split(keep_float)))
     report = load_sensitivity(sensitivity)
     start = time.perf_counter()
-    plan = allocate(report, budget, w_bits=parse_bits(w_bits, WEIGHT_BITS, "--w-bits"),
-                    a_bits=parse_bits(a_bits, ACTIVATION_BITS, "--a-bits"), metric=metric,
-                    scale_method=scale_method, weight_range=weight_range, bops_limit=bops, ties=list(tie), pinned=pins,
-                    pin_ends=not no_pin_ends, keep_float=_split(keep_float),
-                    sensitivity_sha256=sha256_file(sensitivity))
+    plan = allocate(sensitivity, budget, options=options)
     seconds = time.perf_counter() - start
 
     fixed = plan.allocation["pinned"]
@@ -89,7 +84,7 @@ def command(sensitivity, budget, w_bits, a_bits, metric, scale_method, weight_ra
                f"{', '.join(plan.allocation['terms'])})")
     if "note" in plan.budget:
         click.echo(f"note: {plan.budget['note']}")
-    save_plan(plan, out)
+    plan.save(out)
     click.echo(f"wrote {out}")
     if plot is not None:
         from hawq_onnx.allocation.plot import plot_pareto

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import click
 
-from hawq_onnx.cli._options import data_option, device_option, model_options, seed_option
+from hawq_onnx.cli._options import data_option, device_option, image_options, model_options, seed_option
 
 
 @click.command("analyze")
 @model_options
 @data_option
+@image_options
 @click.option("--batches", default=1, show_default=True, type=int, help="Training batches the loss is averaged over.")
 @click.option("--batch-size", default=256, show_default=True, type=int)
 @click.option("--tol", "eig_tol", default=1e-3, show_default=True, type=float,
@@ -27,21 +28,21 @@ from hawq_onnx.cli._options import data_option, device_option, model_options, se
 def command(model_ref, weights, input_shape, data, batches, batch_size, eig_tol, max_iter, trace_tol, max_probes,
             sketch, device, seed, out, plot):
     """Top Hessian eigenvalue and trace of every quantizable layer (HAWQ, HAWQ-V2)."""
+    from hawq_onnx.api import analyze
     from hawq_onnx.io.atomic import check_output_path
-    from hawq_onnx.io.sensitivity_report import save_sensitivity
-    from hawq_onnx.sensitivity.hessian import analyze_model
-    from hawq_onnx.sources.data import load_data, resolve_source, sample_shape
-    from hawq_onnx.sources.model import load_model, parse_input_shape
+    from hawq_onnx.options import AnalyzeOptions
+    from hawq_onnx.sources.inputs import input_paths
+    from hawq_onnx.sources.model import parse_input_shape
 
-    check_output_path(out, (weights,))
+    inputs = input_paths(model_ref, weights, data)
+    check_output_path(out, inputs)
     if plot:
-        check_output_path(plot, (weights, out))
-    loaded = load_model(model_ref, weights, parse_input_shape(input_shape), data_shape=sample_shape(data))
-    dataset = load_data(resolve_source(data, loaded.spec), loaded.spec)
-    report = analyze_model(loaded, dataset, batches=batches, batch_size=batch_size, seed=seed, device=device,
-                           progress=True, eig_tol=eig_tol, max_iter=max_iter, trace_tol=trace_tol,
-                           max_probes=max_probes, sketch=sketch)
-    save_sensitivity(report, out)
+        check_output_path(plot, inputs + (out,))
+    options = AnalyzeOptions(batches=batches, batch_size=batch_size, eig_tol=eig_tol, max_iter=max_iter,
+                             trace_tol=trace_tol, max_probes=max_probes, sketch=sketch, seed=seed, device=device)
+    report = analyze(model_ref, data, options=options, weights=weights, input_shape=parse_input_shape(input_shape),
+                     progress=True)
+    report.save(out)
     click.echo(f"{'layer':<22} {'params':>8} {'eigenvalue':>11} {'trace':>11} {'trace/param':>11}  converged")
     for layer in report.layers:
         flags = f"{'eig' if layer.eigen_converged else '-'}/{'trace' if layer.trace_converged else '-'}"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from hawq_onnx.cli._options import data_option, model_options
+from hawq_onnx.cli._options import data_option, image_options, model_options
+from hawq_onnx.options import TARGETS
 
 
 @click.command("export")
@@ -13,10 +14,11 @@ from hawq_onnx.cli._options import data_option, model_options
               help="plan.json with scales (from finetune): write the quantized QDQ model.")
 @click.option("--quantized", "quantized_path", default=None, type=click.Path(dir_okay=False),
               help="quantized.pt from finetune: its fine-tuned weights and calibrated plan (--plan optional).")
-@click.option("--target", type=click.Choice(["ort-cpu", "compact"]), default="ort-cpu", show_default=True,
+@click.option("--target", type=click.Choice(TARGETS), default="ort-cpu", show_default=True,
               help="ort-cpu: integer kernels under ONNX Runtime CPU, sub-byte weights packed and widened by Cast; "
                    "compact: plain INT4/INT2/uint4 Q/DQ.")
 @data_option
+@image_options
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .onnx file.")
 @click.option("--plan-out", default=None, type=click.Path(dir_okay=False),
               help="Also write the plan as exported: with the 8-bit grids between layers, named in PyTorch, "
@@ -29,29 +31,27 @@ def command(model_ref, weights, input_shape, plan_path, quantized_path, target, 
     """
     from hawq_onnx.io.atomic import check_output_path
     from hawq_onnx.onnx_export.float_onnx import save_onnx
+    from hawq_onnx.sources.inputs import input_paths
     from hawq_onnx.sources.model import parse_input_shape
 
-    check_output_path(out, (weights, plan_path, quantized_path))
+    inputs = input_paths(model_ref, weights, data, plan_path, quantized_path)
+    check_output_path(out, inputs)
     if plan_out is not None:
         from pathlib import Path
 
         if Path(plan_out).resolve() == Path(out).resolve():
             raise click.UsageError("--plan-out and --out name the same file")
-        check_output_path(plan_out, (weights, plan_path, quantized_path))
+        check_output_path(plan_out, inputs)
     shape = parse_input_shape(input_shape)
     if plan_path is None and quantized_path is None:
-        from hawq_onnx.core.bn_fold import fold_batchnorm
-        from hawq_onnx.onnx_export.float_onnx import float_onnx
-        from hawq_onnx.sources.model import load_model
+        from hawq_onnx.api import export
 
         if data is not None or target != "ort-cpu" or plan_out is not None:
             raise click.UsageError("--data, --target and --plan-out apply to the quantized export "
                                    "(--plan or --quantized)")
-        loaded = load_model(model_ref, weights, shape)
-        fold_batchnorm(loaded.module, loaded.spec.input_shape)
-        proto = float_onnx(loaded.module, loaded.spec.input_shape)
-        save_onnx(proto, out)
-        click.echo(f"wrote {out} ({proto.ByteSize():,} bytes, opset {proto.opset_import[0].version})")
+        exported = export(model_ref, weights=weights, input_shape=shape)
+        exported.save(out)
+        click.echo(f"wrote {out} ({exported.file_bytes:,} bytes, opset {exported.opset})")
         return
 
     from hawq_onnx.onnx_export.qdq import export_plan

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import click
 
-from hawq_onnx.cli._options import data_option, device_option, model_options, seed_option, step_lr_option
+from hawq_onnx.cli._options import (
+    data_option,
+    device_option,
+    image_options,
+    model_options,
+    seed_option,
+    step_lr_option,
+)
+from hawq_onnx.options import OPTIMIZERS, ORDERS
 
 
 def default_plan_out(out: str) -> Path:
@@ -18,14 +26,15 @@ def default_plan_out(out: str) -> Path:
 @click.command("finetune")
 @model_options
 @data_option
+@image_options
 @click.option("--plan", "plan_path", required=True, type=click.Path(dir_okay=False), help="plan.json from allocate.")
 @click.option("--sensitivity", default=None, type=click.Path(dir_okay=False),
               help="sensitivity.json: order blocks by Tr(H)/n instead of the plan's Omega.")
-@click.option("--order", type=click.Choice(["hawq", "single", "ptq"]), default="hawq", show_default=True,
+@click.option("--order", type=click.Choice(ORDERS), default="hawq", show_default=True,
               help="hawq: most sensitive blocks first, in stages; single: all at once; ptq: calibration only.")
 @click.option("--epochs", type=float, default=None, help="Training budget in epochs, all stages together [default: 5].")
 @click.option("--steps", type=int, default=None, help="Training budget in optimizer steps (instead of --epochs).")
-@click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True,
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default="adam", show_default=True,
               help="For the weights (AdamW, or SGD with momentum); step sizes always use Adam in log space.")
 @click.option("--lr", type=float, default=None,
               help="Peak learning rate, warm-up then cosine [default: 1e-4 adam, 3e-4 sgd].")
@@ -46,33 +55,26 @@ def default_plan_out(out: str) -> Path:
 def command(model_ref, weights, input_shape, data, plan_path, sensitivity, order, epochs, steps, optimizer, lr,
             step_lr, batch_size, distill, distill_weight, temperature, data_fraction, seed, device, out, plan_out):
     """Quantize a model as its plan says and fine-tune it (HAWQ order), or calibrate only (ptq)."""
-    from hawq_onnx.core.bn_fold import fold_copy
+    from hawq_onnx.api import finetune
     from hawq_onnx.io.atomic import check_output_path
-    from hawq_onnx.io.plan import load_plan, save_plan
-    from hawq_onnx.io.sensitivity_report import load_sensitivity
-    from hawq_onnx.qat.checkpoint import save_quantized
-    from hawq_onnx.qat.finetune import finetune
-    from hawq_onnx.sources.data import load_data, resolve_source, sample_shape
-    from hawq_onnx.sources.model import load_model, model_fingerprint, parse_input_shape
+    from hawq_onnx.options import FinetuneOptions
+    from hawq_onnx.sources.inputs import input_paths
+    from hawq_onnx.sources.model import parse_input_shape
 
     plan_out = plan_out or str(default_plan_out(out))
-    inputs = (weights, plan_path, sensitivity)
+    inputs = input_paths(model_ref, weights, data, plan_path, sensitivity)
     check_output_path(out, inputs)
     check_output_path(plan_out, inputs + (out,))
-    loaded = load_model(model_ref, weights, parse_input_shape(input_shape), data_shape=sample_shape(data))
-    plan = load_plan(plan_path, model_fingerprint(fold_copy(loaded.module, loaded.input_shape)))
-    report = load_sensitivity(sensitivity) if sensitivity else None
-    dataset = load_data(resolve_source(data, loaded.spec), loaded.spec, seed=seed)
-    result = finetune(loaded, plan, dataset, order=order, epochs=epochs, steps=steps, optimizer=optimizer, lr=lr,
-                      step_lr=step_lr,
-                      batch_size=batch_size, distill=distill, distill_weight=distill_weight,
-                      temperature=temperature, data_fraction=data_fraction, seed=seed,
-                      device=device, progress=True, sensitivity=report)
-    save_quantized(result, out)
-    save_plan(result.plan, plan_out)
+    options = FinetuneOptions(order=order, epochs=epochs, steps=steps, optimizer=optimizer, lr=lr, step_lr=step_lr,
+                              batch_size=batch_size, distill=distill, distill_weight=distill_weight,
+                              temperature=temperature, data_fraction=data_fraction, seed=seed, device=device)
+    result = finetune(model_ref, plan_path, data, options=options, sensitivity=sensitivity, weights=weights,
+                      input_shape=parse_input_shape(input_shape), progress=True)
+    result.save(out)
+    result.plan.save(plan_out)
     trained = sum(h["steps"] for h in result.history)
     drop = 100 * (result.quant_accuracy - result.float_accuracy)
     click.echo(f"float top-1 {100 * result.float_accuracy:.2f} %, quantized top-1 {100 * result.quant_accuracy:.2f} % "
-               f"({drop:+.2f} points) on {len(dataset.test)} test samples")
+               f"({drop:+.2f} points) on {result.eval_samples} test samples")
     click.echo(f"{order}: {len(result.history)} stage(s), {trained} steps, {result.seconds:.1f} s on {device}")
     click.echo(f"wrote {out} and {plan_out}")

@@ -12,12 +12,12 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print the table (or the bundle manifest) as JSON.")
 def command(model_path, as_json):
     """Per-layer weights, bits, MACs and bytes of an ONNX model, or a `package` bundle (folder or .zip)."""
-    from hawq_onnx.core.onnx_inspect import format_inspection, inspect_onnx
-    from hawq_onnx.deploy.bundle import format_manifest, is_bundle, read_bundle
+    from hawq_onnx.api import inspect
+    from hawq_onnx.core.inspection_format import format_inspection
+    from hawq_onnx.deploy.bundle import Bundle, format_manifest
 
-    if is_bundle(model_path):
-        manifest = read_bundle(model_path).manifest
-        click.echo(json.dumps(manifest, indent=2, sort_keys=True) if as_json else format_manifest(manifest))
+    ins = inspect(model_path)
+    if isinstance(ins, Bundle):
+        click.echo(json.dumps(ins.manifest, indent=2, sort_keys=True) if as_json else format_manifest(ins.manifest))
         return
-    ins = inspect_onnx(model_path)
     click.echo(json.dumps(ins.to_json(), indent=2, sort_keys=True) if as_json else format_inspection(ins))

@@ -25,9 +25,9 @@ def command(model_path, out, report, as_zip, model_ref):
     (--include_ops_by_config) and manifest.json, after checking that the .ort loads and gives
     outputs identical to the .onnx. Nothing is written when a check fails.
     """
-    from hawq_onnx.deploy.package import build_bundle
+    from hawq_onnx.api import package
 
-    result = build_bundle(model_path, out, report=report, model_ref=model_ref, as_zip=as_zip)
+    result = package(model_path, out, report=report, model_ref=model_ref, as_zip=as_zip)
     check = result.manifest["check"]
     click.echo(f"wrote {result.path}" + (" (zip)" if result.path.suffix == ".zip" and result.path.is_file() else ""))
     for name, size in result.files.items():

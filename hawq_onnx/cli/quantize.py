@@ -7,11 +7,13 @@ import click
 from hawq_onnx.cli._options import (
     data_option,
     device_option,
+    image_options,
     model_options,
     seed_option,
     step_lr_option,
     weight_range_option,
 )
+from hawq_onnx.options import BASELINES, ORDERS, TARGETS
 
 
 def _bits(value: str, allowed: tuple[int, ...], option: str) -> tuple[int, ...]:
@@ -29,6 +31,7 @@ def _bits(value: str, allowed: tuple[int, ...], option: str) -> tuple[int, ...]:
 @click.command("quantize")
 @model_options
 @data_option
+@image_options
 @click.option("--budget", default="8x", show_default=True,
               help="Weight size: compression ratio against float32 (13x) or bytes (800KB, 1.2MiB).")
 @click.option("--w-bits", default="2,4,8", show_default=True, help="Candidate weight bits (2, 3, 4, 8).")
@@ -36,14 +39,14 @@ def _bits(value: str, allowed: tuple[int, ...], option: str) -> tuple[int, ...]:
               help="Candidate activation bits inside the network (4, 8); first and last layer stay 8-bit.")
 @weight_range_option
 @click.option("--epochs", type=float, default=None, help="Fine-tuning epochs, all stages together [default: 5].")
-@click.option("--order", type=click.Choice(["hawq", "single", "ptq"]), default="hawq", show_default=True,
+@click.option("--order", type=click.Choice(ORDERS), default="hawq", show_default=True,
               help="hawq: most sensitive blocks first; single: all at once; ptq: calibration only.")
 @click.option("--lr", type=float, default=None, help="Peak fine-tuning learning rate [default: the optimizer's own].")
 @step_lr_option
 @click.option("--batches", type=int, default=1, show_default=True, help="Batches for the Hessian analysis.")
 @click.option("--batch-size", type=int, default=256, show_default=True, help="Batch size of the Hessian analysis.")
-@click.option("--target", type=click.Choice(["ort-cpu", "compact"]), default="ort-cpu", show_default=True)
-@click.option("--baseline", type=click.Choice(["ort-int8"]), default=None, help="Also validate ONNX Runtime's own int8.")
+@click.option("--target", type=click.Choice(TARGETS), default="ort-cpu", show_default=True)
+@click.option("--baseline", type=click.Choice(BASELINES), default=None, help="Also validate ONNX Runtime's own int8.")
 @click.option("--runs", type=int, default=50, show_default=True, help="Latency runs per model and batch size (0: skip).")
 @click.option("--max-drop", type=float, default=None, help="Exit 1 when top-1 drops by more points than this.")
 @device_option

@@ -7,7 +7,8 @@ import sys
 
 import click
 
-from hawq_onnx.cli._options import input_shape_option
+from hawq_onnx.cli._options import image_options, input_shape_option
+from hawq_onnx.options import BASELINES
 
 
 def _batch_sizes(ctx, param, value: str) -> tuple[int, ...]:
@@ -23,7 +24,9 @@ def _batch_sizes(ctx, param, value: str) -> tuple[int, ...]:
 @click.command("validate")
 @click.option("--float", "float_path", required=True, type=click.Path(dir_okay=False), help="Float ONNX model.")
 @click.option("--quant", "quant_path", required=True, type=click.Path(dir_okay=False), help="Quantized ONNX model.")
-@click.option("--data", required=True, metavar="D", help="digits | cifar10:DIR | npz:FILE (the test split is evaluated).")
+@click.option("--data", required=True, metavar="D",
+              help="digits | cifar10:DIR | npz:FILE | imagefolder:DIR (the test split is evaluated).")
+@image_options
 @click.option("--model", "model_ref", default=None, metavar="M",
               help="Take input shape and normalisation from this model (zoo name or FILE.py:factory) "
                    "instead of the float ONNX file.")
@@ -34,7 +37,7 @@ def _batch_sizes(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--warmup", type=int, default=5, show_default=True, help="Warm-up runs per model and batch size.")
 @click.option("--provider", default="cpu", show_default=True,
               help="ONNX Runtime execution provider (cpu, cuda, ... or a full name); must be installed.")
-@click.option("--baseline", type=click.Choice(["ort-int8"]), default=None,
+@click.option("--baseline", type=click.Choice(BASELINES), default=None,
               help="Also quantize the float model with ONNX Runtime's quantize_static (QDQ, u8/s8 per channel, MinMax).")
 @click.option("--baseline-out", type=click.Path(dir_okay=False), default=None, help="Keep the baseline model here.")
 @click.option("--sensitivity", type=click.Path(dir_okay=False), default=None, help="sensitivity.json from `hawq-onnx analyze`.")
@@ -49,26 +52,29 @@ def _batch_sizes(ctx, param, value: str) -> tuple[int, ...]:
 def command(float_path, quant_path, data, model_ref, input_shape, threads, batch_sizes, runs, warmup, provider,
             baseline, baseline_out, sensitivity, limit, eval_batch_size, json_out, report_out, max_drop):
     """Measure a quantized ONNX model against its float original under ONNX Runtime."""
+    from hawq_onnx.api import validate
     from hawq_onnx.io.atomic import check_output_path
+    from hawq_onnx.options import ValidateOptions
+    from hawq_onnx.sources.inputs import input_paths
     from hawq_onnx.sources.model import parse_input_shape
-    from hawq_onnx.validation.report import format_table, plot_paths, write_markdown, write_result_json
-    from hawq_onnx.validation.validate import validate
+    from hawq_onnx.validation.report import format_table, plot_paths, write_markdown
 
-    inputs = (float_path, quant_path, sensitivity)
+    inputs = input_paths(model_ref, None, data, float_path, quant_path, sensitivity)
     for out in (json_out if json_out != "-" else None, report_out, baseline_out,
                 *(plot_paths(report_out) if report_out else ())):
         if out is not None:
             check_output_path(out, inputs)
-    result = validate(float_path, quant_path, data, model_ref=model_ref, input_shape=parse_input_shape(input_shape),
-                      threads=threads, batch_sizes=batch_sizes, runs=runs, warmup=warmup, provider=provider,
-                      baseline=baseline, baseline_out=baseline_out, sensitivity=sensitivity, limit=limit,
-                      eval_batch_size=eval_batch_size, max_drop=max_drop, progress=True)
+    options = ValidateOptions(threads=threads, batch_sizes=batch_sizes, runs=runs, warmup=warmup, provider=provider,
+                              baseline=baseline, limit=limit, eval_batch_size=eval_batch_size, max_drop=max_drop)
+    result = validate(float_path, quant_path, data, options=options, model=model_ref,
+                      input_shape=parse_input_shape(input_shape), sensitivity=sensitivity, baseline_out=baseline_out,
+                      progress=True)
     to_stdout = json_out == "-"
     click.echo(format_table(result), err=to_stdout)
     if to_stdout:
         click.echo(json.dumps(result.to_json(), indent=2, sort_keys=True, allow_nan=False))
     elif json_out:
-        write_result_json(result, json_out)
+        result.save(json_out)
         click.echo(f"wrote {json_out}", err=True)
     if report_out:
         written = write_markdown(result, report_out)

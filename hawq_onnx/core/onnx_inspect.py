@@ -5,6 +5,9 @@ possibly behind DequantizeLinear, Cast, Reshape or Transpose) and for the intege
 (QLinearConv, QLinearMatMul, ConvInteger, MatMulInteger): weight name and shape, parameters,
 MACs at batch 1, the weight's storage type and effective bits (the narrowest signed grid that
 holds its integers), the activation bits where Q/DQ feeds it, and its bytes on disk.
+
+Batch-1 shapes (for MACs) come from :mod:`hawq_onnx.core.onnx_shapes`; the terminal table is
+:mod:`hawq_onnx.core.inspection_format`.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from typing import Any
 
 import numpy as np
 import onnx
+from google.protobuf.message import Message
 from onnx import TensorProto, numpy_helper
 
+from hawq_onnx.core.onnx_shapes import _infer_shapes_batch1, _run_shapes_batch1, _value_shape
 from hawq_onnx.errors import HawqError
 
 # op type -> (index of the data input, index of the weight input)
@@ -130,7 +135,11 @@ class Inspection:
 
 
 def load_onnx(path: str | os.PathLike, check: bool = True) -> onnx.ModelProto:
-    """Load an ONNX file with one-line errors for the usual ways files are broken."""
+    """Load an ONNX file with one-line errors for the usual ways files are broken.
+
+    The file is read alone (``load_external_data=False``) and refused before anything else looks
+    at it if any tensor in it points at external data (:func:`check_self_contained`): onnx.checker
+    and numpy_helper would otherwise resolve that path against the current directory."""
     p = Path(path)
     if not p.exists():
         raise HawqError(f"ONNX file {p} does not exist")
@@ -147,6 +156,7 @@ def load_onnx(path: str | os.PathLike, check: bool = True) -> onnx.ModelProto:
                         "format; export it again") from None
     if not model.graph.node:
         raise HawqError(f"{p} is not an ONNX model (no graph nodes; truncated or another format?)")
+    check_self_contained(model, str(p))  # with check=False too: before the checker or anything reads data
     if check:
         try:
             onnx.checker.check_model(model)
@@ -159,6 +169,104 @@ def load_onnx(path: str | os.PathLike, check: bool = True) -> onnx.ModelProto:
     return model
 
 
+def _step(field_name: str, item: Message) -> str:
+    """How a path through the model names one message: ``node 'If_0' (If)``, ``attribute 'value'``."""
+    if isinstance(item, onnx.NodeProto):
+        return f"node {(item.name or (item.output[0] if item.output else '?'))!r} ({item.op_type})"
+    if isinstance(item, onnx.AttributeProto):
+        return f"attribute {item.name!r}"
+    if isinstance(item, onnx.GraphProto):
+        return "graph" if field_name == "graph" else f"subgraph {item.name!r}"
+    if isinstance(item, onnx.FunctionProto):
+        return f"function {(item.domain + ':' if item.domain else '') + item.name!r}"
+    if isinstance(item, onnx.SparseTensorProto):
+        return f"sparse {'initializer' if field_name == 'sparse_initializer' else 'tensor'} {item.values.name!r}"
+    if isinstance(item, TensorProto):
+        kind = {"initializer": "initializer", "values": "values", "indices": "indices"}.get(field_name, "tensor")
+        return f"{kind} {item.name!r}" if item.name else kind
+    return field_name.replace("_", " ")
+
+
+_HOLDS_TENSORS: dict[str, bool] = {}  # protobuf message type -> can hold a TensorProto
+
+
+def _holds_tensors(descriptor: Any) -> bool:
+    """Whether a message of this protobuf type can hold a TensorProto at any depth (TypeProto,
+    ValueInfoProto, StringStringEntryProto cannot: the walk skips them)."""
+    if descriptor.full_name not in _HOLDS_TENSORS:
+        seen, todo, edges = set(), [descriptor], {}
+        while todo:  # the message types reachable from this one (GraphProto <-> NodeProto cycles)
+            d = todo.pop()
+            if d.full_name in seen:
+                continue
+            seen.add(d.full_name)
+            edges[d.full_name] = [f.message_type for f in d.fields if f.message_type is not None]
+            todo.extend(edges[d.full_name])
+        holds = {name for name in seen if name == TensorProto.DESCRIPTOR.full_name}
+        changed = True
+        while changed:
+            changed = False
+            for name, targets in edges.items():
+                if name not in holds and any(t.full_name in holds for t in targets):
+                    holds.add(name)
+                    changed = True
+        for name in seen:
+            _HOLDS_TENSORS.setdefault(name, name in holds)
+    return _HOLDS_TENSORS[descriptor.full_name]
+
+
+def _all_tensors(model: onnx.ModelProto) -> list[tuple[TensorProto, list[str]]]:
+    """Every TensorProto anywhere in ``model``, with the path that leads to it.
+
+    Walks the protobuf fields themselves rather than a list of known places: graph and sparse
+    initializers, tensors in any node attribute (Constant's ``value`` and ``sparse_value``, and
+    any attribute whatever its declared type), subgraphs of If/Loop/Scan at any depth, functions
+    and their default attributes, training graphs; a place a later ONNX adds is walked too."""
+    found: list[tuple[TensorProto, list[str]]] = []
+    # (message, the field that held it, the parent's entry): the path is spelled out only when needed.
+    stack: list[tuple[Message, str, Any]] = [(model, "", None)]
+    while stack:
+        entry = stack.pop()
+        msg = entry[0]
+        if isinstance(msg, TensorProto):
+            path, at = [], entry
+            while at[2] is not None:
+                path.append(_step(at[1], at[0]))
+                at = at[2]
+            found.append((msg, path[::-1]))
+            continue  # its own fields (external_data entries, segment) hold no tensors
+        for fd, value in msg.ListFields():
+            if fd.message_type is None or not _holds_tensors(fd.message_type):
+                continue
+            for item in ([value] if isinstance(value, Message) else value):
+                stack.append((item, fd.name, entry))
+    return found
+
+
+def _uses_external_data(t: TensorProto) -> bool:
+    return t.data_location == TensorProto.EXTERNAL or len(t.external_data) > 0
+
+
+def check_self_contained(model: onnx.ModelProto, where: str) -> None:
+    """Refuse a model any of whose tensors keeps its data in an external file.
+
+    Every tensor counts, not only the main graph's initializers: a Constant node, a sparse
+    initializer, a subgraph of If/Loop/Scan or a function can point at a file too, and onnx.checker
+    and numpy_helper resolve such a path against the current directory. Nothing here reads it."""
+    for t, path in _all_tensors(model):
+        if not _uses_external_data(t):
+            continue
+        location = next((e.value for e in t.external_data if e.key == "location"), None)
+        shown = "" if location is None else f" ({location[:100]!r})"
+        if path == ["graph", f"initializer {t.name!r}"]:
+            raise HawqError(f"{where}: initializer {t.name!r} keeps its data in an external file{shown}; "
+                            "give a self-contained model")
+        outer = " > ".join(path[1:-1] if path[:1] == ["graph"] else path[:-1])
+        place = f"{path[-1]} in {outer}" if outer else path[-1]
+        raise HawqError(f"{where}: {place} keeps its data in an external file{shown}; give a self-contained "
+                        "model (every tensor, Constant nodes and subgraphs included)")
+
+
 _FIELD_OF_TYPE = {
     TensorProto.FLOAT: "float_data", TensorProto.DOUBLE: "double_data", TensorProto.INT64: "int64_data",
     TensorProto.UINT64: "uint64_data", TensorProto.UINT32: "uint64_data", TensorProto.STRING: "string_data",
@@ -167,13 +275,13 @@ _FIELD_OF_TYPE = {
 
 def check_initializers(model: onnx.ModelProto, where: str) -> None:
     """What onnx.checker leaves out: known element types, data sizes that match the shapes, and
-    finite float values (a NaN or Inf weight gives NaN outputs, not an error, downstream)."""
+    finite float values (a NaN or Inf weight gives NaN outputs, not an error, downstream); and
+    no tensor anywhere in the model (subgraphs, Constant nodes, functions included) with external
+    data (:func:`check_self_contained`)."""
+    check_self_contained(model, where)
     for t in model.graph.initializer:
         if t.data_type not in TensorProto.DataType.values() or t.data_type == TensorProto.UNDEFINED:
             raise HawqError(f"{where}: initializer {t.name!r} has an unknown element type {t.data_type}")
-        if t.data_location == TensorProto.EXTERNAL:
-            raise HawqError(f"{where}: initializer {t.name!r} keeps its data in an external file; "
-                            "give a self-contained model")
         if any(d < 0 for d in t.dims):
             raise HawqError(f"{where}: initializer {t.name!r} has a negative dimension")
         count = math.prod(t.dims) if t.dims else 1
@@ -214,74 +322,8 @@ def _effective_bits(values: np.ndarray, storage_bits: int, signed: bool) -> int:
     return storage_bits
 
 
-def _value_shape(v: onnx.ValueInfoProto) -> list[int | str]:
-    dims = []
-    for d in v.type.tensor_type.shape.dim:
-        dims.append(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?"))
-    return dims
-
-
 def _io(values) -> list[dict[str, Any]]:
     return [{"name": v.name, "type": type_name(v.type.tensor_type.elem_type), "shape": _value_shape(v)} for v in values]
-
-
-def _infer_shapes_batch1(model: onnx.ModelProto) -> dict[str, list[int]]:
-    """Shapes of every tensor with symbolic input dims set to 1 (batch 1)."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    inits = {i.name for i in m.graph.initializer}
-    for inp in m.graph.input:
-        if inp.name in inits:
-            continue
-        for d in inp.type.tensor_type.shape.dim:
-            if not d.HasField("dim_value"):
-                d.Clear()
-                d.dim_value = 1
-    del m.graph.value_info[:]
-    try:
-        m = onnx.shape_inference.infer_shapes(m, data_prop=True)
-    except Exception:
-        return {}
-    shapes = {}
-    for v in list(m.graph.value_info) + list(m.graph.output) + list(m.graph.input):
-        dims = _value_shape(v)
-        if dims and all(isinstance(d, int) and d > 0 for d in dims):
-            shapes[v.name] = dims
-    return shapes
-
-
-# Running the model is the fallback for shapes static inference cannot follow (TorchScript's
-# option-A shortcuts, shapes computed from tensor values); not worth it on a very large model.
-RUN_FOR_SHAPES_MAX_BYTES = 256 * 2 ** 20
-
-
-def _run_shapes_batch1(model: onnx.ModelProto, names: list[str]) -> dict[str, list[int]]:
-    """Shapes of ``names`` from one ONNX Runtime run on zeros at batch 1; {} where it cannot run."""
-    if not names or model.ByteSize() > RUN_FOR_SHAPES_MAX_BYTES:
-        return {}
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    inits = {i.name for i in m.graph.initializer}
-    feeds = {}
-    try:
-        import onnxruntime as ort
-
-        for inp in m.graph.input:
-            if inp.name in inits:
-                continue
-            dims = [d.dim_value if d.HasField("dim_value") else 1 for d in inp.type.tensor_type.shape.dim]
-            dtype = onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type)
-            feeds[inp.name] = np.zeros(dims, dtype=dtype)
-        known = {o.name for o in m.graph.output}
-        m.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in known)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        options.log_severity_level = 4  # a model it cannot run keeps its unknown shapes, silently
-        session = ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        values = session.run(names, feeds)
-    except Exception:  # any model ORT cannot build or run at batch 1 simply keeps its unknown shapes
-        return {}
-    return {n: list(v.shape) for n, v in zip(names, values) if v.ndim and all(d > 0 for d in v.shape)}
 
 
 def inspect_onnx(source: str | os.PathLike | onnx.ModelProto) -> Inspection:
@@ -426,32 +468,3 @@ def inspect_onnx(source: str | os.PathLike | onnx.ModelProto) -> Inspection:
         outputs=_io(graph.output), layers=rows, file_bytes=file_bytes,
         bytes_by_type=dict(sorted(bytes_by_type.items())), params_by_type=dict(sorted(params_by_type.items())),
         total_params=total_params, op_counts=dict(sorted(op_counts.items())))
-
-
-def format_inspection(ins: Inspection) -> str:
-    """The terminal table."""
-    head = ("layer", "op", "weight shape", "params", "MACs", "storage", "w bits", "a bits", "bytes")
-    rows = [(r.layer, r.op_type, "x".join(map(str, r.shape)), f"{r.params:,}",
-             f"{r.macs:,}" if r.macs is not None else "?", r.storage, str(r.bits),
-             str(r.act_bits) if r.act_bits else "float", f"{r.bytes:,}") for r in ins.layers]
-    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
-    lines = []
-    lines.append(f"{ins.path or '<model>'}: opset {ins.opset}, IR {ins.ir_version}")
-    for io_kind, items in (("input", ins.inputs), ("output", ins.outputs)):
-        for item in items:
-            lines.append(f"  {io_kind} {item['name']}: {item['type']} [{', '.join(map(str, item['shape']))}]")
-    lines.append("")
-    fmt = "  ".join(f"{{:<{w}}}" if i in (0, 1, 2, 5) else f"{{:>{w}}}" for i, w in enumerate(widths))
-    lines.append(fmt.format(*head))
-    lines.append("  ".join("-" * w for w in widths))
-    lines.extend(fmt.format(*row) for row in rows)
-    lines.append("")
-    macs = ins.layer_macs
-    by_op = ", ".join(f"{sum(1 for r in ins.layers if r.op_type == op)} {op}" for op in sorted({r.op_type for r in ins.layers}))
-    lines.append(f"layers: {len(ins.layers)} ({by_op or 'none'})")
-    lines.append(f"parameters: {ins.layer_params:,} in layers, {ins.total_params:,} in all initializers")
-    lines.append(f"MACs (batch 1): {macs:,}" if macs is not None else "MACs (batch 1): unknown (shape inference failed)")
-    if ins.file_bytes is not None:
-        lines.append(f"file size: {ins.file_bytes:,} bytes")
-    lines.append("initializer bytes by type: " + ", ".join(f"{k} {v:,}" for k, v in ins.bytes_by_type.items()))
-    return "\n".join(lines)

@@ -4,7 +4,9 @@ A bundle, written by :mod:`hawq_onnx.deploy.package`, holds the ``.onnx`` model,
 twin (``.ort``), the required-operators configuration for a minimal ONNX Runtime build, and
 ``manifest.json``, which lists every other file with its size and sha256. Reading a bundle
 verifies each listed file against the manifest, so a bundle that was edited, truncated or
-half-copied is refused instead of deployed.
+half-copied is refused instead of deployed. A bundle holds exactly those files: how its members
+are listed and read without trusting it (names, links, sizes, zip headers) is in
+:mod:`hawq_onnx.deploy.bundle_members`.
 """
 
 from __future__ import annotations
@@ -14,19 +16,28 @@ import json
 import os
 import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
+from hawq_onnx.deploy.bundle_members import (
+    MANIFEST_NAME,
+    FolderMembers,
+    ZipMembers,
+    check_name,
+    check_size,
+    open_members,
+    size_cap,
+)
 from hawq_onnx.errors import HawqError
-from hawq_onnx.io.atomic import sha256_file
 
-MANIFEST_NAME = "manifest.json"
 BUNDLE_FORMAT = "hawq-onnx-bundle"
 BUNDLE_FORMAT_VERSION = 1
 # Roles of the files a manifest lists (manifest["files"][name]["role"]).
 ROLE_ONNX = "onnx"
 ROLE_ORT = "ort"
 ROLE_OPERATORS_CONFIG = "required_operators_config"
+# No allow-list of extra members: ``package`` writes exactly the manifest's files and manifest.json,
+# so anything else in a bundle (a hidden file, __MACOSX/) is refused rather than skipped.
 
 
 @dataclass
@@ -46,28 +57,53 @@ class Bundle:
         raise HawqError(f"bundle {self.path} lists no {role} file in its manifest")
 
     def read_bytes(self, name: str) -> bytes:
+        """The file's bytes, checked again: the bundle may have changed since it was read."""
         if name not in self.files:
             raise HawqError(f"bundle {self.path} holds no file {name!r}")
-        if self.kind == "folder":
-            return (self.path / name).read_bytes()
-        with zipfile.ZipFile(self.path) as zf:
-            return zf.read(name)
+        entry = self.manifest["files"][name]
+        with open_members(self.path, _kind(self.path)) as members:
+            if name not in members.sizes():
+                raise HawqError(f"bundle {self.path} is missing {name}, listed in its manifest; rebuild the bundle")
+            data = b"".join(members.chunks(name, entry["bytes"]))
+        if len(data) != entry["bytes"] or hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise _mismatch(name, self.path, "does not match its sha256 in the manifest")
+        return data
 
 
-def _check_name(name: str, where: Path) -> None:
-    """Manifest names are plain file names: nothing that could point outside the bundle."""
-    p = PurePosixPath(name)
-    if not name or name != p.name or name in (".", "..") or "\\" in name:
-        raise HawqError(f"the manifest of {where} lists {name!r}, which is not a plain file name; "
-                        "the bundle is damaged or was not written by hawq-onnx")
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """JSON readers disagree on which of two equal keys wins; a manifest with one is not trusted."""
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise _DuplicateKey(f"duplicate key {key[:60]!r}")
+        seen.add(key)
+    return dict(pairs)
+
+
+def _load_json(data: bytes, where: Path) -> Any:
+    try:
+        return json.loads(data.decode("utf-8"), object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        reason = str(exc)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:  # deep nesting: RecursionError
+        reason = exc.__class__.__name__
+    raise HawqError(f"{MANIFEST_NAME} in {where} is not valid JSON ({reason}); the bundle is damaged")
+
+
+def _check_entry(name: str, entry: Any, where: Path) -> None:
+    check_name(name, where, "the manifest's file")
+    size = entry.get("bytes") if isinstance(entry, dict) else None
+    if name == MANIFEST_NAME or not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str) \
+            or not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= size_cap(name):
+        raise HawqError(f"{MANIFEST_NAME} in {where} has a malformed entry for {name!r}; the bundle is damaged")
 
 
 def _parse_manifest(data: bytes, where: Path) -> dict[str, Any]:
-    try:
-        manifest = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise HawqError(f"{MANIFEST_NAME} in {where} is not valid JSON ({exc.__class__.__name__}); "
-                        "the bundle is damaged") from None
+    manifest = _load_json(data, where)
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
         raise HawqError(f"{MANIFEST_NAME} in {where} is not a hawq-onnx bundle manifest "
                         f"(no \"format\": \"{BUNDLE_FORMAT}\")")
@@ -79,16 +115,8 @@ def _parse_manifest(data: bytes, where: Path) -> dict[str, Any]:
     if not isinstance(files, dict) or not files:
         raise HawqError(f"{MANIFEST_NAME} in {where} lists no files; the bundle is damaged")
     for name, entry in files.items():
-        _check_name(name, where)
-        if name == MANIFEST_NAME or not isinstance(entry, dict) \
-                or not isinstance(entry.get("sha256"), str) or not isinstance(entry.get("bytes"), int):
-            raise HawqError(f"{MANIFEST_NAME} in {where} has a malformed entry for {name!r}; the bundle is damaged")
+        _check_entry(name, entry, where)
     return manifest
-
-
-def _ignored(name: str) -> bool:
-    """Files an archiver or file browser adds on its own; never part of a bundle."""
-    return name.startswith(".") or name.startswith("__MACOSX/") or name.endswith("/")
 
 
 def _mismatch(name: str, where: Path, what: str) -> HawqError:
@@ -96,66 +124,56 @@ def _mismatch(name: str, where: Path, what: str) -> HawqError:
                      "rebuild the bundle with hawq-onnx package")
 
 
-def _read_folder(path: Path) -> Bundle:
-    manifest_path = path / MANIFEST_NAME
-    if not manifest_path.is_file():
-        raise HawqError(f"{path} has no {MANIFEST_NAME}: not a hawq-onnx bundle folder")
-    manifest = _parse_manifest(manifest_path.read_bytes(), path)
-    listed = manifest["files"]
-    present = {p.name for p in path.iterdir() if not _ignored(p.name)} - {MANIFEST_NAME}
-    for name, entry in sorted(listed.items()):
-        f = path / name
-        if not f.is_file():
-            raise HawqError(f"bundle {path} is missing {name}, listed in its manifest; rebuild the bundle")
-        if f.stat().st_size != entry["bytes"]:
-            raise _mismatch(name, path, f"is {f.stat().st_size} bytes, the manifest says {entry['bytes']}")
-        if sha256_file(f) != entry["sha256"]:
-            raise _mismatch(name, path, "does not match its sha256 in the manifest")
-    extra = sorted(present - set(listed))
+def _check_membership(sizes: dict[str, int], listed: dict[str, Any], where: Path) -> None:
+    """A bundle holds exactly its manifest's files and the manifest: nothing skipped, nothing extra."""
+    missing = sorted(set(listed) - set(sizes))
+    if missing:
+        raise HawqError(f"bundle {where} is missing {missing[0]}, listed in its manifest; rebuild the bundle")
+    extra = sorted(set(sizes) - set(listed) - {MANIFEST_NAME})
     if extra:
-        raise HawqError(f"bundle {path} holds {', '.join(extra)}, not listed in its manifest; "
+        raise HawqError(f"bundle {where} holds {', '.join(extra)}, not listed in its manifest; "
                         "remove it or rebuild the bundle")
-    return Bundle(path, "folder", manifest, {n: e["bytes"] for n, e in listed.items()})
 
 
-def _read_zip(path: Path) -> Bundle:
-    try:
-        with zipfile.ZipFile(path) as zf:
-            infos = {i.filename: i for i in zf.infolist() if not _ignored(i.filename)}
-            if MANIFEST_NAME not in infos:
-                raise HawqError(f"{path} has no {MANIFEST_NAME} at its top level: not a hawq-onnx bundle archive")
-            manifest = _parse_manifest(zf.read(MANIFEST_NAME), path)
-            listed = manifest["files"]
-            for name, entry in sorted(listed.items()):
-                if name not in infos:
-                    raise HawqError(f"bundle {path} is missing {name}, listed in its manifest; rebuild the bundle")
-                if infos[name].file_size != entry["bytes"]:
-                    raise _mismatch(name, path, f"is {infos[name].file_size} bytes, the manifest says {entry['bytes']}")
-                h = hashlib.sha256()
-                with zf.open(name) as f:
-                    for chunk in iter(lambda: f.read(1 << 20), b""):
-                        h.update(chunk)
-                if h.hexdigest() != entry["sha256"]:
-                    raise _mismatch(name, path, "does not match its sha256 in the manifest")
-            extra = sorted(set(infos) - set(listed) - {MANIFEST_NAME})
-            if extra:
-                raise HawqError(f"bundle {path} holds {', '.join(extra)}, not listed in its manifest; "
-                                "rebuild the bundle")
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
-        raise HawqError(f"{path} is a damaged zip archive ({exc}); rebuild the bundle") from None
-    return Bundle(path, "zip", manifest, {n: e["bytes"] for n, e in listed.items()})
+def _verify(members: FolderMembers | ZipMembers, where: Path, kind: str) -> Bundle:
+    sizes = members.sizes()
+    if MANIFEST_NAME not in sizes:
+        raise HawqError(f"{where} has no {MANIFEST_NAME} at its top level: not a hawq-onnx bundle")
+    for name, size in sizes.items():
+        check_size(name, size, where)
+    manifest = _parse_manifest(b"".join(members.chunks(MANIFEST_NAME, size_cap(MANIFEST_NAME))), where)
+    listed = manifest["files"]
+    _check_membership(sizes, listed, where)
+    for name, entry in sorted(listed.items()):
+        if sizes[name] != entry["bytes"]:
+            raise _mismatch(name, where, f"is {sizes[name]} bytes, the manifest says {entry['bytes']}")
+        h = hashlib.sha256()
+        for chunk in members.chunks(name, entry["bytes"]):
+            h.update(chunk)
+        if h.hexdigest() != entry["sha256"]:
+            raise _mismatch(name, where, "does not match its sha256 in the manifest")
+    return Bundle(where, kind, manifest, {n: e["bytes"] for n, e in listed.items()})
+
+
+def _kind(p: Path) -> str:
+    # A link could be pointed elsewhere between verifying the bundle and using it: refuse it outright.
+    if p.is_symlink():
+        raise HawqError(f"bundle {p} is a symbolic link; give the path of the bundle itself")
+    if not p.exists():
+        raise HawqError(f"bundle {p} does not exist")
+    if p.is_dir():
+        return "folder"
+    if p.is_file() and zipfile.is_zipfile(p):
+        return "zip"
+    raise HawqError(f"{p} is neither a bundle folder nor a .zip bundle archive")
 
 
 def read_bundle(path: str | os.PathLike) -> Bundle:
     """Open a bundle folder or .zip and verify every file against the manifest's sha256."""
     p = Path(path)
-    if not p.exists():
-        raise HawqError(f"bundle {p} does not exist")
-    if p.is_dir():
-        return _read_folder(p)
-    if zipfile.is_zipfile(p):
-        return _read_zip(p)
-    raise HawqError(f"{p} is neither a bundle folder nor a .zip bundle archive")
+    kind = _kind(p)
+    with open_members(p, kind) as members:
+        return _verify(members, p, kind)
 
 
 def is_bundle(path: str | os.PathLike) -> bool:

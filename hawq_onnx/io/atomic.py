@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -35,6 +36,8 @@ def check_output_path(out: str | os.PathLike, inputs: tuple[str | os.PathLike | 
             raise HawqError(f"output {out_path} is also an input; choose another output path")
         if p.resolve() == out_path.resolve():
             raise HawqError(f"output {out_path} is also an input; choose another output path")
+        if p.is_dir() and out_path.resolve().is_relative_to(p.resolve()):
+            raise HawqError(f"output {out_path} is inside the input folder {p}; choose another output path")
     if out_path.is_dir():
         raise HawqError(f"output {out_path} is a folder; give a file path")
     if out_path.exists() and not out_path.is_file():
@@ -84,11 +87,13 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         raise HawqError(f"output {target} exists and is not a regular file (a device, pipe or socket); "
                         "give a file path")
     # Beside the path as given: a symlinked output is replaced, its target left alone, and the
-    # rename never crosses file systems.
+    # rename never crosses file systems. The name carries our pid, so that a later run can tell
+    # the leftovers of a killed run (SIGKILL skips every cleanup) from a live run's files.
     parent = target.absolute().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent)
+        remove_stale_temporaries(parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}{TEMP_MARK}", suffix=".tmp", dir=parent)
     except OSError as exc:
         raise HawqError(f"cannot write {target}: {exc.strerror or exc.__class__.__name__} "
                         f"({parent}); choose another output path") from None
@@ -105,6 +110,37 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
             raise HawqError(f"cannot write {target}: {exc.strerror}; nothing was written there") from None
         raise
+
+
+TEMP_MARK = ".hawq-"
+_TEMP_NAME = re.compile(r"^\..+\.(\d+)" + re.escape(TEMP_MARK) + r"[^/]*\.tmp$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # someone else's live process, or a pid we cannot judge: leave its files alone
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files ``atomic_path`` left in ``folder`` when its process was killed
+    (their pid is no longer running); return what was removed."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _TEMP_NAME.match(entry.name)
+        if m and entry.is_file(follow_symlinks=False) and not _alive(int(m.group(1))):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
 
 
 def write_bytes(target: str | os.PathLike, data: bytes) -> Path:

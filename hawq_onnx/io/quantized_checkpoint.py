@@ -6,13 +6,14 @@ so loading it runs no code.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from hawq_onnx.errors import HawqError
-from hawq_onnx.io.atomic import write_with
+from hawq_onnx.io.atomic import write_bytes
 from hawq_onnx.io.plan import Plan, plan_from_json
 
 CHECKPOINT_FORMAT = "hawq-onnx-quantized"
@@ -30,7 +31,11 @@ class QuantizedCheckpoint:
         """Write the checkpoint atomically."""
         payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "model": self.model,
                    "fingerprint": self.fingerprint, "state_dict": self.state_dict, "plan": self.plan.to_json()}
-        return write_with(path, lambda tmp: torch.save(payload, tmp))
+        # Saved through memory: torch names the archive's records after the file, and the
+        # temporary file's random name would make equal checkpoints differ byte for byte.
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        return write_bytes(path, buffer.getvalue())
 
 
 def load_quantized(path: str | Path, fingerprint: str | None = None) -> QuantizedCheckpoint:

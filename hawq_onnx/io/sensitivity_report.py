@@ -7,6 +7,8 @@ so that allocation needs nothing but this file.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -88,6 +90,22 @@ class Sensitivity:
     def load(cls, path: str | Path) -> "Sensitivity":
         """Read a sensitivity.json written by ``save`` or ``hawq-onnx analyze``."""
         return load_sensitivity(path)
+
+
+def _without_timings(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _without_timings(v) for k, v in obj.items() if k != "seconds"}
+    if isinstance(obj, list):
+        return [_without_timings(v) for v in obj]
+    return obj
+
+
+def content_sha256(report: Sensitivity) -> str:
+    """sha256 of the report's canonical JSON without its wall-clock timings (the ``seconds``
+    fields): equal inputs and seed give equal digests, so a plan that records it is byte-identical
+    across reruns while sensitivity.json keeps its timings."""
+    text = json.dumps(_without_timings(report.to_json()), indent=2, sort_keys=True, allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def save_sensitivity(report: Sensitivity, path: str | Path) -> Path:

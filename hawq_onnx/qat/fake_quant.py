@@ -41,7 +41,7 @@ from hawq_onnx.core.grid import (
     weight_scale,
 )
 from hawq_onnx.core.layers import QUANTIZABLE
-from hawq_onnx.errors import HawqError
+from hawq_onnx.errors import HawqError, OptionError
 from hawq_onnx.io.plan import ActivationQuant, Plan
 from hawq_onnx.qat.observers import DEFAULT_OBSERVER, Observer, make_observer
 
@@ -176,7 +176,7 @@ class ActivationFakeQuant(nn.Module):
             return FakeQuantSTE.apply(x, self.effective_scale(), self.zero_point, self.qmin, self.qmax, grad_factor)
         if self.state == "observe" and self.observer is not None:
             if not torch.isfinite(x).all():
-                raise HawqError("calibration met NaN or Inf activations: the weights have blown up (lower --lr) "
+                raise HawqError("calibration met NaN or Inf activations: the weights have blown up (lower the learning rate) "
                                 "or the inputs overflow")
             self.observer.observe(x.detach())
             return x
@@ -239,8 +239,9 @@ class QuantLayer(nn.Module):
                 raise
         if name in ("weight", "bias"):
             where = self.path or "a quantized layer"
-            raise HawqError(f"the model's forward reads {where}.{name} itself instead of calling the layer, so "
-                            f"hawq-onnx cannot quantize it: keep it float (allocate --keep-float {self.path or 'LAYER'})")
+            raise OptionError(f"the model's forward reads {where}.{name} itself instead of calling the layer, so "
+                              f"hawq-onnx cannot quantize it: keep it float (allocate with {{keep_float}} "
+                              f"{self.path or 'LAYER'})", "keep_float")
         return getattr(modules["layer"], name)
 
     def extra_repr(self) -> str:
@@ -340,9 +341,10 @@ def calibrate(qmodel: nn.Module, batches, *, observer: str = DEFAULT_OBSERVER,
         uncalled = [n for n in names if n not in called]
         if uncalled:
             # Its quantizers would never run: the plan would claim a precision the model does not have.
-            raise HawqError(f"the model's forward never calls layer {uncalled[0]}"
-                            + (f" (nor {len(uncalled) - 1} more)" if len(uncalled) > 1 else "")
-                            + f", so it cannot be quantized as planned: allocate with --keep-float {uncalled[0]}")
+            raise OptionError(f"the model's forward never calls layer {uncalled[0]}"
+                              + (f" (nor {len(uncalled) - 1} more)" if len(uncalled) > 1 else "")
+                              + f", so it cannot be quantized as planned: allocate with {{keep_float}} {uncalled[0]}",
+                              "keep_float")
         for aq in observing:
             aq.finish_observing()
     finally:

@@ -42,7 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hawq_onnx.core.bn_fold import fold_copy
-from hawq_onnx.errors import HawqError
+from hawq_onnx.errors import HawqError, OptionError
 from hawq_onnx.io.plan import Plan
 from hawq_onnx.io.sensitivity_report import Sensitivity
 from hawq_onnx.options import OPTIMIZERS, ORDERS  # the choice lists, defined once
@@ -57,7 +57,7 @@ from hawq_onnx.qat.fake_quant import (
 )
 from hawq_onnx.qat.observers import DEFAULT_OBSERVER, OBSERVERS
 from hawq_onnx.qat.optimizers import LogAdam, StepAdamW
-from hawq_onnx.sources.data import Dataset, Split
+from hawq_onnx.sources.splits import Dataset, Split
 from hawq_onnx.sources.model import LoadedModel, model_fingerprint
 
 log = logging.getLogger(__name__)
@@ -224,17 +224,9 @@ def _train_batches(split: Split, batch_size: int, seed: int) -> Iterator[tuple[t
         yield from split.batches(batch_size, shuffle=True, seed=seed * 100_003 + epoch, drop_last=True)
 
 
-def _subset(split: Split, fraction: float, seed: int) -> Split:
-    if fraction >= 1.0:
-        return split
-    n = max(1, int(round(len(split) * fraction)))
-    idx = np.sort(np.random.default_rng(seed).permutation(len(split))[:n])
-    return Split(split.x[idx], split.y[idx])
-
-
 def _resolve_device(device: str) -> str:
     if device == "cuda" and not torch.cuda.is_available():
-        raise HawqError("--device cuda: CUDA is not available on this machine; use --device cpu")
+        raise OptionError("{device} cuda: CUDA is not available on this machine; use {device} cpu", "device")
     if device not in ("cpu", "cuda"):
         raise HawqError(f"unknown device {device!r}; use cpu or cuda")
     return device
@@ -320,7 +312,7 @@ def _train_stage(qmodel: nn.Module, steps: int, cfg: _Training, desc: str) -> di
         logits = qmodel(x)
         loss = distillation_loss(logits, teacher_logits, y, cfg.distill_weight, cfg.temperature)
         if not torch.isfinite(loss):
-            raise HawqError(f"{desc}: the training loss became {float(loss.detach())}; lower --lr")
+            raise OptionError(f"{desc}: the training loss became {float(loss.detach())}; lower {{lr}}", "lr")
         for o in optimizers:
             o.zero_grad(set_to_none=True)
         loss.backward()
@@ -335,35 +327,36 @@ def _train_stage(qmodel: nn.Module, steps: int, cfg: _Training, desc: str) -> di
     qmodel.eval()
     # The loss is checked before each step; the last step can still blow the weights up.
     if not all(torch.isfinite(p).all() for p in qmodel.parameters()):
-        raise HawqError(f"{desc}: training diverged (weights became NaN or Inf); lower --lr")
+        raise OptionError(f"{desc}: training diverged (weights became NaN or Inf); lower {{lr}}", "lr")
     return {"steps": steps, "loss": loss_sum / seen if seen else None,
             "train_top1": correct / seen if seen else None, "seconds": time.perf_counter() - start}
 
 
-def _check_options(*, order: str, epochs: float | None, steps: int | None, optimizer: str, lr: float | None,
-                   step_lr: float | None, batch_size: int, data_fraction: float, distill_weight: float,
-                   temperature: float, final_share: float, warmup: float, scale_lr: float, observer: str,
-                   augment: str) -> float:
+def check_options(*, order: str, epochs: float | None, steps: int | None, optimizer: str, lr: float | None,
+                  step_lr: float | None, batch_size: int, data_fraction: float, distill_weight: float,
+                  temperature: float, final_share: float = 0.5, warmup: float = 0.05, scale_lr: float = 1e-3,
+                  observer: str = DEFAULT_OBSERVER, augment: str = "auto") -> float:
     """One-line errors for bad settings; returns the learning rate to use."""
     if order not in ORDERS:
         raise HawqError(f"unknown order {order!r}; use one of {', '.join(ORDERS)}")
     if epochs is not None and steps is not None:
-        raise HawqError("give --epochs or --steps, not both")
+        raise OptionError("give {epochs} or {steps}, not both", "epochs", "steps")
     if (epochs is not None and not 0 <= epochs < math.inf) or (steps is not None and steps < 0):
-        raise HawqError("--epochs and --steps must be finite and not negative")
+        raise OptionError("{epochs} and {steps} must be finite and not negative", "epochs", "steps")
     if not 0.0 < data_fraction <= 1.0:
-        raise HawqError(f"--data-fraction must be in (0, 1], got {data_fraction}")
+        raise OptionError(f"{{data_fraction}} must be in (0, 1], got {data_fraction}", "data_fraction")
     if optimizer not in OPTIMIZERS:
         raise HawqError(f"unknown optimizer {optimizer!r}; use one of {', '.join(OPTIMIZERS)}")
     lr = DEFAULT_LR[optimizer] if lr is None else lr
     if not 0 < lr < math.inf or batch_size <= 0:
-        raise HawqError("--lr and --batch-size must be positive")
+        raise OptionError("{lr} and {batch_size} must be positive", "lr", "batch_size")
     if step_lr is not None and not 0 < step_lr < math.inf:
-        raise HawqError(f"--step-lr must be positive and finite, got {step_lr}")
+        raise OptionError(f"{{step_lr}} must be positive and finite, got {step_lr}", "step_lr")
     if step_lr is not None and optimizer != "adam":
-        raise HawqError("--step-lr needs --optimizer adam (an update in steps needs Adam's normalised direction)")
+        raise OptionError("{step_lr} needs {optimizer} adam (an update in steps needs Adam's normalised direction)", "step_lr",
+                          "optimizer")
     if not 0.0 <= distill_weight <= 1.0 or not temperature > 0:
-        raise HawqError("the distillation weight must be in [0, 1] and the temperature positive")
+        raise OptionError("{distill_weight} must be in [0, 1] and {temperature} positive", "distill_weight", "temperature")
     if not 0.0 <= final_share <= 1.0 or not 0.0 <= warmup < 1.0:
         raise HawqError("final_share must be in [0, 1] and warmup in [0, 1)")
     if not (math.isfinite(scale_lr) and scale_lr > 0):
@@ -398,7 +391,7 @@ def finetune(loaded: LoadedModel, plan: Plan, dataset: Dataset, *, order: str = 
     test split.
     """
     start = time.perf_counter()
-    lr = _check_options(order=order, epochs=epochs, steps=steps, optimizer=optimizer, lr=lr, step_lr=step_lr,
+    lr = check_options(order=order, epochs=epochs, steps=steps, optimizer=optimizer, lr=lr, step_lr=step_lr,
                         batch_size=batch_size,
                         data_fraction=data_fraction, distill_weight=distill_weight, temperature=temperature,
                         final_share=final_share, warmup=warmup, scale_lr=scale_lr, observer=observer,
@@ -431,7 +424,7 @@ def finetune(loaded: LoadedModel, plan: Plan, dataset: Dataset, *, order: str = 
     calib = list(dataset.calib.batches(CALIB_BATCH))
     calib_kwargs = dict(observer=observer, weight_method=weight_method, device=device)
 
-    train = _subset(dataset.train, data_fraction, seed)
+    train = dataset.train.subset(data_fraction, seed, dataset.samples)
     batch_size = min(batch_size, len(train))
     if steps is None:
         steps = int(round((DEFAULT_EPOCHS if epochs is None else epochs) * (len(train) // batch_size)))

@@ -50,6 +50,9 @@ Measured on ResNet20 (one batch of 256, folded, CPU; benchmarks/bench_sensitivit
 
 Seeds: every layer draws from its own ``torch.Generator`` seeded from ``seed`` and the layer
 name, so a layer's result does not depend on which other layers are analysed or on the device.
+
+The estimators are in :mod:`hawq_onnx.sensitivity.estimators`, the product engine in
+:mod:`hawq_onnx.sensitivity.products`; this module runs them layer by layer and fills the report.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ import math
 import sys
 import time
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -71,267 +74,20 @@ import torch.nn.functional as F
 
 from hawq_onnx.core import grid as quantization
 from hawq_onnx.core.layers import describe_layers, quantizable_modules
-from hawq_onnx.errors import HawqError
+from hawq_onnx.errors import HawqError, OptionError
 from hawq_onnx.io.sensitivity_report import LayerSensitivity, Sensitivity, perturbation_key
+from hawq_onnx.sensitivity.estimators import Eigen, Trace, layer_program
+from hawq_onnx.sensitivity.products import Batch, LossFn, _Products
 
 if TYPE_CHECKING:
-    from hawq_onnx.sources.data import Dataset
+    from hawq_onnx.sources.splits import Dataset
     from hawq_onnx.sources.model import LoadedModel
 
 log = logging.getLogger(__name__)
 
-Batch = tuple[torch.Tensor, torch.Tensor]
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-# A layer's program yields a weight-space vector v (and receives H_i v) or INPUT_PROBE (and
-# receives one Hutchinson sample z^T H_x z of the input-activation Hessian).
-INPUT_PROBE = "input-probe"
-
 NO_LAYER = "the model has no quantizable layer (Conv1d, Conv2d or Linear): nothing to analyse"
 DEFAULTS: dict[str, Any] = {"eig_tol": 1e-3, "max_iter": 100, "trace_tol": 1e-2, "min_probes": 8, "max_probes": 200,
                             "sketch": 16, "act_tol": 0.1, "act_max_probes": 32}
-
-
-@dataclass(frozen=True)
-class Eigen:
-    value: float
-    iterations: int
-    converged: bool
-    zero: bool = False
-
-
-@dataclass(frozen=True)
-class Trace:
-    value: float
-    std_error: float
-    probes: int
-    converged: bool
-
-
-# --- the algorithms: generators that yield a vector v and receive the product H v ------------
-
-def rademacher(n: int, gen: torch.Generator, like: torch.Tensor) -> torch.Tensor:
-    """+-1 entries drawn on the CPU (the same numbers on every device)."""
-    return (torch.randint(0, 2, (n,), generator=gen) * 2 - 1).to(dtype=like.dtype, device=like.device)
-
-
-def _dot(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.dot(a.double(), b.double()))
-
-
-def hutchpp_sketch(dim: int, size: int, gen: torch.Generator, like: torch.Tensor):
-    """Q, an orthonormal basis of H S for a Rademacher sketch S (dim x size), and T = Q^T H Q.
-
-    Q comes from a Householder QR: orthonormal even where H S is rank deficient (a zero block,
-    dim < size), and the Hutch++ identity holds for any orthonormal Q. 2 x size products."""
-    sketch = []
-    for _ in range(size):
-        sketch.append((yield rademacher(dim, gen, like)))
-    q, _ = torch.linalg.qr(torch.stack(sketch, 1))
-    hq = []
-    for k in range(q.shape[1]):
-        hq.append((yield q[:, k].contiguous()))
-    t = (q.T @ torch.stack(hq, 1)).double()
-    return q, (t + t.T) / 2
-
-
-def power_iteration(v0: torch.Tensor, tol: float, max_iter: int):
-    """Dominant eigenpair by power iteration; the eigenvalue is the Rayleigh quotient v^T H v."""
-    v = v0 / v0.norm()
-    eigenvalue, previous = 0.0, None
-    for iteration in range(1, max_iter + 1):
-        hv = yield v
-        eigenvalue = _dot(v, hv)  # ||v|| = 1
-        norm = float(hv.norm())
-        if not norm > torch.finfo(hv.dtype).tiny:  # H v = 0: a (numerically) zero block
-            return Eigen(0.0, iteration, True, zero=True)
-        if previous is not None and abs(eigenvalue - previous) <= tol * abs(eigenvalue):
-            return Eigen(eigenvalue, iteration, True)
-        previous = eigenvalue
-        v = hv / norm
-    return Eigen(eigenvalue, max_iter, False)
-
-
-def _mean_and_error(samples: list[float]) -> tuple[float, float]:
-    x = np.asarray(samples, np.float64)
-    return float(x.mean()), float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else math.inf
-
-
-def deflated_hutchinson(q: torch.Tensor, exact: float, tol: float, min_probes: int, max_probes: int,
-                        gen: torch.Generator):
-    """tr(H) = exact + E[z^T H z] over Rademacher z deflated by Q (exact = tr(Q^T H Q));
-    stops when the standard error of the estimate is <= tol x |estimate|."""
-    dim = q.shape[0]
-    if q.shape[1] >= dim:  # the sketch spans the whole block: the trace is exact
-        return Trace(exact, 0.0, 0, True)
-    samples: list[float] = []
-    mean, error = 0.0, math.inf
-    while len(samples) < max_probes:
-        z = rademacher(dim, gen, q)
-        if q.shape[1]:
-            z = z - q @ (q.T @ z)
-        samples.append(_dot(z, (yield z)))
-        if len(samples) >= min_probes:
-            mean, error = _mean_and_error(samples)
-            if error <= tol * abs(exact + mean):
-                break
-    return Trace(exact + mean, error, len(samples), error <= tol * abs(exact + mean))
-
-
-def input_hutchinson(tol: float, min_probes: int, max_probes: int):
-    """Hutchinson's trace of the input-activation Hessian: the engine draws each probe."""
-    samples: list[float] = []
-    mean, error = 0.0, math.inf
-    while len(samples) < max_probes:
-        samples.append((yield INPUT_PROBE))
-        if len(samples) >= min_probes:
-            mean, error = _mean_and_error(samples)
-            if error <= tol * abs(mean):
-                break
-    return Trace(mean, error, len(samples), error <= tol * abs(mean))
-
-
-def layer_program(dim: int, like: torch.Tensor, gen: torch.Generator, *, sketch: int, eig_tol: float,
-                  max_iter: int, trace_tol: float, min_probes: int, max_probes: int, act_tol: float,
-                  act_max_probes: int):
-    """One layer's analysis: Hutch++ sketch -> power iteration from its top Ritz vector ->
-    deflated Hutchinson trace -> input-activation trace."""
-    if sketch > 0:
-        q, t = yield from hutchpp_sketch(dim, min(sketch, dim), gen, like)
-        ritz_values, ritz_vectors = torch.linalg.eigh(t)
-        top = int(ritz_values.abs().argmax())
-        v0 = q @ ritz_vectors[:, top].to(q.dtype)
-        exact = float(torch.trace(t))
-    else:
-        q, exact = like.new_zeros(dim, 0), 0.0
-        v0 = torch.randn(dim, generator=gen).to(like)
-    eigen = yield from power_iteration(v0, eig_tol, max_iter)
-    trace = yield from deflated_hutchinson(q, exact, trace_tol, min_probes, max_probes, gen)
-    act = Trace(0.0, 0.0, 0, True)
-    if act_max_probes > 0:
-        act = yield from input_hutchinson(act_tol, min(min_probes, act_max_probes), act_max_probes)
-    return eigen, trace, act
-
-
-# --- the engine: block products from per-batch first-order graphs ---------------------------
-
-def _bias_free(module: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """f(x, W): the layer without its bias, linear in x and in W."""
-    if isinstance(module, nn.Linear):
-        return F.linear
-    return lambda x, w: module._conv_forward(x, w, None)
-
-
-@dataclass
-class _Call:
-    x: torch.Tensor       # the layer's input (a private copy: later in-place ops cannot touch it)
-    o: torch.Tensor       # the layer's output, a node of the batch graph
-    grad_o: torch.Tensor  # dL/do, built with create_graph=True
-
-
-class _BatchGraph:
-    """One batch's forward and first-order backward, kept for double backward."""
-
-    def __init__(self, model: nn.Module, modules: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor,
-                 loss_fn: LossFn, weight: float, shared: Sequence[str]) -> None:
-        self.weight = weight
-        captured: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {name: [] for name in modules}
-
-        def hook(name: str):
-            def fn(mod: nn.Module, inputs, output):
-                if not output.requires_grad:  # nothing upstream needs a gradient: a fresh leaf is exact
-                    output = output.detach().requires_grad_(True)
-                captured[name].append((inputs[0].detach().clone(), output))
-                return output.clone()  # in-place ops downstream (ReLU(inplace)) must not rewrite `output`
-            return fn
-
-        handles = [m.register_forward_hook(hook(name)) for name, m in modules.items()]
-        try:
-            with torch.enable_grad():
-                loss = loss_fn(model(x), y)
-        finally:
-            for h in handles:
-                h.remove()
-        self.loss = float(loss.detach())
-        if not math.isfinite(self.loss):
-            raise HawqError(f"the loss is not finite ({self.loss}) on an analysis batch; check the weights and data")
-        outputs = [o for calls in captured.values() for _, o in calls]
-        shared_weights = [modules[name].weight for name in shared]
-        with torch.enable_grad():
-            grads = torch.autograd.grad(loss, outputs + shared_weights, create_graph=True, allow_unused=True)
-        it = iter(grads)
-        self.calls = {name: [_Call(x_in, o, g) for (x_in, o), g in zip(calls, it) if g is not None]
-                      for name, calls in captured.items()}
-        # A layer called more than once feeds its own later input: its output is no longer linear
-        # in W, so its block is taken by double backward w.r.t. W itself.
-        self.weight_grads = {name: (w, g) for name, w, g in zip(shared, shared_weights, it)}
-
-    def _output_hessian(self, calls: list[_Call], u: list[torch.Tensor]) -> list[torch.Tensor]:
-        hu = torch.autograd.grad([c.grad_o for c in calls], [c.o for c in calls], u,
-                                 retain_graph=True, allow_unused=True)
-        return [torch.zeros_like(c.o) if h is None else h for c, h in zip(calls, hu)]
-
-    def weight_hvp(self, name: str, f, weight: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """H_W v = J^T (d2L/do2) J v for this batch."""
-        if name in self.weight_grads:
-            w, g = self.weight_grads[name]
-            hv = None if g is None else torch.autograd.grad(g, w, v, retain_graph=True, allow_unused=True)[0]
-            return torch.zeros_like(v) if hv is None else hv
-        calls = self.calls[name]
-        if not calls:
-            return torch.zeros_like(v)
-        hu = self._output_hessian(calls, [f(c.x, v) for c in calls])
-        with torch.enable_grad():
-            w = torch.zeros_like(weight, requires_grad=True)
-            out = sum((f(c.x, w) * h).sum() for c, h in zip(calls, hu))
-            return torch.autograd.grad(out, w)[0]
-
-    def input_quadratic(self, name: str, f, weight: torch.Tensor, gen: torch.Generator) -> float:
-        """One Hutchinson sample z^T H_x z with z Rademacher over this batch's layer inputs."""
-        calls = self.calls[name]
-        if not calls:
-            return 0.0
-        u = [f(rademacher(c.x.numel(), gen, c.x).view_as(c.x), weight) for c in calls]
-        hu = self._output_hessian(calls, u)
-        return sum(_dot(a.flatten(), b.flatten()) for a, b in zip(u, hu))
-
-
-class _Products:
-    """Hessian-block products summed over batches, weighted by batch size."""
-
-    def __init__(self, model: nn.Module, modules: dict[str, nn.Module], batches: Sequence[Batch],
-                 loss_fn: LossFn, device: torch.device, cache: bool, shared: Sequence[str]) -> None:
-        self.model, self.modules, self.loss_fn, self.device, self.shared = model, modules, loss_fn, device, shared
-        self.batches = batches
-        total = sum(len(y) for _, y in batches)
-        self.weights = [len(y) / total for _, y in batches]
-        self.cache: list[_BatchGraph] | None = list(self._build()) if cache else None
-        self.f = {name: _bias_free(m) for name, m in modules.items()}
-
-    def _build(self) -> Iterable[_BatchGraph]:
-        for (x, y), w in zip(self.batches, self.weights):
-            yield _BatchGraph(self.model, self.modules, x.to(self.device), y.to(self.device), self.loss_fn, w,
-                              self.shared)
-
-    def graphs(self) -> Iterable[_BatchGraph]:
-        return self.cache if self.cache is not None else self._build()
-
-    def round(self, requests: dict[str, Any], gens: dict[str, torch.Generator],
-              seconds: dict[str, float]) -> dict[str, Any]:
-        """The next product of every layer in `requests`, in one pass over the batch graphs."""
-        replies: dict[str, Any] = {name: 0.0 if req is INPUT_PROBE else None for name, req in requests.items()}
-        for graph in self.graphs():
-            for name, req in requests.items():
-                start = time.perf_counter()
-                weight = self.modules[name].weight.detach()
-                if req is INPUT_PROBE:
-                    replies[name] += graph.weight * graph.input_quadratic(name, self.f[name], weight, gens[name])
-                else:
-                    hv = graph.weight_hvp(name, self.f[name], weight, req.view_as(weight)).flatten()
-                    if not torch.isfinite(hv).all():
-                        raise HawqError(f"layer {name}: a Hessian-vector product is not finite; check the model and data")
-                    replies[name] = graph.weight * hv if replies[name] is None else replies[name] + graph.weight * hv
-                seconds[name] += time.perf_counter() - start
-        return replies
 
 
 # --- observers: activation ranges and quantization perturbations ------------------------------
@@ -417,7 +173,7 @@ def weight_perturbations(weight: torch.Tensor) -> dict[str, dict[str, float]]:
 def _resolve_device(device: str | torch.device) -> torch.device:
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise HawqError(f"device {device} requested but CUDA is not available (torch {torch.__version__}); use --device cpu")
+        raise OptionError(f"{{device}} {device}: CUDA is not available (torch {torch.__version__}); use {{device}} cpu", "device")
     if dev.type not in ("cpu", "cuda"):
         raise HawqError(f"device {device} is not supported: use cpu or cuda")
     return dev
@@ -437,6 +193,11 @@ def _check_settings(eig_tol: float, max_iter: int, trace_tol: float, act_tol: fl
         raise HawqError(f"max probes ({max_probes}) must be at least min probes ({min_probes})")
     if sketch < 0 or act_max_probes < 0:
         raise HawqError(f"sketch size and activation probes must be 0 or more, got {sketch} and {act_max_probes}")
+
+
+def check_settings(**settings: Any) -> None:
+    """``analyze``'s tolerances and limits (any of DEFAULTS' names; the rest at their defaults)."""
+    _check_settings(**{**DEFAULTS, **settings})
 
 
 def _layer_seed(seed: int, name: str) -> int:
@@ -547,7 +308,8 @@ def analyze_model(loaded: LoadedModel, dataset: Dataset, *, batches: int = 1, ba
     """Fold BN (on a copy), analyse on ``batches`` deterministic shuffled training batches, and
     fill the sensitivity report. ``options`` go to :func:`analyze`."""
     if batches < 1 or batch_size < 1:
-        raise HawqError(f"--batches and --batch-size must be positive (got {batches} and {batch_size})")
+        raise OptionError(f"{{batches}} and {{batch_size}} must be positive (got {batches} and {batch_size})", "batches",
+                          "batch_size")
     _resolve_device(device)  # fail before the work
     from hawq_onnx.sources.user_data import LOSS_WITHOUT_LABELS
 

@@ -1,76 +1,35 @@
-"""Data sources named by ``--data``: ``digits``, ``cifar10:DIR``, ``npz:FILE``.
+"""Data sources named by ``--data``: ``digits``, ``cifar10:DIR``, ``npz:FILE``, ``imagefolder:DIR``.
 
 Each gives train, calibration and evaluation splits already scaled to [0, 1], laid out as the
-model's input (NCHW), and normalised with the model spec's mean and std. Everything is held in
-memory: the sources this tool targets are small, and ONNX Runtime wants numpy arrays anyway.
+model's input (NCHW), and normalised with the model spec's mean and std. The array sources are
+held in memory; ``imagefolder:DIR`` (``sources.imagefolder``) is decoded as it is read, streamed
+like data a Python caller passes as a DataLoader (``sources.stream.StreamSplit``). The stages
+read either kind through ``batches``, ``take``, ``subset`` and ``sample_shape``.
 """
 
 from __future__ import annotations
 
-import pickle
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
-import torch
 
 from hawq_onnx.errors import HawqError
 from hawq_onnx.models.spec import ModelSpec
-
-DIGITS_TEST_FRACTION = 0.2
-DIGITS_SPLIT_SEED = 0
-CALIBRATION_SIZE = 512
-
-
-@dataclass
-class Split:
-    x: np.ndarray  # float32, normalised, model layout
-    y: np.ndarray  # int64 class indices
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def take(self, n: int | None) -> "Split":
-        return self if n is None or n >= len(self) else Split(self.x[:n], self.y[:n])
-
-    def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0,
-                limit: int | None = None, drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (x, y) torch tensors; ``limit`` caps the number of batches."""
-        if batch_size <= 0:
-            raise HawqError(f"batch size must be positive, got {batch_size}")
-        order = np.random.default_rng(seed).permutation(len(self)) if shuffle else np.arange(len(self))
-        count = 0
-        for i in range(0, len(order), batch_size):
-            idx = order[i:i + batch_size]
-            if drop_last and len(idx) < batch_size:
-                break
-            if limit is not None and count >= limit:
-                break
-            yield torch.from_numpy(self.x[idx]), torch.from_numpy(self.y[idx])
-            count += 1
-
-
-@dataclass
-class Dataset:
-    name: str
-    train: Split
-    calib: Split
-    test: Split
-    num_classes: int
-    labels_given: bool = True  # False: the labels are the float model's top-1 (the data had none)
+from hawq_onnx.sources import imagefolder
+from hawq_onnx.sources.cifar_pickle import read_cifar_batch
+from hawq_onnx.sources.splits import (
+    CALIBRATION_SIZE,
+    DIGITS_SPLIT_SEED,
+    DIGITS_TEST_FRACTION,
+    Dataset,
+    Split,
+    stratified_holdout,
+)
 
 
 def _stratified_split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int):
-    rng = np.random.default_rng(seed)
-    test_idx = []
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
-        rng.shuffle(idx)
-        test_idx.extend(idx[: int(round(len(idx) * test_fraction))])
-    mask = np.zeros(len(y), bool)
-    mask[np.array(test_idx, dtype=np.int64)] = True
+    mask = stratified_holdout(y, test_fraction, seed)
     return x[~mask], y[~mask], x[mask], y[mask]
 
 
@@ -84,14 +43,9 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
-        x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-        y = np.asarray(d[b"labels"], dtype=np.int64)
-    except Exception as exc:
-        raise HawqError(f"{path} is not a CIFAR-10 python batch ({exc.__class__.__name__})") from None
-    return x, y
+    """One ``cifar-10-batches-py`` file, through an unpickler that admits only numpy's array
+    reconstruction: a crafted batch is refused, never run (``sources.cifar_pickle``)."""
+    return read_cifar_batch(path)
 
 
 def _load_cifar10(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -183,7 +137,8 @@ def resolve_source(source: str | None, spec: ModelSpec) -> str:
         return source
     default = spec.extra.get("default_data")
     if default is None:
-        raise HawqError(f"model {spec.name} has no embedded data: pass --data (digits, cifar10:DIR or npz:FILE)")
+        raise HawqError(f"model {spec.name} has no embedded data: pass --data (digits, cifar10:DIR, npz:FILE "
+                        "or imagefolder:DIR)")
     return default
 
 
@@ -200,6 +155,8 @@ def sample_shape(source: str | None) -> tuple[int, ...] | None:
         return (1, 8, 8)
     if kind == "cifar10" and arg:
         return (3, 32, 32)
+    if kind == "imagefolder" and arg:
+        return imagefolder.sample_shape(arg)
     if kind != "npz" or not arg:
         return None
     try:
@@ -218,6 +175,8 @@ def sample_shape(source: str | None) -> tuple[int, ...] | None:
 def load_data(source: str, spec: ModelSpec, calibration_size: int = CALIBRATION_SIZE, seed: int = 0) -> Dataset:
     """Parse a ``--data`` value and load it for the model described by ``spec``."""
     kind, _, arg = source.partition(":")
+    if kind == "imagefolder":
+        return imagefolder.load(source, spec, calibration_size, seed)
     num_classes = spec.num_classes
     if kind == "digits" and not arg:
         x_tr, y_tr, x_te, y_te = _load_digits()
@@ -235,7 +194,7 @@ def load_data(source: str, spec: ModelSpec, calibration_size: int = CALIBRATION_
             x, y = _checked_samples(*_read_npz(Path(arg)), f"data file {arg}")
             x_tr, y_tr, x_te, y_te = _stratified_split(x, y, DIGITS_TEST_FRACTION, DIGITS_SPLIT_SEED)
     else:
-        raise HawqError(f"unknown data source {source!r}: use digits, cifar10:DIR or npz:FILE")
+        raise HawqError(f"unknown data source {source!r}: use digits, cifar10:DIR, npz:FILE or imagefolder:DIR")
     train = _prepare(x_tr, y_tr, spec, f"{source} (train)", num_classes)
     test = _prepare(x_te, y_te, spec, f"{source} (test)", num_classes)
     classes = num_classes or int(max(train.y.max(), test.y.max())) + 1

@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import logging
 import sys
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from hawq_onnx.core.layers import run_once
-from hawq_onnx.errors import HawqError
+from hawq_onnx.errors import HawqError, OptionError
 from hawq_onnx.models.registry import DEFAULT_MODEL, ZOO
 from hawq_onnx.models.spec import ModelSpec
 
@@ -49,7 +50,22 @@ def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
         raise HawqError(f"--input-shape {text!r} is not a list of integers such as 3,32,32") from None
     if not dims or any(d <= 0 for d in dims):
         raise HawqError(f"--input-shape {text!r} must be positive integers such as 3,32,32")
+    check_input_shape(dims, f"--input-shape {text!r}")
     return dims
+
+
+# One sample of at most this many elements (8 GiB of float32): anything larger is a typo, and
+# allocating it would end the run with an out-of-memory error rather than a message.
+MAX_SAMPLE_ELEMENTS = 1 << 31
+
+
+def check_input_shape(shape: tuple[int, ...], where: str) -> None:
+    elements = 1
+    for d in shape:
+        elements *= int(d)
+    if elements > MAX_SAMPLE_ELEMENTS:
+        raise HawqError(f"{where}: one sample would hold {elements:,} values (more than {MAX_SAMPLE_ELEMENTS:,}); "
+                        "give the shape of one input without the batch, such as 3,32,32")
 
 
 def _import_factory(ref: str):
@@ -73,6 +89,8 @@ def _import_factory(ref: str):
             module = importlib.import_module(target)
     except HawqError:
         raise
+    except SystemExit as exc:  # user code must not end the run silently, with its own status
+        raise HawqError(f"importing model {target!r} called sys.exit({exc.code!r}); hawq-onnx stops here") from None
     except Exception as exc:  # user code: any failure is their input's problem
         raise HawqError(f"importing model {target!r} failed: {exc.__class__.__name__}: {exc}") from None
     factory = getattr(module, attr, None)
@@ -84,6 +102,8 @@ def _import_factory(ref: str):
 def _build(factory, ref: str) -> nn.Module:
     try:
         model = factory()
+    except SystemExit as exc:
+        raise HawqError(f"model factory {ref!r} called sys.exit({exc.code!r}); hawq-onnx stops here") from None
     except Exception as exc:
         raise HawqError(f"model factory {ref!r} raised {exc.__class__.__name__}: {exc}") from None
     if not isinstance(model, nn.Module):
@@ -99,7 +119,9 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     if p.stat().st_size == 0:
         raise HawqError(f"weights file {p} is empty")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about legacy pickles before failing: the error says it all
+            warnings.simplefilter("ignore")
+            obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise HawqError(f"weights file {p} is not a readable torch checkpoint ({exc.__class__.__name__})") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
@@ -155,7 +177,7 @@ def load_model(ref: str | None = None, weights: str | None = None,
             shape = tuple(data_shape)
             log.info("model %s declares no input shape: using the data's, %s", ref, shape)
         if shape is None:
-            raise HawqError(f"model {ref!r} declares no input shape: pass --input-shape C,H,W")
+            raise OptionError(f"model {ref!r} declares no input shape: pass {{input_shape}} (C, H, W)", "input_shape")
         classes = getattr(model, "class_names", None)
         spec = ModelSpec(name=ref.rpartition(":")[2], factory=factory, input_shape=shape,
                          mean=getattr(model, "input_mean", None), std=getattr(model, "input_std", None),
@@ -166,8 +188,9 @@ def load_model(ref: str | None = None, weights: str | None = None,
     if weights:
         apply_weights(model, load_state_dict_file(weights), str(weights))
     else:
-        log.warning("model %s has no weights: using its random initialisation (pass --weights)", ref)
+        log.warning("model %s: no weights given, so it keeps its random initialisation", ref)
     check_finite(model, str(weights or ref))
+    check_input_shape(spec.input_shape, f"model {ref}")
     model.eval()
     # Every command needs a model that runs on its input shape: say so now, in one line, rather
     # than from deep inside an export or a training loop.
@@ -205,6 +228,7 @@ def from_module(module: nn.Module, input_shape: tuple[int, ...] | None = None,
         raise HawqError(f"the model cannot be copied ({exc.__class__.__name__}: {exc}); hawq-onnx works on a copy "
                         "so that your module is never modified") from None
     check_finite(copy_, type(module).__name__)
+    check_input_shape(tuple(shape), f"input_shape {tuple(shape)}")
     copy_.eval()
     run_once(copy_, tuple(shape))
     label = name or type(module).__name__

@@ -10,50 +10,26 @@ so: everything measured against such labels is agreement with the float model.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from hawq_onnx.errors import HawqError
-from hawq_onnx.sources.data import CALIBRATION_SIZE, DIGITS_TEST_FRACTION, Dataset, Split
+from hawq_onnx.sources.splits import CALIBRATION_SIZE, DIGITS_SPLIT_SEED, DIGITS_TEST_FRACTION, Dataset, Split
+from hawq_onnx.sources.stream import StreamSplit, digest, indexable, iter_batches
 
 InputFn = Callable[[Any], Any]
 Labeler = Callable[[np.ndarray], np.ndarray]
 FLOAT_MODEL_LABELS = "labels: the float model's top-1"
 LOSS_WITHOUT_LABELS = "cross_entropy on the float model's top-1 (the data has no labels)"
-ARRAY_BATCH = 256  # arrays are cut into batches of this size where no batch size is given
 
 
 def describe(data: Any) -> str:
     """A short name for ``data`` in reports: ``python:DataLoader``, ``python:ndarray``."""
     return f"python:{type(data).__name__}"
-
-
-def _is_torch_dataset(data: Any) -> bool:
-    return isinstance(data, torch.utils.data.Dataset) and not isinstance(data, torch.utils.data.IterableDataset)
-
-
-def iter_batches(data: Any, batch_size: int = ARRAY_BATCH) -> Iterator[Any]:
-    """The batches of ``data``, as they come (DataLoader, iterable) or cut (arrays, map-style Dataset)."""
-    if isinstance(data, str):
-        raise HawqError("a data spec string (digits, cifar10:DIR, npz:FILE) is loaded by sources.data, not here")
-    if isinstance(data, (np.ndarray, torch.Tensor)):
-        data = (data,)
-    if isinstance(data, tuple) and 1 <= len(data) <= 2 and all(isinstance(a, (np.ndarray, torch.Tensor)) for a in data):
-        if len(data) == 2 and len(data[0]) != len(data[1]):
-            raise HawqError(f"data: {len(data[0])} inputs but {len(data[1])} labels")
-        for i in range(0, len(data[0]), batch_size):
-            yield tuple(a[i:i + batch_size] for a in data)
-        return
-    if _is_torch_dataset(data):
-        yield from torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
-        return
-    if not isinstance(data, Iterable):
-        raise HawqError(f"data must be a DataLoader, a torch Dataset, an iterable of batches, arrays (x or (x, y)) "
-                        f"or a spec string (digits, cifar10:DIR, npz:FILE); got {type(data).__name__}")
-    yield from data
 
 
 def _labels_of(batch: Any) -> Any:
@@ -114,32 +90,6 @@ def _class_indices(y: Any, n: int) -> torch.Tensor:
     return y.detach().cpu().long()
 
 
-def take_batches(data: Any, count: int | None, *, batch_size: int = ARRAY_BATCH, input_fn: InputFn | None = None,
-                 labeler: Labeler | None = None) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], bool]:
-    """The first ``count`` batches (all with ``None``) as (inputs, labels), and whether the data
-    gave the labels; unlabelled batches are labelled by ``labeler``. Only what is taken is read."""
-    out = []
-    given = []
-    for batch in iter_batches(data, batch_size):
-        if count is not None and len(out) >= count:
-            break
-        x, y = split_batch(batch, input_fn)
-        given.append(y is not None)
-        if y is None:
-            if labeler is None:
-                raise HawqError("the data has no labels and no float model to label it")
-            y = torch.from_numpy(labeler(x.numpy()))
-        out.append((x, y))
-    if not out:
-        raise HawqError("the data gave no batch")
-    if any(given) and not all(given):
-        raise HawqError("some batches have labels and some do not; give labels for all or none")
-    shapes = {tuple(x.shape[1:]) for x, _ in out}
-    if len(shapes) > 1:
-        raise HawqError(f"batches hold samples of different shapes ({', '.join(map(str, sorted(shapes)))})")
-    return out, all(given)
-
-
 def collect(data: Any, *, input_fn: InputFn | None = None,
             labeler: Labeler | None = None) -> tuple[np.ndarray, np.ndarray, bool]:
     """Every sample of ``data`` as arrays (x float32, y int64) and whether the labels were given."""
@@ -158,33 +108,146 @@ def collect(data: Any, *, input_fn: InputFn | None = None,
     return x, labeler(x).astype(np.int64), False
 
 
+def _in_memory(data: Any) -> bool:
+    return isinstance(data, (np.ndarray, torch.Tensor)) or (
+        isinstance(data, tuple) and 1 <= len(data) <= 2 and all(isinstance(a, (np.ndarray, torch.Tensor)) for a in data))
+
+
+@dataclass
+class _Scan:
+    samples: int
+    labelled: bool
+    sample_shape: tuple[int, ...]
+    max_label: int        # -1 where not read (a map-style dataset: labels are checked batch by batch)
+    first: str | None     # digest of the first sample, for sources read in iteration order
+
+
+def _scan(data: Any, input_fn: InputFn | None, what: str) -> _Scan:
+    """What the stages need to know before reading ``data``: its sample count, whether it has
+    labels and its sample shape. A map-style dataset tells its length, so only its first batch is
+    read; any other source is read once through (nothing kept)."""
+    mapped = indexable(data)
+    if mapped is not None:
+        dataset, how = mapped
+        if len(dataset) == 0:
+            raise HawqError(f"{what} gave no batch")
+        x, y = split_batch(next(iter_batches(dataset, min(len(dataset), how["batch_size"]))), input_fn)
+        return _Scan(len(dataset), y is not None, tuple(x.shape[1:]), -1, None)
+    samples, flags, shapes, top, first = 0, set(), set(), -1, None
+    for batch in iter_batches(data):
+        x, y = split_batch(batch, input_fn)
+        first = first or digest(x)
+        samples += len(x)
+        flags.add(y is not None)
+        shapes.add(tuple(x.shape[1:]))
+        if y is not None and len(y):
+            top = max(top, int(y.max()))
+    if not samples:
+        raise HawqError(f"{what} gave no batch")
+    if len(flags) > 1:
+        raise HawqError(f"{what}: some batches have labels and some do not; give labels for all or none")
+    if len(shapes) > 1:
+        raise HawqError(f"{what}: batches hold samples of different shapes ({', '.join(map(str, sorted(shapes)))})")
+    return _Scan(samples, flags == {True}, shapes.pop(), top, first)
+
+
+def _reader(input_fn: InputFn | None, labeler: Labeler | None, labelled: bool, num_classes: int | None,
+            sample_shape: tuple[int, ...]) -> Callable[[Any], tuple[torch.Tensor, torch.Tensor]]:
+    def read(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = split_batch(batch, input_fn)
+        if tuple(x.shape[1:]) != sample_shape:
+            raise HawqError(f"a batch holds samples of shape {tuple(x.shape[1:])}, the first ones {sample_shape}")
+        if (y is not None) != labelled:
+            raise HawqError("some batches have labels and some do not; give labels for all or none")
+        if y is None:
+            if labeler is None:
+                raise HawqError("the data has no labels and no float model to label it")
+            y = torch.from_numpy(labeler(x.numpy()))
+        elif num_classes is not None and len(y) and int(y.max()) >= num_classes:
+            raise HawqError(f"a label is {int(y.max())}, but the model has {num_classes} outputs")
+        return x, y
+    return read
+
+
+def _holdout(samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean masks (train, test) over sample positions: a seeded fifth held out."""
+    if samples < 2:
+        raise HawqError(f"data holds {samples} sample(s): hold-out evaluation needs at least 2 (or pass eval_data)")
+    order = np.random.default_rng(seed).permutation(samples)
+    test = np.zeros(samples, bool)
+    test[order[:max(1, int(round(samples * DIGITS_TEST_FRACTION)))]] = True
+    return ~test, test
+
+
 def as_dataset(data: Any, eval_data: Any = None, *, num_classes: int, input_fn: InputFn | None = None,
                labeler: Labeler | None = None, seed: int = 0, calibration_size: int = CALIBRATION_SIZE) -> Dataset:
     """Training, calibration and evaluation splits of user data.
 
-    Without ``eval_data`` a seeded fifth of ``data`` is held out for evaluation (as for one npz
-    file); the calibration subset is drawn from the training split only."""
-    x, y, given = collect(data, input_fn=input_fn, labeler=labeler)
-    name = describe(data)
-    if eval_data is None:
-        if len(x) < 2:
-            raise HawqError(f"data holds {len(x)} sample(s): hold-out evaluation needs at least 2 (or pass eval_data)")
-        order = np.random.default_rng(seed).permutation(len(x))
-        n_test = max(1, int(round(len(x) * DIGITS_TEST_FRACTION)))
-        test_idx, train_idx = np.sort(order[:n_test]), np.sort(order[n_test:])
-        train, test = Split(x[train_idx], y[train_idx]), Split(x[test_idx], y[test_idx])
-        name += f" (a seeded {int(100 * DIGITS_TEST_FRACTION)} % held out for evaluation)"
+    Arrays are held as they are; a DataLoader or any other iterable is streamed (``StreamSplit``):
+    one pass counts and checks it, each stage then reads it batch by batch. Without
+    ``eval_data`` a fixed fifth of ``data`` is held out for evaluation (the same whatever
+    ``seed``, so stages run with other seeds never train on it); the calibration subset
+    (``calibration_size`` samples, drawn with ``seed``) comes from the training split only."""
+    name = describe(data) + ("" if eval_data is None else f", eval {describe(eval_data)}")
+    holdout = f" (a fixed {int(100 * DIGITS_TEST_FRACTION)} % held out for evaluation)" if eval_data is None else ""
+    if _in_memory(data) and (eval_data is None or _in_memory(eval_data)):
+        x, y, given = collect(data, input_fn=input_fn, labeler=labeler)
+        if eval_data is None:
+            train_mask, test_mask = _holdout(len(x), DIGITS_SPLIT_SEED)
+            train, test = Split(x[train_mask], y[train_mask]), Split(x[test_mask], y[test_mask])
+        else:
+            xt, yt, eval_given = collect(eval_data, input_fn=input_fn, labeler=labeler)
+            train, test, given = Split(x, y), Split(xt, yt), given and eval_given
+        total, top = len(x), int(max(train.y.max(), test.y.max()))
     else:
-        xt, yt, eval_given = collect(eval_data, input_fn=input_fn, labeler=labeler)
-        if xt.shape[1:] != x.shape[1:]:
-            raise HawqError(f"eval_data samples have shape {xt.shape[1:]}, data samples {x.shape[1:]}")
-        train, test = Split(x, y), Split(xt, yt)
-        given = given and eval_given
-        name += f", eval {describe(eval_data)}"
-    if not given:
-        name += f"; {FLOAT_MODEL_LABELS}"
-    top = int(max(train.y.max(), test.y.max()))
+        scan = _scan(data, input_fn, "data")
+        read = _reader(input_fn, labeler, scan.labelled, num_classes, scan.sample_shape)
+        total, given, top = scan.samples, scan.labelled, scan.max_label
+        if eval_data is None:
+            train_mask, test_mask = _holdout(scan.samples, DIGITS_SPLIT_SEED)
+            train = StreamSplit(data, length=int(train_mask.sum()), sample_shape=scan.sample_shape, read=read,
+                                keep=train_mask, first=scan.first)
+            test = StreamSplit(data, length=int(test_mask.sum()), sample_shape=scan.sample_shape, read=read,
+                               keep=test_mask, first=scan.first)
+        else:
+            escan = _scan(eval_data, input_fn, "eval_data")
+            train = StreamSplit(data, length=scan.samples, sample_shape=scan.sample_shape, read=read,
+                                first=scan.first)
+            test = StreamSplit(eval_data, length=escan.samples, sample_shape=escan.sample_shape, first=escan.first,
+                               read=_reader(input_fn, labeler, escan.labelled, num_classes, escan.sample_shape))
+            given, top = given and escan.labelled, max(top, escan.max_label)
+    if test.sample_shape != train.sample_shape:
+        raise HawqError(f"eval_data samples have shape {test.sample_shape}, data samples {train.sample_shape}")
     if top >= num_classes:
         raise HawqError(f"labels go up to {top}, but the model has {num_classes} outputs")
+    name += holdout + ("" if given else f"; {FLOAT_MODEL_LABELS}")
     idx = np.sort(np.random.default_rng(seed).permutation(len(train))[:calibration_size])
-    return Dataset(name, train, Split(train.x[idx], train.y[idx]), test, num_classes, labels_given=given)
+    calib = Split(train.x[idx], train.y[idx]) if isinstance(train, Split) else Split(*train.gather(idx))
+    return Dataset(name, train, calib, test, num_classes, labels_given=given, samples=total)
+
+
+def evaluation_split(data: Any, *, input_fn: InputFn | None = None,
+                     labeler: Labeler | None = None) -> tuple[Split | StreamSplit, bool, int]:
+    """All of ``data`` as one evaluation split (arrays held, iterables streamed), whether its
+    labels were given, and its largest label."""
+    if _in_memory(data):
+        x, y, given = collect(data, input_fn=input_fn, labeler=labeler)
+        return Split(x, y), given, int(y.max())
+    scan = _scan(data, input_fn, "data")
+    split = StreamSplit(data, length=scan.samples, sample_shape=scan.sample_shape, first=scan.first,
+                        read=_reader(input_fn, labeler, scan.labelled, None, scan.sample_shape))
+    return split, scan.labelled, scan.max_label
+
+
+def first_inputs(data: Any, n: int, input_fn: InputFn | None = None) -> np.ndarray:
+    """The first ``n`` inputs of ``data`` (fewer where it has fewer), reading no further."""
+    parts, have = [], 0
+    for batch in iter_batches(data):
+        x, _ = split_batch(batch, input_fn)
+        parts.append(x[:n - have].numpy())
+        have += len(parts[-1])
+        if have >= n:
+            break
+    if not parts:
+        raise HawqError("the data gave no batch")
+    return np.concatenate(parts)

@@ -29,7 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
-from hawq_onnx.errors import HawqError
+from hawq_onnx.errors import HawqError, OptionError
 
 PROTOCOL = ("ONNX Runtime, one process-wide {threads}-thread intra-op pool shared by all sessions, "
             "{warmup} warm-up runs per model, then {runs} timed runs per model interleaved "
@@ -90,9 +90,9 @@ def measure_latency(models: dict[str, str | Path], x: np.ndarray, *, batch_sizes
                     providers: Sequence[str] = ("CPUExecutionProvider",)) -> LatencyResult:
     """Time ``models`` (label -> ONNX path) interleaved on samples from ``x``, in a child process."""
     if threads < 1:
-        raise HawqError(f"--threads must be at least 1, got {threads}")
+        raise OptionError(f"{{threads}} must be at least 1, got {threads}", "threads")
     if runs < 1 or warmup < 0:
-        raise HawqError(f"--runs must be at least 1 and --warmup at least 0 (got {runs}, {warmup})")
+        raise OptionError(f"{{runs}} must be at least 1 and {{warmup}} at least 0 (got {runs}, {warmup})", "runs", "warmup")
     if not batch_sizes or any(b < 1 for b in batch_sizes):
         raise HawqError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
     if len(x) == 0:
@@ -110,7 +110,7 @@ def measure_latency(models: dict[str, str | Path], x: np.ndarray, *, batch_sizes
             proc = subprocess.run([sys.executable, "-m", "hawq_onnx.validation.latency", str(req_path)], capture_output=True,
                                   text=True, env=env, timeout=WORKER_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            raise HawqError(f"latency measurement took over {WORKER_TIMEOUT_S} s; use fewer --runs") from None
+            raise OptionError(f"latency measurement took over {WORKER_TIMEOUT_S} s; use fewer {{runs}}", "runs") from None
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     reply = json.loads(lines[-1]) if lines else None
     if proc.returncode != 0 or reply is None or "error" in reply:

@@ -19,7 +19,7 @@ from typing import Iterator
 import numpy as np
 
 from hawq_onnx.errors import HawqError
-from hawq_onnx.sources.data import Split
+from hawq_onnx.sources.splits import Split
 
 CALIBRATION_BATCH = 64
 

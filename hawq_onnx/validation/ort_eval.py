@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -89,7 +89,7 @@ def check_input_fits(io: ModelIO, sample_shape: tuple[int, ...], path: str | Pat
     if not fits:
         want = ", ".join("?" if d is None else str(d) for d in io.input_shape)
         raise HawqError(f"{path} takes input {io.input_name!r} of shape (N, {want}) but the data gives "
-                        f"(N, {', '.join(map(str, sample_shape))}); pass the matching --data, --model or --input-shape")
+                        f"(N, {', '.join(map(str, sample_shape))}); pass the matching data, model or input shape")
 
 
 def predict(session, io: ModelIO, x: np.ndarray, batch_size: int = EVAL_BATCH_SIZE,
@@ -97,12 +97,19 @@ def predict(session, io: ModelIO, x: np.ndarray, batch_size: int = EVAL_BATCH_SI
     """Logits for all of ``x``, ``batch_size`` samples per run, as (N, classes) float32."""
     if batch_size <= 0:
         raise HawqError(f"evaluation batch size must be positive, got {batch_size}")
+    return predict_batches(session, io, (x[i:i + batch_size] for i in range(0, len(x), batch_size)), len(x),
+                           progress, desc)
+
+
+def predict_batches(session, io: ModelIO, batches: Iterable[np.ndarray], total: int, progress: bool = False,
+                    desc: str = "evaluate") -> np.ndarray:
+    """Logits for every batch of inputs, concatenated as (N, classes) float32."""
     parts = []
     # disable=None: no bar where stderr is not a terminal (logs, CI), so errors stay one line there.
-    with tqdm(total=len(x), desc=desc, unit="img", disable=None if progress else True, file=sys.stderr,
+    with tqdm(total=total, desc=desc, unit="img", disable=None if progress else True, file=sys.stderr,
               leave=False) as bar:
-        for i in range(0, len(x), batch_size):
-            batch = np.ascontiguousarray(x[i:i + batch_size], dtype=io.input_dtype)
+        for x in batches:
+            batch = np.ascontiguousarray(x, dtype=io.input_dtype)
             try:
                 out = session.run([io.output_name], {io.input_name: batch})[0]
             except Exception as exc:

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from hawq_onnx.io.atomic import write_json, write_text, write_with
+from hawq_onnx.io.atomic import write_text, write_with
 from hawq_onnx.validation.validate import ValidationReport
 
 MODE_COLOURS = {"integer": "#2a9d55", "emulated": "#e07b24", "float": "#8c8c8c",
@@ -150,10 +150,6 @@ def format_table(result: ValidationReport) -> str:
 
 
 # --- JSON ----------------------------------------------------------------------------------
-
-def write_result_json(result: ValidationReport, path: str | os.PathLike) -> Path:
-    return write_json(path, result.to_json())
-
 
 # --- plots ---------------------------------------------------------------------------------
 

@@ -22,18 +22,19 @@ import os
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import onnx
 
 from hawq_onnx.core.onnx_inspect import Inspection, inspect_onnx, layer_name, load_onnx
-from hawq_onnx.errors import GateFailure, HawqError
+from hawq_onnx.errors import GateFailure, HawqError, OptionError
 from hawq_onnx.io.atomic import write_json
 from hawq_onnx.io.sensitivity_report import Sensitivity, load_sensitivity
 from hawq_onnx.models.spec import ModelSpec
 from hawq_onnx.options import BASELINES
-from hawq_onnx.sources.data import Dataset, load_data
+from hawq_onnx.sources.data import load_data
+from hawq_onnx.sources.splits import Dataset
 from hawq_onnx.validation.kernel_census import KernelCensus, kernel_census
 from hawq_onnx.validation.latency import LatencyResult, LatencyStats, measure_latency
 from hawq_onnx.validation.ort_baseline import ort_int8
@@ -46,7 +47,7 @@ from hawq_onnx.validation.ort_eval import (
     logit_error_steps,
     model_io,
     open_session,
-    predict,
+    predict_batches,
     resolve_providers,
 )
 
@@ -160,9 +161,9 @@ class ValidationReport:
     def check_gate(self) -> None:
         """Raise GateFailure (exit 1) when the top-1 drop exceeds ``max_drop`` points."""
         if self.gate_passed is False:
-            raise GateFailure(f"top-1 drop {self.quantized.drop_points:.2f} points exceeds --max-drop "
+            raise GateFailure(f"top-1 drop {self.quantized.drop_points:.2f} points exceeds {{max_drop}} "
                               f"{self.max_drop:g} ({100 * self.float.accuracy.top1:.2f} % float, "
-                              f"{100 * self.quantized.accuracy.top1:.2f} % quantized)")
+                              f"{100 * self.quantized.accuracy.top1:.2f} % quantized)", "max_drop")
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": VERSION,
@@ -222,7 +223,8 @@ def data_spec(float_model: onnx.ModelProto, float_path: str | Path, model_ref: s
     if input_shape is None:
         if not shape or any(d is None for d in shape):
             shown = ", ".join("?" if d is None else str(d) for d in shape)
-            raise HawqError(f"{float_path} has a dynamic input shape (N, {shown}): pass --input-shape C,H,W or --model")
+            raise OptionError(f"{float_path} has a dynamic input shape (N, {shown}): pass {{input_shape}} (C, H, W) or "
+                              "{model}", "input_shape", "model")
         input_shape = tuple(int(d) for d in shape)
     meta = {p.key: p.value for p in float_model.metadata_props}
     mean = _floats(meta[MEAN_KEY], MEAN_KEY, float_path) if MEAN_KEY in meta else None
@@ -279,16 +281,40 @@ def _layer_reports(quant: Inspection, census: KernelCensus, float_ins: Inspectio
     return rows
 
 
-def _kernel_agreement(path: Path, io, x: np.ndarray, deployed: np.ndarray, threads: int, providers: Sequence[str],
-                      eval_batch_size: int, progress: bool, label: str) -> float:
+def _kernel_agreement(path: Path, io, inputs: Callable[[], Iterator[np.ndarray]], total: int, deployed: np.ndarray,
+                      threads: int, providers: Sequence[str], progress: bool, label: str) -> float:
     """Top-1 agreement of ``deployed`` (default session) with ``path`` run without graph optimizations."""
     plain = open_session(path, threads, providers, optimized=False)
-    same = agreement(deployed, predict(plain, io, x, eval_batch_size, progress, desc=f"{label} unoptimized"))
+    same = agreement(deployed, predict_batches(plain, io, inputs(), total, progress, desc=f"{label} unoptimized"))
     if same < KERNEL_AGREEMENT_WARNING:
         log.warning("%s: ONNX Runtime's optimized session agrees with the same file run unoptimized on only %.2f %% "
                     "of the samples: its integer kernels do not compute what the file's Q/DQ says (on x86 CPUs "
                     "without VNNI, U8S8 kernels saturate int16 sums of 8-bit products)", label, 100 * same)
     return same
+
+
+def _check_sensitivity_matches(sens: Sensitivity, float_ins: Inspection, float_path: str | Path) -> None:
+    """The report must describe this model: every analysed layer a weight of the same size here."""
+    params = {layer_name(r.weight, r.node): r.params for r in float_ins.layers}
+    alien = [s.name for s in sens.layers if params.get(s.name) != s.params]
+    if alien:
+        raise OptionError(f"{{sensitivity}} was made for another model: {len(alien)} of its {len(sens.layers)} "
+                          f"layers have no weight of the same size in {float_path} (e.g. {alien[0]})", "sensitivity")
+
+
+def check_options(*, baseline: str | None, limit: int | None, max_drop: float | None, runs: int,
+                  threads: int) -> None:
+    """One-line errors for bad settings, before any work."""
+    if baseline is not None and baseline not in BASELINES:
+        raise OptionError(f"unknown {{baseline}} {baseline!r}: use {', '.join(BASELINES)}", "baseline")
+    if limit is not None and limit < 1:
+        raise OptionError(f"{{limit}} must be at least 1, got {limit}", "limit")
+    if max_drop is not None and not (math.isfinite(max_drop) and max_drop >= 0):
+        raise OptionError(f"{{max_drop}} must be a non-negative number of points, got {max_drop}", "max_drop")
+    if runs < 0:
+        raise OptionError(f"{{runs}} must be 0 (no latency) or more, got {runs}", "runs")
+    if threads < 1:
+        raise OptionError(f"{{threads}} must be at least 1, got {threads}", "threads")
 
 
 def validate(float_path: str | Path, quant_path: str | Path, data: str | Dataset, *,
@@ -305,18 +331,11 @@ def validate(float_path: str | Path, quant_path: str | Path, data: str | Dataset
     quantized file's agreement with it is reported. ``runs=0`` skips the latency measurement. The gate (``max_drop``) is recorded, not raised:
     call :meth:`ValidationReport.check_gate` after writing the reports.
     """
-    if baseline is not None and baseline not in BASELINES:
-        raise HawqError(f"unknown baseline {baseline!r}: use {', '.join(BASELINES)}")
-    if limit is not None and limit < 1:
-        raise HawqError(f"--limit must be at least 1, got {limit}")
-    if max_drop is not None and not (math.isfinite(max_drop) and max_drop >= 0):
-        raise HawqError(f"--max-drop must be a non-negative number of points, got {max_drop}")
-    if runs < 0:
-        raise HawqError(f"--runs must be 0 (no latency) or more, got {runs}")
-    if threads < 1:
-        raise HawqError(f"--threads must be at least 1, got {threads}")
+    check_options(baseline=baseline, limit=limit, max_drop=max_drop, runs=runs, threads=threads)
     sens = load_sensitivity(sensitivity) if sensitivity is not None else None  # fail before the long part
     float_model = load_onnx(float_path)
+    if sens is not None:
+        _check_sensitivity_matches(sens, inspect_onnx(float_model), float_path)
     load_onnx(quant_path)
     providers = resolve_providers(provider)
 
@@ -330,12 +349,21 @@ def validate(float_path: str | Path, quant_path: str | Path, data: str | Dataset
                         "without normalisation (pass --model if the model expects normalised inputs)",
                         float_path, MEAN_KEY, STD_KEY)
     test = dataset.test.take(limit)
+    sample_shape = test.sample_shape
+    labels: list[np.ndarray] = []
+
+    def inputs(record: bool = False) -> Iterator[np.ndarray]:
+        """The test inputs batch by batch (a streamed split is read again on every pass)."""
+        for x, y in test.batches(eval_batch_size):
+            if record:
+                labels.append(y.numpy())
+            yield x.numpy()
 
     with tempfile.TemporaryDirectory(prefix="hawq-validate-") as tmp:
         paths: dict[str, Path] = {FLOAT: Path(float_path), QUANTIZED: Path(quant_path)}
         float_session = open_session(float_path, threads, providers)
         float_io = model_io(float_session, float_path)
-        check_input_fits(float_io, tuple(test.x.shape[1:]), float_path)
+        check_input_fits(float_io, sample_shape, float_path)
         if baseline == "ort-int8":
             # Before any global thread pool exists in this process (there is none here: latency
             # runs in a child process), as the quantizer requires.
@@ -347,7 +375,7 @@ def validate(float_path: str | Path, quant_path: str | Path, data: str | Dataset
         for label, path in paths.items():  # every input and output checked before any evaluation
             session = float_session if label == FLOAT else open_session(path, threads, providers)
             io = float_io if label == FLOAT else model_io(session, path)
-            check_input_fits(io, tuple(test.x.shape[1:]), path)
+            check_input_fits(io, sample_shape, path)
             if label != FLOAT and None not in io.output_shape + float_io.output_shape \
                     and io.output_shape != float_io.output_shape:
                 raise HawqError(f"{path} outputs shape (N, {', '.join(map(str, io.output_shape))}) but the float "
@@ -356,25 +384,29 @@ def validate(float_path: str | Path, quant_path: str | Path, data: str | Dataset
         logits: dict[str, np.ndarray] = {}
         kernel_agreement: dict[str, float] = {}
         for label, (session, io) in sessions.items():
-            logits[label] = predict(session, io, test.x, eval_batch_size, progress, desc=f"{label} top-1")
+            logits[label] = predict_batches(session, io, inputs(record=label == FLOAT), len(test), progress,
+                                            desc=f"{label} top-1")
             if logits[label].shape != logits[FLOAT].shape:
                 raise HawqError(f"{paths[label]} gives scores of shape {logits[label].shape[1:]} but the float model "
                                 f"{logits[FLOAT].shape[1:]}: not the same model")
             if label != FLOAT:
-                kernel_agreement[label] = _kernel_agreement(paths[label], io, test.x, logits[label], threads,
-                                                            providers, eval_batch_size, progress, label)
+                kernel_agreement[label] = _kernel_agreement(paths[label], io, inputs, len(test), logits[label],
+                                                            threads, providers, progress, label)
         del sessions
+        y_test = np.concatenate(labels)
 
         latency = None
         if runs > 0:
-            latency = measure_latency({k: str(v) for k, v in paths.items()}, test.x, batch_sizes=batch_sizes,
+            pool_size = max(batch_sizes)
+            pool = np.concatenate([x.numpy() for x, _ in test.take(pool_size).batches(pool_size)])
+            latency = measure_latency({k: str(v) for k, v in paths.items()}, pool, batch_sizes=batch_sizes,
                                       threads=threads, runs=runs, warmup=warmup, providers=providers)
 
         models: list[ModelResult] = []
         inspections: dict[str, Inspection] = {}
         for label, path in paths.items():
             inspections[label] = inspect_onnx(path)
-            acc = accuracy(logits[label], test.y, dataset.num_classes)
+            acc = accuracy(logits[label], y_test, dataset.num_classes)
             models.append(ModelResult(label=label, path=str(path), file_bytes=os.path.getsize(path),
                                       bytes_by_type=inspections[label].bytes_by_type, accuracy=acc,
                                       census=kernel_census(path, providers)))
@@ -398,7 +430,7 @@ def validate(float_path: str | Path, quant_path: str | Path, data: str | Dataset
 
     fake_quant = None
     if reference is not None:
-        ref_logits = reference(test.x)
+        ref_logits = np.concatenate([reference(x) for x in inputs()])
         if ref_logits.shape != logits[QUANTIZED].shape:
             raise HawqError(f"the PyTorch reference gives scores of shape {ref_logits.shape[1:]} but {quant_path} "
                             f"{logits[QUANTIZED].shape[1:]}: not the same model")
@@ -408,7 +440,7 @@ def validate(float_path: str | Path, quant_path: str | Path, data: str | Dataset
     quant = models[1]
     layers = _layer_reports(inspections[QUANTIZED], quant.census, inspections[FLOAT], sens)
     return ValidationReport(data=source, samples=len(test), num_classes=dataset.num_classes,
-                            input_name=float_io.input_name, input_shape=tuple(test.x.shape[1:]),
+                            input_name=float_io.input_name, input_shape=sample_shape,
                             normalisation=normalisation, models=models, layers=layers, latency=latency,
                             max_drop=max_drop, sensitivity=str(sensitivity) if sensitivity is not None else None,
                             fake_quant=fake_quant)

@@ -1,0 +1,146 @@
+"""The product engine: Hessian-block products H_i v from per-batch first-order graphs.
+
+Each batch's forward and first-order backward are built once (create_graph=True) and reused by
+every product of every layer; see "How the products are formed" in
+:mod:`hawq_onnx.sensitivity.hessian`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from hawq_onnx.errors import HawqError
+from hawq_onnx.sensitivity.estimators import INPUT_PROBE, _dot, rademacher
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+# --- the engine: block products from per-batch first-order graphs ---------------------------
+
+def _bias_free(module: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """f(x, W): the layer without its bias, linear in x and in W."""
+    if isinstance(module, nn.Linear):
+        return F.linear
+    return lambda x, w: module._conv_forward(x, w, None)
+
+
+@dataclass
+class _Call:
+    x: torch.Tensor       # the layer's input (a private copy: later in-place ops cannot touch it)
+    o: torch.Tensor       # the layer's output, a node of the batch graph
+    grad_o: torch.Tensor  # dL/do, built with create_graph=True
+
+
+class _BatchGraph:
+    """One batch's forward and first-order backward, kept for double backward."""
+
+    def __init__(self, model: nn.Module, modules: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor,
+                 loss_fn: LossFn, weight: float, shared: Sequence[str]) -> None:
+        self.weight = weight
+        captured: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {name: [] for name in modules}
+
+        def hook(name: str):
+            def fn(mod: nn.Module, inputs, output):
+                if not output.requires_grad:  # nothing upstream needs a gradient: a fresh leaf is exact
+                    output = output.detach().requires_grad_(True)
+                captured[name].append((inputs[0].detach().clone(), output))
+                return output.clone()  # in-place ops downstream (ReLU(inplace)) must not rewrite `output`
+            return fn
+
+        handles = [m.register_forward_hook(hook(name)) for name, m in modules.items()]
+        try:
+            with torch.enable_grad():
+                loss = loss_fn(model(x), y)
+        finally:
+            for h in handles:
+                h.remove()
+        self.loss = float(loss.detach())
+        if not math.isfinite(self.loss):
+            raise HawqError(f"the loss is not finite ({self.loss}) on an analysis batch; check the weights and data")
+        outputs = [o for calls in captured.values() for _, o in calls]
+        shared_weights = [modules[name].weight for name in shared]
+        with torch.enable_grad():
+            grads = torch.autograd.grad(loss, outputs + shared_weights, create_graph=True, allow_unused=True)
+        it = iter(grads)
+        self.calls = {name: [_Call(x_in, o, g) for (x_in, o), g in zip(calls, it) if g is not None]
+                      for name, calls in captured.items()}
+        # A layer called more than once feeds its own later input: its output is no longer linear
+        # in W, so its block is taken by double backward w.r.t. W itself.
+        self.weight_grads = {name: (w, g) for name, w, g in zip(shared, shared_weights, it)}
+
+    def _output_hessian(self, calls: list[_Call], u: list[torch.Tensor]) -> list[torch.Tensor]:
+        hu = torch.autograd.grad([c.grad_o for c in calls], [c.o for c in calls], u,
+                                 retain_graph=True, allow_unused=True)
+        return [torch.zeros_like(c.o) if h is None else h for c, h in zip(calls, hu)]
+
+    def weight_hvp(self, name: str, f, weight: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """H_W v = J^T (d2L/do2) J v for this batch."""
+        if name in self.weight_grads:
+            w, g = self.weight_grads[name]
+            hv = None if g is None else torch.autograd.grad(g, w, v, retain_graph=True, allow_unused=True)[0]
+            return torch.zeros_like(v) if hv is None else hv
+        calls = self.calls[name]
+        if not calls:
+            return torch.zeros_like(v)
+        hu = self._output_hessian(calls, [f(c.x, v) for c in calls])
+        with torch.enable_grad():
+            w = torch.zeros_like(weight, requires_grad=True)
+            out = sum((f(c.x, w) * h).sum() for c, h in zip(calls, hu))
+            return torch.autograd.grad(out, w)[0]
+
+    def input_quadratic(self, name: str, f, weight: torch.Tensor, gen: torch.Generator) -> float:
+        """One Hutchinson sample z^T H_x z with z Rademacher over this batch's layer inputs."""
+        calls = self.calls[name]
+        if not calls:
+            return 0.0
+        u = [f(rademacher(c.x.numel(), gen, c.x).view_as(c.x), weight) for c in calls]
+        hu = self._output_hessian(calls, u)
+        return sum(_dot(a.flatten(), b.flatten()) for a, b in zip(u, hu))
+
+
+class _Products:
+    """Hessian-block products summed over batches, weighted by batch size."""
+
+    def __init__(self, model: nn.Module, modules: dict[str, nn.Module], batches: Sequence[Batch],
+                 loss_fn: LossFn, device: torch.device, cache: bool, shared: Sequence[str]) -> None:
+        self.model, self.modules, self.loss_fn, self.device, self.shared = model, modules, loss_fn, device, shared
+        self.batches = batches
+        total = sum(len(y) for _, y in batches)
+        self.weights = [len(y) / total for _, y in batches]
+        self.cache: list[_BatchGraph] | None = list(self._build()) if cache else None
+        self.f = {name: _bias_free(m) for name, m in modules.items()}
+
+    def _build(self) -> Iterable[_BatchGraph]:
+        for (x, y), w in zip(self.batches, self.weights):
+            yield _BatchGraph(self.model, self.modules, x.to(self.device), y.to(self.device), self.loss_fn, w,
+                              self.shared)
+
+    def graphs(self) -> Iterable[_BatchGraph]:
+        return self.cache if self.cache is not None else self._build()
+
+    def round(self, requests: dict[str, Any], gens: dict[str, torch.Generator],
+              seconds: dict[str, float]) -> dict[str, Any]:
+        """The next product of every layer in `requests`, in one pass over the batch graphs."""
+        replies: dict[str, Any] = {name: 0.0 if req is INPUT_PROBE else None for name, req in requests.items()}
+        for graph in self.graphs():
+            for name, req in requests.items():
+                start = time.perf_counter()
+                weight = self.modules[name].weight.detach()
+                if req is INPUT_PROBE:
+                    replies[name] += graph.weight * graph.input_quadratic(name, self.f[name], weight, gens[name])
+                else:
+                    hv = graph.weight_hvp(name, self.f[name], weight, req.view_as(weight)).flatten()
+                    if not torch.isfinite(hv).all():
+                        raise HawqError(f"layer {name}: a Hessian-vector product is not finite; check the model and data")
+                    replies[name] = graph.weight * hv if replies[name] is None else replies[name] + graph.weight * hv
+                seconds[name] += time.perf_counter() - start
+        return replies
