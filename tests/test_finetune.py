@@ -17,8 +17,9 @@ from hawq_onnx.io.quantized_checkpoint import load_quantized
 from hawq_onnx.io.sensitivity_report import LayerSensitivity, Sensitivity
 from hawq_onnx.qat.checkpoint import restore_quantized, save_quantized
 from hawq_onnx.qat.fake_quant import quant_layers, quantize_model
-from hawq_onnx.qat.finetune import _step_groups, augment_batch, finetune, order_blocks, stage_steps, warmup_cosine
+from hawq_onnx.qat.finetune import _step_groups, finetune
 from hawq_onnx.qat.optimizers import LogAdam, StepAdamW
+from hawq_onnx.qat.schedule import augment_batch, order_blocks, stage_steps, warmup_cosine
 from hawq_onnx.sources.data import load_data
 from hawq_onnx.sources.model import load_model, model_fingerprint
 

@@ -27,10 +27,11 @@ from hawq_onnx.io.sensitivity_report import LayerSensitivity, Sensitivity, save_
 from hawq_onnx.onnx_export.float_onnx import float_onnx, save_onnx
 from hawq_onnx.sources.data import load_data
 from hawq_onnx.sources.model import load_model
+from hawq_onnx.validation.data_spec import MEAN_KEY, STD_KEY
 from hawq_onnx.validation.kernel_census import is_integer_op, kernel_census
 from hawq_onnx.validation.latency import measure_latency
 from hawq_onnx.validation.ort_baseline import ort_int8
-from hawq_onnx.validation.validate import MEAN_KEY, STD_KEY, validate
+from hawq_onnx.validation.validate import validate
 
 LAYERS = ("stem", "block_conv1", "block_conv2", "down", "conv", "fc")
 INT4_LAYERS = ("block_conv1", "down")

@@ -39,7 +39,6 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from hawq_onnx.core.bn_fold import fold_copy
 from hawq_onnx.errors import HawqError, OptionError
@@ -57,8 +56,17 @@ from hawq_onnx.qat.fake_quant import (
 )
 from hawq_onnx.qat.observers import DEFAULT_OBSERVER, OBSERVERS
 from hawq_onnx.qat.optimizers import LogAdam, StepAdamW
-from hawq_onnx.sources.splits import Dataset, Split
+from hawq_onnx.qat.schedule import (
+    Block,
+    augment_batch,
+    default_augment,
+    distillation_loss,
+    order_blocks,
+    stage_steps,
+    warmup_cosine,
+)
 from hawq_onnx.sources.model import LoadedModel, model_fingerprint
+from hawq_onnx.sources.splits import Dataset, Split
 
 log = logging.getLogger(__name__)
 
@@ -72,15 +80,6 @@ AUGMENTS = ("auto", "none", "shift", "shift-flip")
 DEFAULT_EPOCHS = 5.0
 EVAL_BATCH = 256
 CALIB_BATCH = 128
-
-
-@dataclass
-class Block:
-    """Layers quantized together in one HAWQ stage."""
-
-    name: str
-    layers: list[str]
-    sensitivity: float = 0.0
 
 
 @dataclass
@@ -100,94 +99,6 @@ class FinetuneResult:
 
 
 # --- the pieces ------------------------------------------------------------------------------
-
-def blocks_of(plan: Plan) -> list[Block]:
-    """Quantized layers grouped by parent module path, in plan (module) order."""
-    blocks: dict[str, Block] = {}
-    for lp in plan.layers:
-        if lp.w_bits is None and lp.a_bits is None:
-            continue
-        parent = lp.name.rpartition(".")[0]
-        key = parent if parent else lp.name
-        blocks.setdefault(key, Block(key, [])).layers.append(lp.name)
-    return list(blocks.values())
-
-
-def order_blocks(plan: Plan, sensitivity: Sensitivity | None = None) -> list[Block]:
-    """Blocks most sensitive first: sum of Omega, or the block's Tr(H) / params from a report.
-
-    Ties keep module order (a stable sort).
-    """
-    blocks = blocks_of(plan)
-    for block in blocks:
-        if sensitivity is None:
-            block.sensitivity = float(sum(plan.layer(n).omega for n in block.layers))
-        else:
-            try:
-                layers = [sensitivity.layer(n) for n in block.layers]
-            except KeyError as exc:
-                raise HawqError(f"the sensitivity report has no layer {exc.args[0]}; "
-                                "analyze the model the plan was made for") from None
-            block.sensitivity = sum(l.trace for l in layers) / max(1, sum(l.params for l in layers))
-    return sorted(blocks, key=lambda b: -b.sensitivity)
-
-
-def stage_steps(total: int, stages: int, final_share: float) -> list[int]:
-    """Steps per stage: the last gets ``final_share`` of ``total``, the others split the rest."""
-    if stages <= 1:
-        return [total]
-    final = int(round(total * final_share))
-    rest = total - final
-    base, extra = divmod(rest, stages - 1)
-    return [base + (1 if k < extra else 0) for k in range(stages - 1)] + [final]
-
-
-def warmup_cosine(steps: int, warmup: float):
-    """LR multiplier: linear warm-up over ``warmup`` of the steps, then cosine decay to 0."""
-    warm = int(math.ceil(steps * warmup))
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return (step + 1) / warm
-        progress = (step - warm) / max(1, steps - warm)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return factor
-
-
-def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor | None, y: torch.Tensor,
-                      weight: float, temperature: float) -> torch.Tensor:
-    """(1 - weight) * CE(y) + weight * T^2 * KL(teacher_T || student_T) (Hinton et al.)."""
-    ce = F.cross_entropy(logits, y)
-    if teacher_logits is None or weight == 0.0:
-        return ce
-    t = temperature
-    kl = F.kl_div(F.log_softmax(logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
-                  reduction="batchmean", log_target=True)
-    return (1.0 - weight) * ce + weight * t * t * kl
-
-
-def default_augment(dataset: Dataset) -> str:
-    """Random shifts and flips for CIFAR-10 (its training recipe); none elsewhere (digits are not flippable)."""
-    return "shift-flip" if dataset.name.startswith("cifar10") else "none"
-
-
-def augment_batch(x: torch.Tensor, mode: str, generator: torch.Generator) -> torch.Tensor:
-    """Per-sample random crops of a zero-padded image (pad = H/8) and horizontal flips (NCHW only)."""
-    if mode == "none" or x.dim() != 4:
-        return x
-    n, _, h, w = x.shape
-    pad = max(1, h // 8)
-    padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w)[None, :])
-    if mode == "shift-flip":
-        flip = torch.rand(n, generator=generator) < 0.5
-        cols = torch.where(flip[:, None], cols.flip(1), cols)
-    cols = cols[:, None, None, :]
-    return padded[torch.arange(n)[:, None, None, None], torch.arange(x.shape[1])[None, :, None, None], rows, cols]
-
 
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, *, batch_size: int = EVAL_BATCH, device: str = "cpu") -> float:
