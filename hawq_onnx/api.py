@@ -56,6 +56,7 @@ from hawq_onnx.qat.finetune import check_options as check_finetune_options
 from hawq_onnx.qat.finetune import finetune as _finetune
 from hawq_onnx.qat.finetune import predict_scores
 from hawq_onnx.qat.region_grids import reference_model
+from hawq_onnx.qat.schedule import LossFn
 from hawq_onnx.results import ExportedModel, QuantizedModel
 from hawq_onnx.sensitivity.hessian import analyze_batches, analyze_model, check_settings
 from hawq_onnx.sources import user_data
@@ -136,15 +137,24 @@ def prepare_data(loaded: LoadedModel, data: Any, eval_data: Any = None, *, input
                                 input_fn=input_fn, labeler=_labeler(loaded), seed=seed)
 
 
+def _loss_name(loss_fn: LossFn | None, labels_given: bool) -> str:
+    if loss_fn is not None:
+        return f"custom ({getattr(loss_fn, '__qualname__', 'loss_fn')})"
+    return "cross_entropy" if labels_given else user_data.LOSS_WITHOUT_LABELS
+
+
 # --- the stages -------------------------------------------------------------------------------
 
 def analyze(model: nn.Module | str, data: Any = None, *, options: AnalyzeOptions | None = None,
             weights: PathLike | None = None, input_shape: tuple[int, ...] | None = None,
-            input_fn: Callable | None = None, progress: bool = False, **overrides: Any) -> Sensitivity:
+            input_fn: Callable | None = None, loss_fn: LossFn | None = None, progress: bool = False,
+            **overrides: Any) -> Sensitivity:
     """Per-layer Hessian sensitivity (top eigenvalue, Hutch++ trace) of the BN-folded ``model``.
 
     ``batches`` seeded random batches of ``batch_size`` samples are analysed: from the training
     split of a spec string (as ``hawq-onnx analyze``), from all of the data held in Python.
+    ``loss_fn(output, labels)`` replaces cross-entropy as the loss whose Hessian is analysed (it
+    must average over the batch and be twice differentiable).
     """
     opts = with_overrides(options, AnalyzeOptions, overrides, "analyze")
     if opts.batches < 1 or opts.batch_size < 1:
@@ -158,12 +168,12 @@ def analyze(model: nn.Module | str, data: Any = None, *, options: AnalyzeOptions
     if data is None or isinstance(data, (str, Dataset)):
         dataset = prepare_data(loaded, data, seed=opts.seed)
         return analyze_model(loaded, dataset, batches=opts.batches, batch_size=opts.batch_size, seed=opts.seed,
-                             device=opts.device, progress=progress, **settings)
+                             device=opts.device, progress=progress, loss_fn=loss_fn, **settings)
     split, given, _ = user_data.evaluation_split(data, input_fn=input_fn, labeler=_labeler(loaded))
     batches = list(split.batches(opts.batch_size, shuffle=True, seed=opts.seed, limit=opts.batches))
     return analyze_batches(loaded, batches, user_data.describe(data), batch_size=opts.batch_size, seed=opts.seed,
                            device=opts.device, progress=progress,
-                           loss="cross_entropy" if given else user_data.LOSS_WITHOUT_LABELS, **settings)
+                           loss=_loss_name(loss_fn, given), loss_fn=loss_fn, **settings)
 
 
 def allocate(sensitivity: Sensitivity | PathLike, budget: str | int = "8x", *,
@@ -182,10 +192,12 @@ def allocate(sensitivity: Sensitivity | PathLike, budget: str | int = "8x", *,
 def finetune(model: nn.Module | str, plan: Plan | PathLike, data: Any = None, *, eval_data: Any = None,
              options: FinetuneOptions | None = None, sensitivity: Sensitivity | PathLike | None = None,
              weights: PathLike | None = None, input_shape: tuple[int, ...] | None = None,
-             input_fn: Callable | None = None, progress: bool = False, **overrides: Any) -> QuantizedModel:
+             input_fn: Callable | None = None, loss_fn: LossFn | None = None, progress: bool = False,
+             **overrides: Any) -> QuantizedModel:
     """Quantize ``model`` as ``plan`` says and fine-tune it (HAWQ order by default), or calibrate
     only (``order="ptq"``). Without labels, training distils from the float model alone and
-    the accuracies are agreement with it."""
+    the accuracies are agreement with it; ``loss_fn(output, labels)`` replaces cross-entropy as
+    the task term beside distillation."""
     opts = with_overrides(options, FinetuneOptions, overrides, "finetune")
     check_finetune_options(**{k: getattr(opts, k) for k in FinetuneOptions.__dataclass_fields__
                               if k not in ("seed", "device", "distill")})
@@ -199,7 +211,8 @@ def finetune(model: nn.Module | str, plan: Plan | PathLike, data: Any = None, *,
     settings = {k: getattr(opts, k) for k in FinetuneOptions.__dataclass_fields__}
     if not dataset.labels_given:
         settings.update(distill=True, distill_weight=1.0)  # the float model is the only teacher there is
-    result = _finetune(loaded, plan, dataset, **settings, progress=progress, sensitivity=sensitivity)
+    result = _finetune(loaded, plan, dataset, **settings, progress=progress, sensitivity=sensitivity,
+                       loss_fn=loss_fn)
     return QuantizedModel.from_result(result, loaded.input_shape, dataset.calib.x, len(dataset.test))
 
 

@@ -131,27 +131,28 @@ def check_options(budget: str, opts: QuantizeOptions) -> None:
 def quantize(model: Any = None, data: Any = None, eval_data: Any = None, budget: str = "8x",
              out: str | Path | None = None, *, options: QuantizeOptions | None = None,
              weights: str | Path | None = None, input_shape: tuple[int, ...] | None = None,
-             input_fn: Callable | None = None, force: bool = False, progress: bool = False,
-             say: Callable[[str], None] = lambda line: None) -> QuantizeResult:
+             input_fn: Callable | None = None, loss_fn: Callable | None = None, force: bool = False,
+             progress: bool = False, say: Callable[[str], None] = lambda line: None) -> QuantizeResult:
     """Analyze, allocate, fine-tune, export and validate ``model`` on ``data``.
 
     With ``out``, every artefact lands in that folder under the names ``hawq-onnx quantize``
     uses, and a stage whose inputs did not change is reused (``force`` recomputes). Without it
     the stages run in a temporary folder that is removed; the result holds the objects either
     way. ``model`` and ``data`` are what :mod:`hawq_onnx.api` takes (None: the embedded default,
-    the zoo's digits CNN on scikit-learn's digits); ``say`` receives one line per stage.
+    the zoo's digits CNN on scikit-learn's digits); ``loss_fn(output, labels)`` replaces
+    cross-entropy in the analysis and fine-tuning; ``say`` receives one line per stage.
     """
     opts = options or QuantizeOptions()
     if not isinstance(opts, QuantizeOptions):
         raise HawqError(f"quantize: options must be a QuantizeOptions, got {type(opts).__name__}")
     check_options(budget, opts)  # every argument before any work: a typo must not cost an analysis
     if out is not None:
-        result = _run(model, data, eval_data, budget, Path(out), opts, weights, input_shape, input_fn, force,
-                      progress, say, identify=True)
+        result = _run(model, data, eval_data, budget, Path(out), opts, weights, input_shape, input_fn, loss_fn,
+                      force, progress, say, identify=True)
     else:
         with tempfile.TemporaryDirectory(prefix="hawq-quantize-") as tmp:
-            result = _run(model, data, eval_data, budget, Path(tmp), opts, weights, input_shape, input_fn, True,
-                          progress, say, identify=False)
+            result = _run(model, data, eval_data, budget, Path(tmp), opts, weights, input_shape, input_fn,
+                          loss_fn, True, progress, say, identify=False)
         result.out_dir, result.files = None, {}
     if result.report is not None:
         result.report.check_gate()
@@ -162,8 +163,9 @@ def quantize(model: Any = None, data: Any = None, eval_data: Any = None, budget:
 
 
 def _run(model: Any, data: Any, eval_data: Any, budget: str, out: Path, opts: QuantizeOptions,
-         weights: str | Path | None, input_shape: tuple[int, ...] | None, input_fn: Callable | None, force: bool,
-         progress: bool, say: Callable[[str], None], identify: bool) -> QuantizeResult:
+         weights: str | Path | None, input_shape: tuple[int, ...] | None, input_fn: Callable | None,
+         loss_fn: Callable | None, force: bool, progress: bool, say: Callable[[str], None],
+         identify: bool) -> QuantizeResult:
     start = time.perf_counter()
     if out.exists() and not out.is_dir():
         raise HawqError(f"out {out} is a file; give a folder")
@@ -188,12 +190,12 @@ def _run(model: Any, data: Any, eval_data: Any, budget: str, out: Path, opts: Qu
         raise HawqError(f"cannot create output folder {out}: {exc.strerror}") from None
     with locked_folder(out):
         return _stages(loaded, dataset, data, budget, out, files, opts, weights, force, progress, say, identify,
-                       start)
+                       start, loss_fn)
 
 
 def _stages(loaded, dataset, data: Any, budget: str, out: Path, files: dict[str, Path], opts: QuantizeOptions,
             weights: str | Path | None, force: bool, progress: bool, say: Callable[[str], None], identify: bool,
-            start: float) -> QuantizeResult:
+            start: float, loss_fn: Callable | None) -> QuantizeResult:
     from hawq_onnx.allocation.plot import plot_pareto
     from hawq_onnx.io.plan import Plan
     from hawq_onnx.io.sensitivity_report import Sensitivity
@@ -206,6 +208,8 @@ def _stages(loaded, dataset, data: Any, budget: str, out: Path, files: dict[str,
     cache = StageCache(out, force)
     # Without a folder to reuse stages from, the data is not read again to identify it.
     model_id = _model_id(loaded, weights, data, dataset) if identify else {}
+    if loss_fn is not None:  # a function is known by its name: rename it to recompute
+        model_id["loss"] = getattr(loss_fn, "__qualname__", repr(loss_fn))
     objects: dict[str, Any] = {}
 
     def stage(name: str, key: str, outputs: Sequence[Path], work: Callable[[], None]) -> None:
@@ -223,7 +227,7 @@ def _stages(loaded, dataset, data: Any, budget: str, out: Path, files: dict[str,
 
     # 1. Hessian sensitivity of the BN-folded model on training batches.
     def analyze_stage() -> None:
-        report = api.analyze(loaded, dataset, options=opts.analyze, progress=progress)
+        report = api.analyze(loaded, dataset, options=opts.analyze, loss_fn=loss_fn, progress=progress)
         report.save(files["sensitivity.json"])
         plot_sensitivity(report, files["sensitivity.png"])
 
@@ -243,7 +247,7 @@ def _stages(loaded, dataset, data: Any, budget: str, out: Path, files: dict[str,
     # 3. Fine-tuning (or calibration only) of the plan.
     def finetune_stage() -> None:
         tuned = api.finetune(loaded, files["plan.json"], dataset, options=opts.finetune, progress=progress,
-                             sensitivity=Sensitivity.load(files["sensitivity.json"]))
+                             sensitivity=Sensitivity.load(files["sensitivity.json"]), loss_fn=loss_fn)
         tuned.save(files["quantized.pt"])
         tuned.plan.save(files["quantized.plan.json"])
         objects["quantized"] = tuned

@@ -198,3 +198,20 @@ def test_errors_name_parameters_and_the_cli_names_flags(user):
     r = subprocess.run([sys.executable, "-c", "from hawq_onnx.cli import main; main()", "analyze", "--batches", "0",
                         "--out", "never.json"], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.startswith("error: --batches and --batch-size must be positive")
+
+
+def test_a_loss_of_ones_own(user):
+    import torch.nn.functional as F
+
+    model, train, test, _ = user
+
+    def smoothed(output, labels):
+        return F.cross_entropy(output, labels, label_smoothing=0.2)
+
+    own = hq.analyze(model, train, loss_fn=smoothed, **FAST_ANALYSIS)
+    plain = hq.analyze(model, train, **FAST_ANALYSIS)
+    assert own.settings["loss"] == "custom (test_a_loss_of_ones_own.<locals>.smoothed)"
+    assert [la.trace for la in own.layers] != [la.trace for la in plain.layers]  # the loss's Hessian, not CE's
+    tuned = hq.finetune(model, hq.allocate(own, "8x", a_bits=(8,)), train, eval_data=test, steps=3,
+                        loss_fn=smoothed)
+    assert "smoothed" in tuned.plan.calibration["loss"]

@@ -58,6 +58,7 @@ from hawq_onnx.qat.observers import DEFAULT_OBSERVER, OBSERVERS
 from hawq_onnx.qat.optimizers import LogAdam, StepAdamW
 from hawq_onnx.qat.schedule import (
     Block,
+    LossFn,
     augment_batch,
     default_augment,
     distillation_loss,
@@ -168,6 +169,7 @@ class _Training:
     generator: torch.Generator
     device: str
     progress: bool
+    task_loss: LossFn | None = None  # None: cross-entropy on the labels
 
 
 def _step_groups(qmodel: nn.Module, groups: list[dict[str, Any]], lr: float, step_lr: float) -> list[dict[str, Any]]:
@@ -221,7 +223,7 @@ def _train_stage(qmodel: nn.Module, steps: int, cfg: _Training, desc: str) -> di
             with torch.no_grad():
                 teacher_logits = cfg.teacher(x)
         logits = qmodel(x)
-        loss = distillation_loss(logits, teacher_logits, y, cfg.distill_weight, cfg.temperature)
+        loss = distillation_loss(logits, teacher_logits, y, cfg.distill_weight, cfg.temperature, cfg.task_loss)
         if not torch.isfinite(loss):
             raise OptionError(f"{desc}: the training loss became {float(loss.detach())}; lower {{lr}}", "lr")
         for o in optimizers:
@@ -289,7 +291,7 @@ def finetune(loaded: LoadedModel, plan: Plan, dataset: Dataset, *, order: str = 
              learn_scales: bool = True, scale_lr: float = 1e-3, weight_method: str = DEFAULT_WEIGHT_METHOD,
              observer: str = DEFAULT_OBSERVER, final_share: float = 0.5, warmup: float = 0.05,
              augment: str = "auto", seed: int = 0, device: str = "cpu", progress: bool = False,
-             sensitivity: Sensitivity | None = None) -> FinetuneResult:
+             sensitivity: Sensitivity | None = None, loss_fn: LossFn | None = None) -> FinetuneResult:
     """Quantize ``loaded``'s model as ``plan`` says and fine-tune it (or only calibrate: ``ptq``).
 
     ``epochs`` (fractions allowed) or ``steps`` is the whole training budget (default
@@ -352,7 +354,8 @@ def finetune(loaded: LoadedModel, plan: Plan, dataset: Dataset, *, order: str = 
                     weight_decay=weight_decay, warmup=warmup,
                     distill_weight=distill_weight if distill else 0.0, temperature=temperature,
                     augment=default_augment(dataset) if augment == "auto" else augment,
-                    generator=torch.Generator().manual_seed(seed), device=device, progress=progress)
+                    generator=torch.Generator().manual_seed(seed), device=device, progress=progress,
+                    task_loss=loss_fn)
 
     history: list[dict[str, Any]] = []
     samples = 0
@@ -382,6 +385,7 @@ def finetune(loaded: LoadedModel, plan: Plan, dataset: Dataset, *, order: str = 
         "step_lr": step_lr, "scale_lr": scale_lr if learn_scales else None, "distill": distill,
         "distill_weight": distill_weight if distill else None, "temperature": temperature if distill else None,
         "learn_scales": learn_scales, "data_fraction": data_fraction, "seed": seed,
+        "loss": "cross_entropy" if loss_fn is None else f"custom ({getattr(loss_fn, '__qualname__', 'loss_fn')})",
         "blocks": [b.name for b in blocks] if order == "hawq" else None,
         "float_top1": float_accuracy, "quant_top1": quant_accuracy,
     }

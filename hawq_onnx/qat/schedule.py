@@ -5,6 +5,7 @@ distillation) and the data augmentation. ``finetune`` runs it."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +15,8 @@ from hawq_onnx.errors import HawqError
 from hawq_onnx.io.plan import Plan
 from hawq_onnx.io.sensitivity_report import Sensitivity
 from hawq_onnx.sources.splits import Dataset
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (model output, labels) -> mean loss
 
 
 @dataclass
@@ -79,9 +82,10 @@ def warmup_cosine(steps: int, warmup: float):
 
 
 def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor | None, y: torch.Tensor,
-                      weight: float, temperature: float) -> torch.Tensor:
-    """(1 - weight) * CE(y) + weight * T^2 * KL(teacher_T || student_T) (Hinton et al.)."""
-    ce = F.cross_entropy(logits, y)
+                      weight: float, temperature: float, task_loss: LossFn | None = None) -> torch.Tensor:
+    """(1 - weight) * task(y) + weight * T^2 * KL(teacher_T || student_T) (Hinton et al.); the
+    task loss is cross-entropy on the labels unless the caller gives its own."""
+    ce = (task_loss or F.cross_entropy)(logits, y)
     if teacher_logits is None or weight == 0.0:
         return ce
     t = temperature

@@ -315,6 +315,8 @@ def analyze_model(loaded: LoadedModel, dataset: Dataset, *, batches: int = 1, ba
 
     data = list(dataset.train.batches(batch_size, shuffle=True, seed=seed, limit=batches))
     loss = "cross_entropy" if dataset.labels_given else LOSS_WITHOUT_LABELS
+    if options.get("loss_fn") is not None:
+        loss = f"custom ({getattr(options['loss_fn'], '__qualname__', 'loss_fn')})"
     return analyze_batches(loaded, data, dataset.name, batch_size=batch_size, seed=seed, device=device,
                            progress=progress, loss=loss, **options)
 
