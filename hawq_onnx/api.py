@@ -72,7 +72,7 @@ OnnxLike = PathLike | onnx.ModelProto | ExportedModel
 
 # --- models and data as the stages take them ------------------------------------------------
 
-def _reiterable(data: Any) -> Any:
+def reiterable(data: Any) -> Any:
     """A one-shot iterator (a generator) read once into a list, so that every stage sees it all."""
     if data is not None and not isinstance(data, (str, bytes)) and hasattr(data, "__next__"):
         return list(data)
@@ -133,7 +133,7 @@ def prepare_data(loaded: LoadedModel, data: Any, eval_data: Any = None, *, input
             raise OptionError("{eval_data}: a spec string (digits, cifar10:DIR, npz:FILE) brings its own test "
                               "split; give {eval_data} only with data held in Python", "eval_data")
         return load_data(resolve_source(data, loaded.spec), loaded.spec, seed=seed)
-    return user_data.as_dataset(_reiterable(data), _reiterable(eval_data), num_classes=_num_classes(loaded),
+    return user_data.as_dataset(reiterable(data), reiterable(eval_data), num_classes=_num_classes(loaded),
                                 input_fn=input_fn, labeler=_labeler(loaded), seed=seed)
 
 
@@ -163,13 +163,14 @@ def analyze(model: nn.Module | str, data: Any = None, *, options: AnalyzeOptions
     settings = dict(eig_tol=opts.eig_tol, max_iter=opts.max_iter, trace_tol=opts.trace_tol,
                     max_probes=opts.max_probes, sketch=opts.sketch)
     check_settings(**settings)  # before the model and data load
-    data = _reiterable(data)
+    data = reiterable(data)
     loaded = prepare_model(model, weights=weights, input_shape=input_shape, data=data, input_fn=input_fn)
     if data is None or isinstance(data, (str, Dataset)):
         dataset = prepare_data(loaded, data, seed=opts.seed)
         return analyze_model(loaded, dataset, batches=opts.batches, batch_size=opts.batch_size, seed=opts.seed,
                              device=opts.device, progress=progress, loss_fn=loss_fn, **settings)
-    split, given, _ = user_data.evaluation_split(data, input_fn=input_fn, labeler=_labeler(loaded))
+    split, given, _ = user_data.evaluation_split(data, input_fn=input_fn, labeler=_labeler(loaded),
+                                                 num_classes=_num_classes(loaded))
     batches = list(split.batches(opts.batch_size, shuffle=True, seed=opts.seed, limit=opts.batches))
     return analyze_batches(loaded, batches, user_data.describe(data), batch_size=opts.batch_size, seed=opts.seed,
                            device=opts.device, progress=progress,
@@ -201,7 +202,7 @@ def finetune(model: nn.Module | str, plan: Plan | PathLike, data: Any = None, *,
     opts = with_overrides(options, FinetuneOptions, overrides, "finetune")
     check_finetune_options(**{k: getattr(opts, k) for k in FinetuneOptions.__dataclass_fields__
                               if k not in ("seed", "device", "distill")})
-    data = _reiterable(data)
+    data = reiterable(data)
     loaded = prepare_model(model, weights=weights, input_shape=input_shape, data=data, input_fn=input_fn)
     fingerprint = model_fingerprint(fold_copy(loaded.module, loaded.input_shape))
     plan = plan if isinstance(plan, Plan) else Plan.load(plan, fingerprint)
@@ -243,7 +244,7 @@ def export(model: QuantizedModel | nn.Module | str, *, data: Any = None, options
     else:
         if overrides or options is not None:
             raise HawqError("export: target applies to a QuantizedModel; a float model is exported as is")
-        data = _reiterable(data)  # only its first sample's shape is read, where the model declares none
+        data = reiterable(data)  # only its first sample's shape is read, where the model declares none
         loaded = prepare_model(model, weights=weights, input_shape=input_shape, data=data, input_fn=input_fn)
         exported = ExportedModel(float_onnx(fold_copy(loaded.module, loaded.input_shape), loaded.input_shape))
     if path is not None:
@@ -257,7 +258,7 @@ def _calibration_x(model: QuantizedModel, data: Any, input_fn: Callable | None) 
     if isinstance(data, str):
         raise HawqError("export: data as a spec string needs the model's normalisation; pass arrays or a "
                         "DataLoader of inputs as the model takes them")
-    x = user_data.first_inputs(_reiterable(data), user_data.CALIBRATION_SIZE, input_fn)
+    x = user_data.first_inputs(reiterable(data), user_data.CALIBRATION_SIZE, input_fn)
     if tuple(x.shape[1:]) != tuple(model.input_shape):
         raise HawqError(f"export: data samples have shape {tuple(x.shape[1:])}, the model takes {model.input_shape}")
     return x
@@ -289,18 +290,30 @@ def _onnx_scores(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]
 
 def _eval_dataset(data: Any, float_path: Path, threads: int, input_fn: Callable | None) -> Dataset:
     scores = _onnx_scores(float_path, threads)
-    test, given, top = user_data.evaluation_split(_reiterable(data), input_fn=input_fn,
-                                                  labeler=lambda v: scores(v).argmax(axis=1).astype(np.int64))
+    data = reiterable(data)
+    classes = int(scores(user_data.first_inputs(data, 1, input_fn)).shape[1])
+    test, given, _ = user_data.evaluation_split(data, input_fn=input_fn, num_classes=classes,
+                                                labeler=lambda v: scores(v).argmax(axis=1).astype(np.int64))
     name = user_data.describe(data) + ("" if given else f"; {user_data.FLOAT_MODEL_LABELS}")
     first = np.arange(min(len(test), user_data.CALIBRATION_SIZE))
     calib = test.take(len(first)) if isinstance(test, Split) else Split(*test.gather(first))
-    classes = max(top + 1, int(scores(calib.x[:1]).shape[1]))
     return Dataset(name, calib, calib, test, classes, labels_given=given, samples=len(test))
 
 
+def _as_scores(fn: Callable) -> Callable[[np.ndarray], np.ndarray]:
+    """A user's reference function with its output as a numpy array, whatever it returns."""
+    def scores(x: np.ndarray) -> np.ndarray:
+        out = fn(x)
+        return out.detach().cpu().numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
+    return scores
+
+
 def _reference(reference: QuantizedModel | Callable | None, quant: OnnxLike) -> Callable | None:
+    if isinstance(reference, nn.Module):
+        module = reference
+        return lambda x: predict_scores(module, x)
     if reference is None or callable(reference) and not isinstance(reference, QuantizedModel):
-        return reference
+        return None if reference is None else _as_scores(reference)
     if not isinstance(reference, QuantizedModel):
         raise HawqError(f"validate: reference must be a QuantizedModel or a function of inputs, "
                         f"got {type(reference).__name__}")

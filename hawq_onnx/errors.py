@@ -6,6 +6,8 @@ the CLI prints it on one line and exits with its code. Anything else escaping is
 
 from __future__ import annotations
 
+import re
+
 EXIT_OK = 0
 EXIT_GATE = 1  # a validation gate failed (e.g. --max-drop)
 EXIT_INPUT = 2  # bad input: files, shapes, budgets, options
@@ -39,7 +41,9 @@ class OptionError(HawqError):
         super().__init__(self.render(lambda name: name), exit_code)
 
     def render(self, name_of) -> str:
-        return self.template.format(**{p: name_of(p) for p in self.params})
+        # Only the declared placeholders are filled: the rest of the text (paths, a user's layer
+        # patterns) may hold braces of its own and is left exactly as it is.
+        return re.sub(r"\{(\w+)\}", lambda m: name_of(m[1]) if m[1] in self.params else m[0], self.template)
 
 
 class GateFailure(OptionError):

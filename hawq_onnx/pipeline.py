@@ -125,7 +125,8 @@ def check_options(budget: str, opts: QuantizeOptions) -> None:
                                                               "step_lr", "batch_size", "data_fraction",
                                                               "distill_weight", "temperature")})
     v = opts.validate
-    check_validate(baseline=v.baseline, limit=v.limit, max_drop=v.max_drop, runs=v.runs, threads=v.threads)
+    check_validate(baseline=v.baseline, limit=v.limit, max_drop=v.max_drop, runs=v.runs, threads=v.threads,
+                   batch_sizes=v.batch_sizes)
 
 
 def quantize(model: Any = None, data: Any = None, eval_data: Any = None, budget: str = "8x",
@@ -166,6 +167,7 @@ def _run(model: Any, data: Any, eval_data: Any, budget: str, out: Path, opts: Qu
          weights: str | Path | None, input_shape: tuple[int, ...] | None, input_fn: Callable | None,
          loss_fn: Callable | None, force: bool, progress: bool, say: Callable[[str], None],
          identify: bool) -> QuantizeResult:
+    data, eval_data = api.reiterable(data), api.reiterable(eval_data)  # read a generator once, whole
     start = time.perf_counter()
     if out.exists() and not out.is_dir():
         raise HawqError(f"out {out} is a file; give a folder")

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -215,3 +216,13 @@ def test_a_loss_of_ones_own(user):
     tuned = hq.finetune(model, hq.allocate(own, "8x", a_bits=(8,)), train, eval_data=test, steps=3,
                         loss_fn=smoothed)
     assert "smoothed" in tuned.plan.calibration["loss"]
+
+
+def test_labels_beyond_the_models_classes_are_refused(user):
+    model, _, _, data = user
+    x, y = data.test.x[:64], (np.arange(64) % 12).astype(np.int64)  # the digits CNN has 10 outputs
+    with pytest.raises(hq.HawqError, match="labels go up to 11, but the model has 10 outputs"):
+        hq.analyze(model, (x, y), **FAST_ANALYSIS)
+    with pytest.raises(hq.HawqError, match="(labels go up to|a label is) 11, but the model has 10 outputs"):
+        hq.validate(hq.export(model, input_shape=(1, 8, 8)), hq.export(model, input_shape=(1, 8, 8)),
+                    DataLoader(TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), batch_size=16), runs=0)

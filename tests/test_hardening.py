@@ -138,13 +138,16 @@ def test_the_lock_dies_with_its_holder(tmp_path):
 def test_temporaries_of_killed_runs_are_removed_and_live_ones_kept(tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = tmp_path / f".plan.json.{dead.pid}.hawq-abc123.tmp"
-    live = tmp_path / f".plan.json.{os.getpid()}.hawq-def456.tmp"
+    from hawq_onnx.io.atomic import _HOST
+
+    stale = tmp_path / f".plan.json.{_HOST}-{dead.pid}.hawq-abc123.tmp"
+    live = tmp_path / f".plan.json.{_HOST}-{os.getpid()}.hawq-def456.tmp"
+    other_host = tmp_path / f".plan.json.elsewhere{_HOST}-{dead.pid}.hawq-abc123.tmp"  # its pid means nothing here
     foreign = tmp_path / ".notes.tmp"
-    for p in (stale, live, foreign):
+    for p in (stale, live, other_host, foreign):
         p.write_text("x")
     write_text(tmp_path / "plan.json", "{}")
-    assert not stale.exists() and live.exists() and foreign.exists()
+    assert not stale.exists() and live.exists() and other_host.exists() and foreign.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")].count(live.name) == 1
 
 

@@ -126,3 +126,56 @@ def test_a_shuffled_dataloader_is_read_by_index():
     streamed = as_dataset(shuffled, num_classes=5, calibration_size=16)
     for _ in range(2):
         np.testing.assert_array_equal(cat(streamed.test.batches(50))[0], held.test.x)
+
+
+def test_a_subset_sampler_is_kept_and_other_samplers_are_iterated():
+    from torch.utils.data import SubsetRandomSampler, WeightedRandomSampler
+
+    x, y = arrays()
+    ds = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
+    train = DataLoader(ds, batch_size=8, sampler=SubsetRandomSampler(range(10, 60)))
+    test = DataLoader(ds, batch_size=8, sampler=SubsetRandomSampler(range(60, 80)))
+    d = as_dataset(train, test, num_classes=5, calibration_size=4)
+    np.testing.assert_array_equal(cat(d.train.batches(16))[0], x[10:60])
+    np.testing.assert_array_equal(cat(d.test.batches(16))[0], x[60:80])
+    weighted = DataLoader(ds, batch_size=8, sampler=WeightedRandomSampler(np.ones(N), N))
+    with pytest.raises(HawqError, match="another order"):  # a random multiset: iterated, and caught
+        ds2 = as_dataset(weighted, num_classes=5, calibration_size=4)
+        list(ds2.train.batches(8))
+
+
+def test_the_loaders_collate_fn_is_used_from_the_first_pass():
+    raw = (np.arange(N * 6) % 256).astype(np.uint8).reshape(N, 2, 3)
+    ds = TensorDataset(torch.from_numpy(raw), torch.from_numpy(np.arange(N) % 5))
+
+    def to_float(samples):
+        xs, ys = zip(*samples)
+        return torch.stack(xs).float() / 255, torch.stack(ys)
+
+    d = as_dataset(DataLoader(ds, batch_size=8, collate_fn=to_float), num_classes=5, calibration_size=4)
+    got = cat(d.test.batches(50))[0]
+    assert got.dtype == np.float32 and got.max() <= 1.0
+
+
+def test_arrays_as_numpy_gives_them_and_iterable_datasets_are_batched():
+    x, y = arrays()
+    flipped = as_dataset((x[:, :, ::-1], y[::-1].astype(np.uint32)), num_classes=5, calibration_size=4)
+    assert len(flipped.train) + len(flipped.test) == N
+    swapped = as_dataset((x.astype(">f4"), y), num_classes=5, calibration_size=4)
+    np.testing.assert_array_equal(swapped.test.x, as_dataset((x, y), num_classes=5, calibration_size=4).test.x)
+
+    class Samples(IterableDataset):
+        def __iter__(self):
+            for i in range(N):
+                yield torch.from_numpy(x[i]), int(y[i])
+
+    d = as_dataset(Samples(), num_classes=5, calibration_size=4)
+    assert d.samples == N and d.train.sample_shape == (2, 3)
+
+
+def test_option_errors_leave_other_braces_alone():
+    from hawq_onnx.errors import OptionError
+
+    exc = OptionError("layer 'a{1}{x}' in {keep_float} is not {pins}", "keep_float", "pins")
+    assert str(exc) == "layer 'a{1}{x}' in keep_float is not pins"
+    assert exc.render(lambda p: "--" + p) == "layer 'a{1}{x}' in --keep_float is not --pins"

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -93,7 +94,8 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     try:
         parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(parent)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}{TEMP_MARK}", suffix=".tmp", dir=parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{_HOST}-{os.getpid()}{TEMP_MARK}", suffix=".tmp",
+                                   dir=parent)
     except OSError as exc:
         raise HawqError(f"cannot write {target}: {exc.strerror or exc.__class__.__name__} "
                         f"({parent}); choose another output path") from None
@@ -113,7 +115,9 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
 
 
 TEMP_MARK = ".hawq-"
-_TEMP_NAME = re.compile(r"^\..+\.(\d+)" + re.escape(TEMP_MARK) + r"[^/]*\.tmp$")
+# A pid means something only on the host that made it (a folder may be shared over the network).
+_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname().split(".")[0])[:32] or "host"
+_TEMP_NAME = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)" + re.escape(TEMP_MARK) + r"[^/]*\.tmp$")
 
 
 def _alive(pid: int) -> bool:
@@ -128,7 +132,7 @@ def _alive(pid: int) -> bool:
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Remove the temporary files ``atomic_path`` left in ``folder`` when its process was killed
-    (their pid is no longer running); return what was removed."""
+    (made on this host by a pid that no longer runs); return what was removed."""
     removed = []
     try:
         entries = list(os.scandir(folder))
@@ -136,7 +140,8 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
         return removed
     for entry in entries:
         m = _TEMP_NAME.match(entry.name)
-        if m and entry.is_file(follow_symlinks=False) and not _alive(int(m.group(1))):
+        if (m and m["host"] == _HOST and entry.is_file(follow_symlinks=False)
+                and not _alive(int(m["pid"]))):
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
                 removed.append(Path(entry.path))

@@ -38,6 +38,9 @@ def locked_folder(folder: str | os.PathLike) -> Iterator[None]:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             raise HawqError(f"another hawq-onnx run (pid {holder}) is writing to {folder}; wait for it to end or "
                             "choose another output folder") from None
+        except OSError as exc:  # a file system without locks (some network mounts): say so, do not guess
+            raise HawqError(f"cannot lock the output folder {folder} ({exc.strerror}); choose a folder on a local "
+                            "file system") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield

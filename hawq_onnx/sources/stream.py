@@ -4,10 +4,11 @@ It holds no samples: every pass reads the source again, so memory stays that of 
 large the data set. Which samples belong to the split is a boolean mask over their positions
 (a hold-out, a training fraction), decided once.
 
-- A map-style torch Dataset (or a DataLoader over one) is read by index, in the order the split
-  asks for, with the loader's own collate_fn and workers: evaluation reads its samples in
-  order, training in a seeded random order of exactly its samples, so a loader's own
-  ``shuffle=True`` changes nothing (positions stay dataset indices).
+- A map-style torch Dataset (or a DataLoader over one with a sequential, random or subset
+  sampler) is read by index, in the order the split asks for, with the loader's own collate_fn
+  and workers: evaluation reads its samples in order, training in a seeded random order of
+  exactly its samples, so a loader's own ``shuffle=True`` changes nothing (positions are the
+  loader's indices, sorted).
 - Any other iterable (an IterableDataset, a list of batches) is read in the order it gives, which
   must be the same on every pass (checked on the first sample); training shuffles within a
   seeded buffer of ``SHUFFLE_BUFFER`` samples.
@@ -22,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader, IterableDataset, RandomSampler, SequentialSampler, SubsetRandomSampler
 
 from hawq_onnx.errors import HawqError
 
@@ -36,12 +37,25 @@ def _is_torch_dataset(data: Any) -> bool:
 
 
 def indexable(data: Any) -> tuple[torch.utils.data.Dataset, dict[str, Any]] | None:
-    """The map-style dataset behind ``data`` and how its loader batches it, or None."""
+    """The map-style dataset behind ``data``, how its loader batches it, and which of its indices
+    the loader reads (``indices``: all for a sequential or random sampler, a subset sampler's
+    own), or None where only iteration can tell (another sampler, a batch sampler)."""
     if isinstance(data, DataLoader) and _is_torch_dataset(data.dataset):
+        sampler = data.sampler
+        if data.batch_size is None:
+            return None
+        if isinstance(sampler, (SequentialSampler, RandomSampler)) and not getattr(sampler, "replacement", False) \
+                and getattr(sampler, "_num_samples", None) is None:
+            indices = np.arange(len(data.dataset))
+        elif isinstance(sampler, SubsetRandomSampler):
+            indices = np.sort(np.asarray(list(sampler.indices), np.int64))
+        else:
+            return None
         return data.dataset, {"collate_fn": data.collate_fn, "num_workers": data.num_workers,
-                              "batch_size": data.batch_size or ARRAY_BATCH}
+                              "batch_size": data.batch_size, "indices": indices}
     if _is_torch_dataset(data):
-        return data, {"collate_fn": None, "num_workers": 0, "batch_size": ARRAY_BATCH}
+        return data, {"collate_fn": None, "num_workers": 0, "batch_size": ARRAY_BATCH,
+                      "indices": np.arange(len(data))}
     return None
 
 
@@ -61,7 +75,10 @@ def iter_batches(data: Any, batch_size: int = ARRAY_BATCH) -> Iterator[Any]:
     mapped = indexable(data)
     if mapped is not None:
         dataset, how = mapped
-        yield from _indexed(dataset, how, range(len(dataset)), how["batch_size"])
+        yield from _indexed(dataset, how, how["indices"].tolist(), how["batch_size"])
+        return
+    if isinstance(data, IterableDataset):  # yields samples: batch them as a DataLoader would
+        yield from DataLoader(data, batch_size=batch_size)
         return
     if not isinstance(data, Iterable):
         raise HawqError(f"data must be a DataLoader, a torch Dataset, an iterable of batches, arrays (x or (x, y)) "
@@ -139,7 +156,7 @@ class StreamSplit:
             raise HawqError(f"batch size must be positive, got {batch_size}")
         if self._mapped is not None:
             dataset, how = self._mapped
-            order = self.positions(len(dataset))
+            order = how["indices"][self.positions(len(how["indices"]))]
             if shuffle:
                 order = order[np.random.default_rng(seed).permutation(len(order))]
             if drop_last:
@@ -205,7 +222,7 @@ class StreamSplit:
         wanted = np.asarray(indices, np.int64)
         if self._mapped is not None:
             dataset, how = self._mapped
-            chosen = self.positions(len(dataset))[wanted]
+            chosen = how["indices"][self.positions(len(how["indices"]))[wanted]]
             parts = [self.read(b) for b in _indexed(dataset, how, chosen.tolist(), ARRAY_BATCH)]
         else:
             parts, seen = [], 0

@@ -61,9 +61,14 @@ def split_batch(batch: Any, input_fn: InputFn | None = None) -> tuple[torch.Tens
     return _inputs(x), None if y is None else _class_indices(y, len(x))
 
 
+def _native(a: np.ndarray) -> np.ndarray:
+    """A contiguous, native-byte-order copy where torch.from_numpy would refuse the array."""
+    return np.ascontiguousarray(a, a.dtype.newbyteorder("=")) if a.dtype.kind in "biuf" else a
+
+
 def _inputs(x: Any) -> torch.Tensor:
     if isinstance(x, np.ndarray):
-        x = torch.from_numpy(x)
+        x = torch.from_numpy(_native(x))
     if not isinstance(x, torch.Tensor):
         raise HawqError(f"the model's input must be one tensor, got {type(x).__name__} (models with several inputs "
                         "are not supported yet; pass input_fn to pick the tensor)")
@@ -78,7 +83,7 @@ def _inputs(x: Any) -> torch.Tensor:
 
 def _class_indices(y: Any, n: int) -> torch.Tensor:
     if isinstance(y, np.ndarray):
-        y = torch.from_numpy(y)
+        y = torch.from_numpy(np.ascontiguousarray(y, np.int64) if np.issubdtype(y.dtype, np.integer) else _native(y))
     if isinstance(y, (list, tuple)):
         y = torch.as_tensor(y)
     if not isinstance(y, torch.Tensor) or y.ndim != 1 or y.is_floating_point() or y.is_complex() or len(y) != n:
@@ -129,10 +134,10 @@ def _scan(data: Any, input_fn: InputFn | None, what: str) -> _Scan:
     mapped = indexable(data)
     if mapped is not None:
         dataset, how = mapped
-        if len(dataset) == 0:
+        if len(how["indices"]) == 0:
             raise HawqError(f"{what} gave no batch")
-        x, y = split_batch(next(iter_batches(dataset, min(len(dataset), how["batch_size"]))), input_fn)
-        return _Scan(len(dataset), y is not None, tuple(x.shape[1:]), -1, None)
+        x, y = split_batch(next(iter_batches(data)), input_fn)  # the loader's own collate_fn
+        return _Scan(len(how["indices"]), y is not None, tuple(x.shape[1:]), -1, None)
     samples, flags, shapes, top, first = 0, set(), set(), -1, None
     for batch in iter_batches(data):
         x, y = split_batch(batch, input_fn)
@@ -226,16 +231,20 @@ def as_dataset(data: Any, eval_data: Any = None, *, num_classes: int, input_fn: 
     return Dataset(name, train, calib, test, num_classes, labels_given=given, samples=total)
 
 
-def evaluation_split(data: Any, *, input_fn: InputFn | None = None,
-                     labeler: Labeler | None = None) -> tuple[Split | StreamSplit, bool, int]:
+def evaluation_split(data: Any, *, input_fn: InputFn | None = None, labeler: Labeler | None = None,
+                     num_classes: int | None = None) -> tuple[Split | StreamSplit, bool, int]:
     """All of ``data`` as one evaluation split (arrays held, iterables streamed), whether its
     labels were given, and its largest label."""
     if _in_memory(data):
         x, y, given = collect(data, input_fn=input_fn, labeler=labeler)
+        if num_classes is not None and int(y.max()) >= num_classes:
+            raise HawqError(f"labels go up to {int(y.max())}, but the model has {num_classes} outputs")
         return Split(x, y), given, int(y.max())
     scan = _scan(data, input_fn, "data")
+    if num_classes is not None and scan.max_label >= num_classes:
+        raise HawqError(f"labels go up to {scan.max_label}, but the model has {num_classes} outputs")
     split = StreamSplit(data, length=scan.samples, sample_shape=scan.sample_shape, first=scan.first,
-                        read=_reader(input_fn, labeler, scan.labelled, None, scan.sample_shape))
+                        read=_reader(input_fn, labeler, scan.labelled, num_classes, scan.sample_shape))
     return split, scan.labelled, scan.max_label
 
 

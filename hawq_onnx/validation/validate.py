@@ -226,8 +226,10 @@ def _check_sensitivity_matches(sens: Sensitivity, float_ins: Inspection, float_p
 
 
 def check_options(*, baseline: str | None, limit: int | None, max_drop: float | None, runs: int,
-                  threads: int) -> None:
+                  threads: int, batch_sizes: Sequence[int] = (1, 64)) -> None:
     """One-line errors for bad settings, before any work."""
+    if runs > 0 and (not batch_sizes or any(not isinstance(b, int) or b < 1 for b in batch_sizes)):
+        raise OptionError(f"{{batch_sizes}} must be positive integers, got {list(batch_sizes)}", "batch_sizes")
     if baseline is not None and baseline not in BASELINES:
         raise OptionError(f"unknown {{baseline}} {baseline!r}: use {', '.join(BASELINES)}", "baseline")
     if limit is not None and limit < 1:
@@ -254,7 +256,8 @@ def validate(float_path: str | Path, quant_path: str | Path, data: str | Dataset
     quantized file's agreement with it is reported. ``runs=0`` skips the latency measurement. The gate (``max_drop``) is recorded, not raised:
     call :meth:`ValidationReport.check_gate` after writing the reports.
     """
-    check_options(baseline=baseline, limit=limit, max_drop=max_drop, runs=runs, threads=threads)
+    check_options(baseline=baseline, limit=limit, max_drop=max_drop, runs=runs, threads=threads,
+                  batch_sizes=batch_sizes)
     sens = load_sensitivity(sensitivity) if sensitivity is not None else None  # fail before the long part
     float_model = load_onnx(float_path)
     if sens is not None:
