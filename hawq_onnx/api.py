@@ -52,7 +52,7 @@ from hawq_onnx.options import (
     ValidateOptions,
     with_overrides,
 )
-from hawq_onnx.qat.finetune import check_options as check_finetune_options
+from hawq_onnx.qat.finetune import check_options as _check_finetune
 from hawq_onnx.qat.finetune import finetune as _finetune
 from hawq_onnx.qat.finetune import predict_scores
 from hawq_onnx.qat.region_grids import reference_model
@@ -61,8 +61,8 @@ from hawq_onnx.results import ExportedModel, QuantizedModel
 from hawq_onnx.sensitivity.hessian import analyze_batches, analyze_model, check_settings
 from hawq_onnx.sources import user_data
 from hawq_onnx.sources.data import load_data, resolve_source, sample_shape
-from hawq_onnx.sources.splits import Dataset, Split
 from hawq_onnx.sources.model import LoadedModel, from_module, load_model, model_fingerprint
+from hawq_onnx.sources.splits import Dataset, Split
 from hawq_onnx.validation.validate import ValidationReport
 from hawq_onnx.validation.validate import validate as _validate
 
@@ -84,10 +84,7 @@ def _user_sample_shape(data: Any, input_fn: Callable | None) -> tuple[int, ...] 
         return None
     if isinstance(data, str):
         return sample_shape(data)
-    for batch in user_data.iter_batches(data):
-        x, _ = user_data.split_batch(batch, input_fn)
-        return tuple(int(d) for d in x.shape[1:])
-    raise HawqError("data gave no batch")
+    return tuple(int(d) for d in user_data.first_inputs(data, 1, input_fn).shape[1:])
 
 
 def prepare_model(model: nn.Module | str | LoadedModel | None, *, weights: PathLike | None = None,
@@ -143,6 +140,20 @@ def _loss_name(loss_fn: LossFn | None, labels_given: bool) -> str:
     return "cross_entropy" if labels_given else user_data.LOSS_WITHOUT_LABELS
 
 
+def check_analyze_options(opts: AnalyzeOptions) -> dict[str, Any]:
+    """One-line errors for bad analysis options, before any work; the settings ``analyze`` takes."""
+    settings = dict(eig_tol=opts.eig_tol, max_iter=opts.max_iter, trace_tol=opts.trace_tol,
+                    max_probes=opts.max_probes, sketch=opts.sketch)
+    check_settings(batches=opts.batches, batch_size=opts.batch_size, **settings)
+    return settings
+
+
+def check_finetune_options(opts: FinetuneOptions) -> None:
+    """One-line errors for bad fine-tuning options, before any work."""
+    _check_finetune(**{k: getattr(opts, k) for k in FinetuneOptions.__dataclass_fields__
+                       if k not in ("seed", "device", "distill")})
+
+
 # --- the stages -------------------------------------------------------------------------------
 
 def analyze(model: nn.Module | str, data: Any = None, *, options: AnalyzeOptions | None = None,
@@ -157,12 +168,7 @@ def analyze(model: nn.Module | str, data: Any = None, *, options: AnalyzeOptions
     must average over the batch and be twice differentiable).
     """
     opts = with_overrides(options, AnalyzeOptions, overrides, "analyze")
-    if opts.batches < 1 or opts.batch_size < 1:
-        raise OptionError(f"{{batches}} and {{batch_size}} must be positive (got {opts.batches} and {opts.batch_size})",
-                          "batches", "batch_size")
-    settings = dict(eig_tol=opts.eig_tol, max_iter=opts.max_iter, trace_tol=opts.trace_tol,
-                    max_probes=opts.max_probes, sketch=opts.sketch)
-    check_settings(**settings)  # before the model and data load
+    settings = check_analyze_options(opts)  # before the model and data load
     data = reiterable(data)
     loaded = prepare_model(model, weights=weights, input_shape=input_shape, data=data, input_fn=input_fn)
     if data is None or isinstance(data, (str, Dataset)):
@@ -200,8 +206,7 @@ def finetune(model: nn.Module | str, plan: Plan | PathLike, data: Any = None, *,
     the accuracies are agreement with it; ``loss_fn(output, labels)`` replaces cross-entropy as
     the task term beside distillation."""
     opts = with_overrides(options, FinetuneOptions, overrides, "finetune")
-    check_finetune_options(**{k: getattr(opts, k) for k in FinetuneOptions.__dataclass_fields__
-                              if k not in ("seed", "device", "distill")})
+    check_finetune_options(opts)
     data = reiterable(data)
     loaded = prepare_model(model, weights=weights, input_shape=input_shape, data=data, input_fn=input_fn)
     fingerprint = model_fingerprint(fold_copy(loaded.module, loaded.input_shape))

@@ -23,10 +23,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from hawq_onnx import api
+import hawq_onnx.api as api
 from hawq_onnx.errors import GateFailure, HawqError, OptionError
-from hawq_onnx.io.folder_lock import locked_folder
 from hawq_onnx.io.atomic import read_json, sha256_file, write_json
+from hawq_onnx.io.folder_lock import locked_folder
 from hawq_onnx.options import QuantizeOptions
 from hawq_onnx.results import QuantizeResult
 
@@ -104,26 +104,15 @@ def _model_id(loaded, weights: str | Path | None, data: Any, dataset) -> dict[st
 
 def check_options(budget: str, opts: QuantizeOptions) -> None:
     """Every stage's options, checked as that stage would, before the first stage starts."""
-    from hawq_onnx.allocation.units import check_budget_text, parse_bits, parse_bops
-    from hawq_onnx.options import ACTIVATION_BITS, WEIGHT_BITS
-    from hawq_onnx.qat.finetune import check_options as check_finetune
-    from hawq_onnx.sensitivity.hessian import check_settings
+    from hawq_onnx.allocation.units import check_bits, check_budget_text, parse_bops
     from hawq_onnx.validation.validate import check_options as check_validate
 
     check_budget_text(str(budget))  # the syntax; the size against the model comes at allocation
     if opts.allocate.bops is not None:
         parse_bops(str(opts.allocate.bops), 1 << 62)
-    parse_bits(",".join(map(str, opts.allocate.w_bits)), WEIGHT_BITS, "w_bits")
-    parse_bits(",".join(map(str, opts.allocate.a_bits)), ACTIVATION_BITS, "a_bits")
-    a = opts.analyze
-    if a.batches < 1 or a.batch_size < 1:
-        raise OptionError(f"{{batches}} and {{batch_size}} must be positive (got {a.batches} and {a.batch_size})",
-                          "batches", "batch_size")
-    check_settings(eig_tol=a.eig_tol, max_iter=a.max_iter, trace_tol=a.trace_tol, max_probes=a.max_probes,
-                   sketch=a.sketch)
-    check_finetune(**{k: getattr(opts.finetune, k) for k in ("order", "epochs", "steps", "optimizer", "lr",
-                                                              "step_lr", "batch_size", "data_fraction",
-                                                              "distill_weight", "temperature")})
+    check_bits(opts.allocate.w_bits, opts.allocate.a_bits, "candidates")
+    api.check_analyze_options(opts.analyze)
+    api.check_finetune_options(opts.finetune)
     v = opts.validate
     check_validate(baseline=v.baseline, limit=v.limit, max_drop=v.max_drop, runs=v.runs, threads=v.threads,
                    batch_sizes=v.batch_sizes)

@@ -23,7 +23,7 @@ from hawq_onnx.io.quantized_checkpoint import QuantizedCheckpoint
 from hawq_onnx.io.sensitivity_report import Sensitivity
 from hawq_onnx.onnx_export.float_onnx import save_onnx
 from hawq_onnx.qat.checkpoint import restore_quantized
-from hawq_onnx.qat.fake_quant import quantize_model, strip_fake_quant
+from hawq_onnx.qat.fake_quant import float_state_dict, quantize_model, strip_fake_quant
 from hawq_onnx.qat.finetune import FinetuneResult
 from hawq_onnx.sources.model import LoadedModel, from_module, load_model, model_fingerprint
 from hawq_onnx.validation.validate import ValidationReport
@@ -60,8 +60,7 @@ class QuantizedModel:
     def save(self, path: str | Path) -> Path:
         """Write quantized.pt atomically (what ``hawq-onnx finetune`` writes): the folded
         fine-tuned float weights and the calibrated plan."""
-        state = {k: v.detach().cpu() for k, v in self.float_module().state_dict().items()}
-        return QuantizedCheckpoint(self.reference, self.fingerprint, state, self.plan).save(path)
+        return QuantizedCheckpoint(self.reference, self.fingerprint, float_state_dict(self.module), self.plan).save(path)
 
     @classmethod
     def from_result(cls, result: FinetuneResult, input_shape: tuple[int, ...], calibration_x: np.ndarray | None,

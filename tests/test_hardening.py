@@ -99,6 +99,13 @@ def test_bad_arguments_fail_before_any_work(tmp_path):
     r = run_cli("quantize", "--lr", "-1", "--out", str(out))
     assert "--lr and --batch-size must be positive" in one_line_error(r)
     assert not out.exists()
+    import hawq_onnx as hq
+
+    for bad, says in ((hq.AllocateOptions(w_bits=(5,)), "weight bits 5 is not one of"),
+                      (hq.AllocateOptions(a_bits=()), "at least one weight bit width and one activation")):
+        with pytest.raises(HawqError, match=says):
+            hq.quantize(out=out, options=hq.QuantizeOptions(allocate=bad))
+        assert not out.exists()
 
 
 def test_a_second_run_into_a_locked_folder_fails_at_once(tmp_path):

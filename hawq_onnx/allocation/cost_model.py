@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from hawq_onnx.allocation.pareto import Item
-from hawq_onnx.allocation.units import Bits, _check_bits, format_bits
+from hawq_onnx.allocation.units import Bits, check_bits, format_bits
 from hawq_onnx.core.grid import FLOAT_BITS, WEIGHT_RANGES
 from hawq_onnx.errors import HawqError, OptionError
 from hawq_onnx.io.sensitivity_report import LayerSensitivity, Sensitivity, perturbation_key
@@ -142,9 +142,7 @@ def build_problem(report: Sensitivity, *, w_bits: Sequence[int] = DEFAULT_W_BITS
     if weight_range not in WEIGHT_RANGES:
         raise HawqError(f"weight range {weight_range!r} is not one of {', '.join(WEIGHT_RANGES)}")
     w_bits, a_bits = tuple(sorted(set(w_bits))), tuple(sorted(set(a_bits)))
-    if not w_bits or not a_bits:
-        raise HawqError("give at least one weight bit width and one activation bit width")
-    _check_bits(w_bits, a_bits, "candidates")
+    check_bits(w_bits, a_bits, "candidates")
     layers = report.layers
     names = [layer.name for layer in layers]
     index = {n: i for i, n in enumerate(names)}
@@ -154,7 +152,7 @@ def build_problem(report: Sensitivity, *, w_bits: Sequence[int] = DEFAULT_W_BITS
         for n in _match(pattern, names, "keep_float"):
             fixed[n] = (None, None)
     for pattern, bits in (pinned or {}).items():
-        _check_bits((bits[0],), (bits[1],), f"pin {pattern}")
+        check_bits((bits[0],), (bits[1],), f"pin {pattern}")
         for n in _match(pattern, names, "pins"):
             if n in fixed and fixed[n] != tuple(bits):
                 raise OptionError(f"layer {n} is both {format_bits(fixed[n])} and {format_bits(tuple(bits))} "

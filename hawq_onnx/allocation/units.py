@@ -102,7 +102,7 @@ def parse_pin(text: str) -> tuple[str, tuple[int, int]]:
     if m is None:
         raise HawqError(f"--pin {text!r} is not LAYER=W/A (e.g. conv1=8/8)")
     bits = (int(m["w"]), int(m["a"]))
-    _check_bits((bits[0],), (bits[1],), f"--pin {text}")
+    check_bits((bits[0],), (bits[1],), f"--pin {text}")
     return m["layer"], bits
 
 
@@ -135,7 +135,9 @@ def format_bops(n: float, *, up: bool = False) -> str:
     raise AssertionError("unreachable")
 
 
-def _check_bits(w_bits: Sequence[int], a_bits: Sequence[int], where: str) -> None:
+def check_bits(w_bits: Sequence[int], a_bits: Sequence[int], where: str) -> None:
+    if not w_bits or not a_bits:
+        raise HawqError("give at least one weight bit width and one activation bit width")
     for w in w_bits:
         if w not in WEIGHT_BITS:
             raise HawqError(f"{where}: weight bits {w} is not one of {', '.join(map(str, WEIGHT_BITS))}")

@@ -389,6 +389,12 @@ def export_plan_scales(qmodel: nn.Module, plan: Plan) -> Plan:
     return replace(plan, layers=layers)
 
 
+def float_state_dict(qmodel: nn.Module) -> dict[str, torch.Tensor]:
+    """The folded float weights of a fake-quant model (what quantized.pt stores), on the CPU,
+    keys as in the folded model."""
+    return {k: v.detach().cpu() for k, v in strip_fake_quant(qmodel).state_dict().items()}
+
+
 def strip_fake_quant(qmodel: nn.Module) -> nn.Module:
     """A copy of the folded float model with the (fine-tuned) weights: every QuantLayer unwrapped.
 

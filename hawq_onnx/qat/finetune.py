@@ -49,10 +49,10 @@ from hawq_onnx.qat.fake_quant import (
     DEFAULT_WEIGHT_METHOD,
     calibrate,
     export_plan_scales,
+    float_state_dict,
     quant_layers,
     quantize_model,
     set_scale_learning,
-    strip_fake_quant,
 )
 from hawq_onnx.qat.observers import DEFAULT_OBSERVER, OBSERVERS
 from hawq_onnx.qat.optimizers import LogAdam, StepAdamW
@@ -96,7 +96,7 @@ class FinetuneResult:
 
     def float_state_dict(self) -> dict[str, torch.Tensor]:
         """The folded float weights after fine-tuning, keys as in the folded model."""
-        return {k: v.detach().cpu() for k, v in strip_fake_quant(self.model).state_dict().items()}
+        return float_state_dict(self.model)
 
 
 # --- the pieces ------------------------------------------------------------------------------

@@ -80,8 +80,8 @@ from hawq_onnx.sensitivity.estimators import Eigen, Trace, layer_program
 from hawq_onnx.sensitivity.products import Batch, LossFn, _Products
 
 if TYPE_CHECKING:
-    from hawq_onnx.sources.splits import Dataset
     from hawq_onnx.sources.model import LoadedModel
+    from hawq_onnx.sources.splits import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +195,12 @@ def _check_settings(eig_tol: float, max_iter: int, trace_tol: float, act_tol: fl
         raise HawqError(f"sketch size and activation probes must be 0 or more, got {sketch} and {act_max_probes}")
 
 
-def check_settings(**settings: Any) -> None:
-    """``analyze``'s tolerances and limits (any of DEFAULTS' names; the rest at their defaults)."""
+def check_settings(batches: int = 1, batch_size: int = 1, **settings: Any) -> None:
+    """The analysis set's size and ``analyze``'s tolerances and limits (any of DEFAULTS' names;
+    the rest at their defaults)."""
+    if batches < 1 or batch_size < 1:
+        raise OptionError(f"{{batches}} and {{batch_size}} must be positive (got {batches} and {batch_size})", "batches",
+                          "batch_size")
     _check_settings(**{**DEFAULTS, **settings})
 
 
@@ -307,9 +311,7 @@ def analyze_model(loaded: LoadedModel, dataset: Dataset, *, batches: int = 1, ba
                   device: str = "cpu", progress: bool = False, **options: Any) -> Sensitivity:
     """Fold BN (on a copy), analyse on ``batches`` deterministic shuffled training batches, and
     fill the sensitivity report. ``options`` go to :func:`analyze`."""
-    if batches < 1 or batch_size < 1:
-        raise OptionError(f"{{batches}} and {{batch_size}} must be positive (got {batches} and {batch_size})", "batches",
-                          "batch_size")
+    check_settings(batches=batches, batch_size=batch_size)
     _resolve_device(device)  # fail before the work
     from hawq_onnx.sources.user_data import LOSS_WITHOUT_LABELS
 
