@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 
 from hawq_onnx.allocation.solve import allocate as _allocate
+from hawq_onnx.core import model_inputs
 from hawq_onnx.core.bn_fold import fold_copy
 from hawq_onnx.core.layers import run_once
 from hawq_onnx.core.onnx_inspect import Inspection, inspect_onnx
@@ -79,34 +80,52 @@ def reiterable(data: Any) -> Any:
     return data
 
 
-def _user_sample_shape(data: Any, input_fn: Callable | None) -> tuple[int, ...] | None:
+def _user_sample_shape(data: Any, input_fn: Callable | None) -> model_inputs.InputShape | None:
     if data is None:
         return None
     if isinstance(data, str):
         return sample_shape(data)
-    return tuple(int(d) for d in user_data.first_inputs(data, 1, input_fn).shape[1:])
+    return model_inputs.shape_of(user_data.first_inputs(data, 1, input_fn))
 
 
 def prepare_model(model: nn.Module | str | LoadedModel | None, *, weights: PathLike | None = None,
-                  input_shape: tuple[int, ...] | None = None, data: Any = None,
+                  input_shape: model_inputs.InputShape | None = None, data: Any = None,
                   input_fn: Callable | None = None) -> LoadedModel:
     """``model`` as the stages take it: a private copy in eval mode, its input shape known."""
     if isinstance(model, LoadedModel):
         return model
-    shape = tuple(int(d) for d in input_shape) if input_shape is not None else None
+    shape = input_shape if input_shape is None or isinstance(input_shape, model_inputs.Signature) \
+        else tuple(int(d) for d in input_shape)
+    held = data is not None and not isinstance(data, (str, Dataset))
+    data_shape = _user_sample_shape(data, input_fn) if held else None
     if model is None or isinstance(model, str):
-        return load_model(model, None if weights is None else str(weights), shape,
-                          data_shape=_user_sample_shape(data, input_fn))
-    if weights is not None:
+        loaded = load_model(model, None if weights is None else str(weights), shape,
+                            data_shape=data_shape or _user_sample_shape(data, input_fn))
+    elif weights is not None:
         raise OptionError("{weights}: load weights into your nn.Module yourself ({weights} is for a model named by "
                           "string)", "weights")
-    declared = getattr(model, "input_shape", None)
-    data_shape = None if shape or declared else _user_sample_shape(data, input_fn)
-    return from_module(model, shape, data_shape=data_shape)
+    else:
+        declared = getattr(model, "input_shape", None)
+        loaded = from_module(model, shape, data_shape=None if shape or declared else data_shape)
+    if data_shape is not None:
+        _check_fits(loaded, data_shape)
+    return loaded
 
 
-def _labeler(loaded: LoadedModel) -> Callable[[np.ndarray], np.ndarray]:
-    def label(x: np.ndarray) -> np.ndarray:
+def _check_fits(loaded: LoadedModel, data_shape: model_inputs.InputShape) -> None:
+    """Data in another form than the model takes (named inputs it has no parameter for, integer
+    inputs where it takes one float tensor) is a one-line error before any stage runs it. One
+    float tensor of another size is left to the model: convolutional models take several."""
+    if model_inputs.is_single(data_shape) and model_inputs.is_single(loaded.input_shape):
+        return
+    if data_shape != loaded.input_shape:
+        raise HawqError(f"the data gives inputs {model_inputs.describe(data_shape)}, but the model takes "
+                        f"{model_inputs.describe(loaded.input_shape)} (pass input_fn to say what the model takes, "
+                        "or input_shape)")
+
+
+def _labeler(loaded: LoadedModel) -> Callable[[model_inputs.Arrays], np.ndarray]:
+    def label(x: model_inputs.Arrays) -> np.ndarray:
         with torch.no_grad():
             return predict_scores(loaded.module, x).argmax(axis=1).astype(np.int64)
     return label
@@ -157,7 +176,7 @@ def check_finetune_options(opts: FinetuneOptions) -> None:
 # --- the stages -------------------------------------------------------------------------------
 
 def analyze(model: nn.Module | str, data: Any = None, *, options: AnalyzeOptions | None = None,
-            weights: PathLike | None = None, input_shape: tuple[int, ...] | None = None,
+            weights: PathLike | None = None, input_shape: model_inputs.InputShape | None = None,
             input_fn: Callable | None = None, loss_fn: LossFn | None = None, progress: bool = False,
             **overrides: Any) -> Sensitivity:
     """Per-layer Hessian sensitivity (top eigenvalue, Hutch++ trace) of the BN-folded ``model``.
@@ -198,7 +217,7 @@ def allocate(sensitivity: Sensitivity | PathLike, budget: str | int = "8x", *,
 
 def finetune(model: nn.Module | str, plan: Plan | PathLike, data: Any = None, *, eval_data: Any = None,
              options: FinetuneOptions | None = None, sensitivity: Sensitivity | PathLike | None = None,
-             weights: PathLike | None = None, input_shape: tuple[int, ...] | None = None,
+             weights: PathLike | None = None, input_shape: model_inputs.InputShape | None = None,
              input_fn: Callable | None = None, loss_fn: LossFn | None = None, progress: bool = False,
              **overrides: Any) -> QuantizedModel:
     """Quantize ``model`` as ``plan`` says and fine-tune it (HAWQ order by default), or calibrate
@@ -224,7 +243,7 @@ def finetune(model: nn.Module | str, plan: Plan | PathLike, data: Any = None, *,
 
 def export(model: QuantizedModel | nn.Module | str, *, data: Any = None, options: ExportOptions | None = None,
            path: PathLike | None = None, weights: PathLike | None = None,
-           input_shape: tuple[int, ...] | None = None, input_fn: Callable | None = None,
+           input_shape: model_inputs.InputShape | None = None, input_fn: Callable | None = None,
            progress: bool = False, **overrides: Any) -> ExportedModel:
     """ONNX: the mixed-precision QDQ model of a ``QuantizedModel``, or the float model (BatchNorm
     folded, parameter names kept, dynamic batch) of an ``nn.Module`` or model name.
@@ -257,15 +276,16 @@ def export(model: QuantizedModel | nn.Module | str, *, data: Any = None, options
     return exported
 
 
-def _calibration_x(model: QuantizedModel, data: Any, input_fn: Callable | None) -> np.ndarray:
+def _calibration_x(model: QuantizedModel, data: Any, input_fn: Callable | None) -> model_inputs.Arrays:
     if isinstance(data, Dataset):
         return data.calib.x
     if isinstance(data, str):
         raise HawqError("export: data as a spec string needs the model's normalisation; pass arrays or a "
                         "DataLoader of inputs as the model takes them")
     x = user_data.first_inputs(reiterable(data), user_data.CALIBRATION_SIZE, input_fn)
-    if tuple(x.shape[1:]) != tuple(model.input_shape):
-        raise HawqError(f"export: data samples have shape {tuple(x.shape[1:])}, the model takes {model.input_shape}")
+    if model_inputs.shape_of(x) != model.input_shape:
+        raise HawqError(f"export: data samples have shape {model_inputs.describe(model_inputs.shape_of(x))}, the "
+                        f"model takes {model_inputs.describe(model.input_shape)}")
     return x
 
 
@@ -285,12 +305,12 @@ def _onnx_files(*models: OnnxLike | None) -> Iterator[list[Path | None]]:
         yield paths
 
 
-def _onnx_scores(path: Path, threads: int) -> Callable[[np.ndarray], np.ndarray]:
+def _onnx_scores(path: Path, threads: int) -> Callable[[model_inputs.Arrays], np.ndarray]:
     from hawq_onnx.validation.ort_eval import model_io, open_session, predict
 
     session = open_session(path, threads)
     io = model_io(session, path)
-    return lambda x: predict(session, io, np.ascontiguousarray(x, np.float32))
+    return lambda x: predict(session, io, x)
 
 
 def _eval_dataset(data: Any, float_path: Path, threads: int, input_fn: Callable | None) -> Dataset:
@@ -305,10 +325,10 @@ def _eval_dataset(data: Any, float_path: Path, threads: int, input_fn: Callable 
     return Dataset(name, calib, calib, test, classes, labels_given=given, samples=len(test))
 
 
-def _as_scores(fn: Callable) -> Callable[[np.ndarray], np.ndarray]:
+def _as_scores(fn: Callable) -> Callable[[model_inputs.Arrays], np.ndarray]:
     """A user's reference function with its output as a numpy array, whatever it returns."""
-    def scores(x: np.ndarray) -> np.ndarray:
-        out = fn(x)
+    def scores(x: model_inputs.Arrays) -> np.ndarray:
+        out = model_inputs.scores(fn(x))
         return out.detach().cpu().numpy() if isinstance(out, torch.Tensor) else np.asarray(out)
     return scores
 
@@ -333,7 +353,7 @@ def _reference(reference: QuantizedModel | Callable | None, quant: OnnxLike) -> 
 def validate(float_model: OnnxLike, quantized_model: OnnxLike, data: Any, *,
              reference: QuantizedModel | Callable[[np.ndarray], np.ndarray] | None = None,
              sensitivity: Sensitivity | PathLike | None = None, options: ValidateOptions | None = None,
-             input_shape: tuple[int, ...] | None = None, input_fn: Callable | None = None,
+             input_shape: model_inputs.InputShape | None = None, input_fn: Callable | None = None,
              model: str | None = None, baseline_out: PathLike | None = None, progress: bool = False,
              **overrides: Any) -> ValidationReport:
     """ONNX Runtime top-1, agreement, latency, size and kernels of the quantized model against the

@@ -10,10 +10,13 @@ the field.
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Mapping, TypeVar
 
-from hawq_onnx.errors import HawqError
+from hawq_onnx.errors import HawqError, OptionError
 
 # Choice lists (the CLI's click.Choice reads these).
 DEVICES = ("cpu", "cuda")
@@ -130,4 +133,41 @@ def with_overrides(options: O | None, cls: type[O], overrides: Mapping[str, Any]
     if unknown:
         raise HawqError(f"{function}: unknown option(s) {', '.join(unknown)}; {cls.__name__} has "
                         f"{', '.join(sorted(names))}")
-    return dataclasses.replace(base, **overrides) if overrides else base
+    hints = typing.get_type_hints(cls)
+    checked = {name: _checked(function, name, value, hints[name]) for name, value in overrides.items()}
+    return dataclasses.replace(base, **checked) if checked else base
+
+
+def _checked(function: str, name: str, value: Any, hint: Any) -> Any:
+    """``value`` as field ``name`` of type ``hint`` holds it, or an OptionError naming the field.
+
+    A list becomes a tuple and a single value a one-element tuple (``w_bits=4``); any integer
+    (numpy's too) is a float where a float is asked for; a bool is never a number."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        items = list(value) if isinstance(value, (list, tuple)) else [value]
+        return tuple(_checked(function, name, v, args[0]) for v in items)
+    if origin is not None and issubclass(origin, Mapping):
+        if not isinstance(value, Mapping):
+            raise _wrong(function, name, value, "a mapping of layer names to (w_bits, a_bits)")
+        return {str(k): tuple(_checked(function, name, v, int) for v in (bits if isinstance(bits, (list, tuple))
+                                                                          else [bits]))
+                for k, bits in value.items()}
+    if hint in (int, float):
+        kind = numbers.Integral if hint is int else numbers.Real
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise _wrong(function, name, value, "an int" if hint is int else "a number")
+        return hint(value)  # numpy scalars too
+    if hint in (str, bool) and not isinstance(value, hint):
+        raise _wrong(function, name, value, "a string" if hint is str else "True or False")
+    return value
+
+
+def _wrong(function: str, name: str, value: Any, want: str) -> OptionError:
+    return OptionError(f"{function}: {{{name}}} must be {want}, got {type(value).__name__} {value!r:.60}", name)

@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 import hawq_onnx.api as api
+from hawq_onnx.core import model_inputs
 from hawq_onnx.errors import GateFailure, HawqError, OptionError
 from hawq_onnx.io.atomic import read_json, sha256_file, write_json
 from hawq_onnx.io.folder_lock import locked_folder
@@ -85,7 +86,7 @@ def _arrays_id(arrays) -> str:
 
 def _split_id(split) -> str:
     """A content hash of a split read batch by batch (a streamed one is read once more for it)."""
-    return _arrays_id(t.numpy() for batch in split.batches(1024) for t in batch)
+    return _arrays_id(t.numpy() for x, y in split.batches(1024) for t in model_inputs.leaves(x) + [y])
 
 
 def _model_id(loaded, weights: str | Path | None, data: Any, dataset) -> dict[str, Any]:
@@ -99,7 +100,8 @@ def _model_id(loaded, weights: str | Path | None, data: Any, dataset) -> dict[st
         data_id = dataset.name
     else:
         data_id = hashlib.sha256((_split_id(dataset.train) + _split_id(dataset.test)).encode()).hexdigest()
-    return {"model": loaded.reference, "weights": weights_id, "input_shape": list(loaded.input_shape), "data": data_id}
+    return {"model": loaded.reference, "weights": weights_id, "input_shape": model_inputs.shape_json(loaded.input_shape),
+            "data": data_id}
 
 
 def check_options(budget: str, opts: QuantizeOptions) -> None:

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
-import torch
 import torch.nn as nn
 
+from hawq_onnx.core import model_inputs
+from hawq_onnx.core.model_inputs import InputShape
 from hawq_onnx.core.onnx_inspect import load_onnx
 from hawq_onnx.errors import HawqError
 from hawq_onnx.io.plan import Plan, RegionGrid, load_plan, save_plan
@@ -29,6 +29,12 @@ from hawq_onnx.sources.model import LoadedModel, from_module, load_model, model_
 from hawq_onnx.validation.validate import ValidationReport
 
 
+def _shape(input_shape: InputShape | None) -> InputShape | None:
+    if input_shape is None or isinstance(input_shape, model_inputs.Signature):
+        return input_shape
+    return tuple(int(d) for d in input_shape)
+
+
 @dataclass
 class QuantizedModel:
     """A fine-tuned (or calibrated) fake-quant model: call it like the float model.
@@ -40,18 +46,18 @@ class QuantizedModel:
 
     module: nn.Module
     plan: Plan
-    input_shape: tuple[int, ...]
+    input_shape: InputShape
     reference: str                    # the model it was made from (zoo name, FILE.py:factory, python:Class)
     fingerprint: str                  # of the BN-folded model
     float_accuracy: float | None = None   # top-1 of the folded float model on the evaluation split
     quant_accuracy: float | None = None   # top-1 of this model there
     seconds: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
-    calibration_x: np.ndarray | None = field(default=None, repr=False)  # for the export's grids
+    calibration_x: model_inputs.Arrays | None = field(default=None, repr=False)  # for the export's grids
     eval_samples: int | None = None       # samples behind the two accuracies
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(x)
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.module(*args, **kwargs)
 
     def float_module(self) -> nn.Module:
         """The BN-folded float model with the fine-tuned weights (every fake quantizer removed)."""
@@ -63,14 +69,14 @@ class QuantizedModel:
         return QuantizedCheckpoint(self.reference, self.fingerprint, float_state_dict(self.module), self.plan).save(path)
 
     @classmethod
-    def from_result(cls, result: FinetuneResult, input_shape: tuple[int, ...], calibration_x: np.ndarray | None,
-                    eval_samples: int | None = None) -> "QuantizedModel":
-        return cls(result.model, result.plan, tuple(input_shape), result.reference, result.fingerprint,
+    def from_result(cls, result: FinetuneResult, input_shape: InputShape,
+                    calibration_x: model_inputs.Arrays | None, eval_samples: int | None = None) -> "QuantizedModel":
+        return cls(result.model, result.plan, input_shape, result.reference, result.fingerprint,
                    result.float_accuracy, result.quant_accuracy, result.seconds, result.history, calibration_x,
                    eval_samples)
 
     @classmethod
-    def load(cls, path: str | Path, model: nn.Module | str, *, input_shape: tuple[int, ...] | None = None,
+    def load(cls, path: str | Path, model: nn.Module | str, *, input_shape: InputShape | None = None,
              weights: str | Path | None = None) -> "QuantizedModel":
         """quantized.pt put back onto ``model``, the float model it was made from (an ``nn.Module``,
         or a zoo name or FILE.py:factory with ``weights``): quantized.pt holds the fine-tuned
@@ -78,10 +84,10 @@ class QuantizedModel:
         if isinstance(model, nn.Module):
             if weights is not None:
                 raise HawqError("weights: give weights with a model name, not with an nn.Module")
-            loaded = from_module(model, None if input_shape is None else tuple(input_shape))
+            loaded = from_module(model, _shape(input_shape))
         else:
             loaded = load_model(model, None if weights is None else str(weights),
-                                None if input_shape is None else tuple(input_shape))
+                                _shape(input_shape))
         return cls.restore(loaded, path)
 
     @classmethod

@@ -18,7 +18,7 @@ class ModelSpec:
 
     name: str
     factory: Callable[[], nn.Module]
-    input_shape: tuple[int, ...]
+    input_shape: tuple  # one sample's shape, or a core.model_inputs.Signature for several or integer inputs
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     class_names: tuple[str, ...] | None = None

@@ -104,7 +104,7 @@ def test_package_and_inspect_take_objects(staged, tmp_path):
     assert isinstance(hq.inspect(tmp_path / "bundle"), hq.Bundle)
 
 
-def test_dict_batches_need_input_fn(user):
+def test_dict_batches_are_keyword_inputs(user):
     model, _, _, data = user
 
     class Pixels(torch.utils.data.Dataset):
@@ -115,8 +115,8 @@ def test_dict_batches_need_input_fn(user):
             return {"pixels": torch.from_numpy(data.train.x[i]), "labels": int(data.train.y[i])}
 
     loader = DataLoader(Pixels(), batch_size=64)
-    with pytest.raises(hq.HawqError, match="input_fn"):
-        hq.analyze(model, loader, **FAST_ANALYSIS)
+    with pytest.raises(hq.HawqError, match="keyword argument 'pixels'.*pass input_fn"):
+        hq.analyze(model, loader, **FAST_ANALYSIS)  # the CNN's forward has no parameter "pixels"
     sens = hq.analyze(model, loader, input_fn=lambda b: b["pixels"], **FAST_ANALYSIS)
     assert sens.settings["loss"] == "cross_entropy"  # the dict's "labels" were used
     plain = hq.analyze(model, [(b["pixels"], b["labels"]) for b in loader], **FAST_ANALYSIS)
@@ -148,6 +148,23 @@ def test_bad_arguments_name_the_parameter(user):
         hq.analyze(model, [(torch.zeros(4, 1, 8, 8), torch.zeros(4, 2))])
     with pytest.raises(hq.HawqError, match="options must be a AnalyzeOptions"):
         hq.analyze(model, train, options=hq.FinetuneOptions())
+    with pytest.raises(hq.HawqError, match=r"analyze: batches must be an int, got str '2'"):
+        hq.analyze(model, train, batches="2")
+    with pytest.raises(hq.HawqError, match="steps must be an int, got bool"):
+        hq.finetune(model, "plan.json", train, steps=True)  # checked before the plan is read
+
+
+def test_keyword_options_take_the_forms_users_write():
+    from hawq_onnx.options import AllocateOptions, FinetuneOptions, with_overrides
+
+    opts = with_overrides(None, AllocateOptions, {"w_bits": 4, "a_bits": [4, 8], "pins": {"conv1": [8, 8]}}, "allocate")
+    assert opts.w_bits == (4,) and opts.a_bits == (4, 8) and opts.pins == {"conv1": (8, 8)}
+    tuned = with_overrides(None, FinetuneOptions, {"lr": 1, "epochs": np.int64(2), "steps": None}, "finetune")
+    assert tuned.lr == 1.0 and isinstance(tuned.epochs, float) and tuned.steps is None
+    with pytest.raises(hq.HawqError, match="pins must be a mapping"):
+        with_overrides(None, AllocateOptions, {"pins": "conv1=8"}, "allocate")
+    with pytest.raises(hq.HawqError, match="distill must be True or False"):
+        with_overrides(None, FinetuneOptions, {"distill": 1}, "finetune")
 
 
 def test_quantize_in_memory_on_a_module(user):

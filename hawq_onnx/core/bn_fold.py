@@ -18,7 +18,9 @@ import logging
 import torch
 import torch.nn as nn
 
+from hawq_onnx.core import model_inputs
 from hawq_onnx.core.layers import QUANTIZABLE
+from hawq_onnx.core.model_inputs import InputShape
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ def _pairs_fx(model: nn.Module) -> list[tuple[str, str]]:
     return pairs
 
 
-def _pairs_traced(model: nn.Module, example: torch.Tensor) -> list[tuple[str, str]]:
+def _pairs_traced(model: nn.Module, example: model_inputs.Batch) -> list[tuple[str, str]]:
     produced: dict[int, str] = {}
     pairs: list[tuple[str, str]] = []
     handles = []
@@ -54,7 +56,7 @@ def _pairs_traced(model: nn.Module, example: torch.Tensor) -> list[tuple[str, st
                 lambda mod, i, name=name: pairs.append((produced[id(i[0])], name)) if id(i[0]) in produced else None))
     try:
         with torch.no_grad():
-            model(example)
+            model_inputs.call(model, example)
     finally:
         for h in handles:
             h.remove()
@@ -83,7 +85,7 @@ def _replace(model: nn.Module, path: str, new: nn.Module) -> None:
     setattr(parent, attr, new)
 
 
-def fold_batchnorm(model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple[str, str]]:
+def fold_batchnorm(model: nn.Module, input_shape: InputShape) -> list[tuple[str, str]]:
     """Fold every conv/linear -> BN pair in place (eval mode); returns the folded pairs.
 
     The model's own code is untouched: each folded BN module is swapped for nn.Identity.
@@ -92,8 +94,7 @@ def fold_batchnorm(model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple
     param = next(model.parameters(), None)
     if param is None:  # no parameters, no BatchNorm to fold
         return []
-    example = torch.randn((2,) + tuple(input_shape), dtype=param.dtype, device=param.device,
-                          generator=torch.Generator(device=param.device).manual_seed(0))
+    example = model_inputs.example(input_shape, 2, seed=0, dtype=param.dtype, device=param.device)
     try:
         pairs = _pairs_fx(model)
     except Exception as exc:  # dynamic control flow: fx cannot trace every model
@@ -102,13 +103,13 @@ def fold_batchnorm(model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple
     if not pairs:
         return []
     with torch.no_grad():
-        before = model(example)
+        before = model_inputs.scores(model_inputs.call(model, example))
     modules = dict(model.named_modules())
     for layer_name, bn_name in pairs:
         fold_pair(modules[layer_name], modules[bn_name])
         _replace(model, bn_name, nn.Identity())
     with torch.no_grad():
-        after = model(example)
+        after = model_inputs.scores(model_inputs.call(model, example))
     err = (after - before).abs().max().item()
     tol = 1e-3 * max(1.0, before.abs().max().item())
     if not err <= tol:
@@ -116,7 +117,7 @@ def fold_batchnorm(model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple
     return pairs
 
 
-def fold_copy(module: nn.Module, input_shape: tuple[int, ...]) -> nn.Module:
+def fold_copy(module: nn.Module, input_shape: InputShape) -> nn.Module:
     """A BatchNorm-folded deepcopy in eval mode; ``module`` is untouched."""
     folded = copy.deepcopy(module)
     fold_batchnorm(folded, input_shape)

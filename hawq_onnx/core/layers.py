@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from hawq_onnx.core import model_inputs
+from hawq_onnx.core.model_inputs import InputShape
 from hawq_onnx.errors import HawqError
 
 QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
@@ -30,23 +32,28 @@ def quantizable_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, QUANTIZABLE) and n]
 
 
-def run_once(model: nn.Module, input_shape: tuple[int, ...]) -> torch.Tensor:
-    """One forward pass on zeros of shape (1, *input_shape), or a HawqError saying it fails."""
+def run_once(model: nn.Module, input_shape: InputShape) -> torch.Tensor:
+    """One forward pass on one sample of zeros (ones for integer inputs), its class scores, or a
+    HawqError saying it fails."""
     param = next(model.parameters(), None)
-    x = torch.zeros((1,) + tuple(input_shape), dtype=param.dtype if param is not None else torch.float32,
-                    device=param.device if param is not None else "cpu")
+    x = model_inputs.example(input_shape, 1, seed=None, dtype=param.dtype if param is not None else torch.float32,
+                             device=param.device if param is not None else "cpu")
     try:
         with torch.no_grad():
-            return model(x)
+            return model_inputs.scores(model_inputs.call(model, x))
     except HawqError:
         raise
     except Exception as exc:
-        raise HawqError(f"the model does not run on an input of shape (1, {', '.join(map(str, input_shape))}) "
+        what = f"inputs {model_inputs.describe(input_shape)}" if not model_inputs.is_single(input_shape) \
+            else f"an input of shape (1, {', '.join(map(str, input_shape))})"
+        raise HawqError(f"the model does not run on {what} "
                         f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
-                        "check --input-shape and the model's forward") from None
+                        + ("check the input shape and the model's forward" if model_inputs.is_single(input_shape)
+                           else "a dict batch's entries are keyword inputs: pass input_fn to say what the model "
+                                "takes")) from None
 
 
-def describe_layers(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerInfo]:
+def describe_layers(model: nn.Module, input_shape: InputShape) -> list[LayerInfo]:
     """Every quantizable layer in module order, with MACs from one batch-1 forward pass."""
     modules = quantizable_modules(model)
     if not modules:

@@ -7,15 +7,19 @@ BatchNorm is folded in PyTorch first (:mod:`hawq_onnx.core.bn_fold`), so the ONN
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
 import torch
 import torch.nn as nn
 
+from hawq_onnx.core import model_inputs
+from hawq_onnx.core.model_inputs import InputShape
 from hawq_onnx.errors import HawqError
 from hawq_onnx.io.atomic import write_bytes
 
@@ -42,19 +46,32 @@ def _strip_metadata(model: onnx.ModelProto) -> None:
     model.doc_string = ""
 
 
-def _export_dynamo(model: nn.Module, example: torch.Tensor, opset: int) -> onnx.ModelProto:
+def _call_args(example: model_inputs.Batch) -> tuple[tuple, dict]:
+    if isinstance(example, dict):
+        return (), dict(example)
+    return (example if isinstance(example, tuple) else (example,)), {}
+
+
+def _export_dynamo(model: nn.Module, example: model_inputs.Batch, names: list[str], opset: int) -> onnx.ModelProto:
     batch = torch.export.Dim("batch", min=1, max=4096)
-    program = torch.onnx.export(model, (example,), dynamo=True, opset_version=opset, external_data=False,
-                                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                dynamic_shapes=({0: batch},), verbose=False, optimize=True)
+    args, kwargs = _call_args(example)
+    per_input = [{0: batch} for _ in names]
+    dynamic = dict(zip(names, per_input)) if kwargs else tuple(per_input)
+    program = torch.onnx.export(model, args, kwargs=kwargs or None, dynamo=True, opset_version=opset,
+                                external_data=False, input_names=names, output_names=[OUTPUT_NAME],
+                                dynamic_shapes=dynamic, verbose=False, optimize=True)
     return program.model_proto
 
 
-def _export_torchscript(model: nn.Module, example: torch.Tensor, opset: int) -> onnx.ModelProto:
+def _export_torchscript(model: nn.Module, example: model_inputs.Batch, names: list[str],
+                        opset: int) -> onnx.ModelProto:
     buf = io.BytesIO()
-    torch.onnx.export(model, (example,), buf, dynamo=False, opset_version=min(opset, 20),
-                      input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                      dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+    args, kwargs = _call_args(example)
+    if kwargs:
+        args = (*args, kwargs)  # the TorchScript exporter takes keyword inputs as a trailing dict
+    torch.onnx.export(model, args, buf, dynamo=False, opset_version=min(opset, 20),
+                      input_names=names, output_names=[OUTPUT_NAME],
+                      dynamic_axes={**{n: {0: "batch"} for n in names}, OUTPUT_NAME: {0: "batch"}},
                       do_constant_folding=True, keep_initializers_as_inputs=False)
     proto = onnx.load_from_string(buf.getvalue())
     if opset > min(opset, 20):
@@ -63,19 +80,44 @@ def _export_torchscript(model: nn.Module, example: torch.Tensor, opset: int) -> 
     return proto
 
 
-def float_onnx(model: nn.Module, input_shape: tuple[int, ...], opset: int = FLOAT_OPSET) -> onnx.ModelProto:
-    """Export a (BN-folded, eval-mode) model to an in-memory ONNX model and check it."""
+@contextlib.contextmanager
+def _scores_only(model: nn.Module) -> Iterator[None]:
+    """The model's forward returns its class scores while the export runs, where it returns a
+    structure (a Hugging Face output): the file's one output is the logits. The forward keeps
+    its signature (the exporter binds inputs by parameter name) and its parameter names."""
+    original = model.forward
+
+    @functools.wraps(original)
+    def forward(*args, **kwargs):
+        return model_inputs.scores(original(*args, **kwargs))
+
+    model.forward = forward
+    try:
+        yield
+    finally:
+        del model.forward
+
+
+def float_onnx(model: nn.Module, input_shape: InputShape, opset: int = FLOAT_OPSET) -> onnx.ModelProto:
+    """Export a (BN-folded, eval-mode) model to an in-memory ONNX model and check it.
+
+    Inputs are named as the model takes them (``input`` for one tensor, the keywords of a dict
+    input); every input's first dimension is the dynamic batch."""
     model = model.eval().cpu()
-    example = torch.randn((2,) + tuple(input_shape), generator=torch.Generator().manual_seed(0))
+    example = model_inputs.example(input_shape, 2, seed=0)
+    names = model_inputs.onnx_names(input_shape)
+    with torch.no_grad():
+        structured = not isinstance(model_inputs.call(model, example), torch.Tensor)
     quiet = io.StringIO()
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet), \
+                (_scores_only(model) if structured else contextlib.nullcontext()):
             warnings.simplefilter("ignore")
             try:
-                proto = _export_dynamo(model, example, opset)
+                proto = _export_dynamo(model, example, names, opset)
             except Exception as exc:
                 log.info("dynamo export failed (%s); using the TorchScript exporter", exc.__class__.__name__)
-                proto = _export_torchscript(model, example, opset)
+                proto = _export_torchscript(model, example, names, opset)
     except Exception as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise HawqError(f"torch could not export the model to ONNX: {exc.__class__.__name__}: {msg}") from None

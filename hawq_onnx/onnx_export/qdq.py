@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from hawq_onnx.core import model_inputs
 from hawq_onnx.errors import HawqError
 from hawq_onnx.io.plan import Plan, RegionGrid
 from hawq_onnx.onnx_export.float_onnx import float_onnx
@@ -146,20 +147,27 @@ def _run(session, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.n
                         f"{str(exc).splitlines()[0][:300]}") from None
 
 
-def observe_ranges(model: ir.Model, tensors: list[str], x: np.ndarray, batch_size: int = CALIBRATION_BATCH,
-                   progress: bool = False) -> dict[str, tuple[float, float]]:
+def _feed(session, x: model_inputs.Arrays) -> dict[str, np.ndarray]:
+    """The session's feed for a batch of inputs: by name for a dict, else by position."""
+    names = [i.name for i in session.get_inputs()]
+    values = [x[n] for n in names] if isinstance(x, dict) else model_inputs.leaves(x)
+    return {n: np.ascontiguousarray(v, np.float32 if np.asarray(v).dtype.kind == "f" else None)
+            for n, v in zip(names, values)}
+
+
+def observe_ranges(model: ir.Model, tensors: list[str], x: model_inputs.Arrays,
+                   batch_size: int = CALIBRATION_BATCH, progress: bool = False) -> dict[str, tuple[float, float]]:
     """Min and max of each tensor over ``x``, run by ONNX Runtime (1 thread, no graph optimization)."""
     if not tensors:
         return {}
-    if len(x) == 0:
+    if model_inputs.count(x) == 0:
         raise HawqError("calibration needs at least one sample; the calibration split is empty")
     session = _session_with_outputs(model, tensors)
-    input_name = session.get_inputs()[0].name
     lo = {t: np.inf for t in tensors}
     hi = {t: -np.inf for t in tensors}
-    starts = range(0, len(x), batch_size)
+    starts = range(0, model_inputs.count(x), batch_size)
     for i in tqdm(starts, desc="calibrate", disable=not progress, file=sys.stderr, leave=False):
-        outs = _run(session, tensors, {input_name: np.ascontiguousarray(x[i:i + batch_size], np.float32)})
+        outs = _run(session, tensors, _feed(session, model_inputs.take(x, slice(i, i + batch_size))))
         for t, arr in zip(tensors, outs):
             lo[t] = min(lo[t], float(arr.min()))
             hi[t] = max(hi[t], float(arr.max()))
@@ -177,7 +185,7 @@ class PreparedModel:
     edges: list[EdgeQuant]
 
 
-def prepare(module: nn.Module, input_shape: tuple[int, ...], plan: Plan,
+def prepare(module: nn.Module, input_shape: model_inputs.InputShape, plan: Plan,
             float_model: onnx.ModelProto | None = None) -> PreparedModel:
     """Float stage, layer binding and weight quantization (steps 1-3 of the module docstring)."""
     _check_plan(plan)
@@ -212,12 +220,14 @@ def plan_only_onnx(prepared: PreparedModel, target: str = pipelines.DEFAULT_TARG
     return _finish(pipelines.activation_stage(target, prepared.edges, None)(_copy(prepared.model)).model)
 
 
-def quantize_onnx(module: nn.Module, input_shape: tuple[int, ...], plan: Plan, calibration_x: np.ndarray,
+def quantize_onnx(module: nn.Module, input_shape: model_inputs.InputShape, plan: Plan,
+                  calibration_x: model_inputs.Arrays,
                   target: str = pipelines.DEFAULT_TARGET, progress: bool = False,
                   float_model: onnx.ModelProto | None = None) -> QuantizedExport:
     """The mixed-precision QDQ model of a BN-folded ``module`` under a calibrated ``plan``.
 
-    ``calibration_x``: normalised inputs (N, *input_shape) for the inter-layer ranges.
+    ``calibration_x``: normalised inputs (N, *input_shape), or several (see core.model_inputs),
+    for the inter-layer ranges.
     ``float_model``: ``export.float_onnx(module, input_shape)`` when the caller already has it.
     """
     if target not in pipelines.TARGETS:
@@ -236,17 +246,18 @@ def quantize_onnx(module: nn.Module, input_shape: tuple[int, ...], plan: Plan, c
     ranges = observe_ranges(partial, sites, calibration_x, progress=progress)
     plan = replace(plan, region_grids=[])  # grids come from this calibration, not from an earlier export
     off_plan = off_plan_grids(model.graph, placements, prepared.edges, ranges)
-    grids = _region_grids(module, plan, model, off_plan, calibration_x[:REGION_PROBE_SAMPLES], warnings)
+    grids = _region_grids(module, plan, model, off_plan,
+                          model_inputs.take(calibration_x, slice(0, REGION_PROBE_SAMPLES)), warnings)
 
     model = pipelines.activation_stage(target, prepared.edges, ranges)(model).model
     proto = _finish(model)
     bits = {b.layer: (plan.layer(b.layer).w_bits, plan.layer(b.layer).a_bits) for b in prepared.bound}
     return QuantizedExport(proto, target, prepared.opset, prepared.bound, bits, prepared.unplanned, len(sites),
-                           len(calibration_x), warnings, replace(plan, region_grids=grids))
+                           model_inputs.count(calibration_x), warnings, replace(plan, region_grids=grids))
 
 
 def _region_grids(module: nn.Module, plan: Plan, weights_only: ir.Model, tensors: dict[str, QParams],
-                  probe_x: np.ndarray, warnings: list[str]) -> list[RegionGrid]:
+                  probe_x: model_inputs.Arrays, warnings: list[str]) -> list[RegionGrid]:
     """The region grids named in PyTorch: ONNX tensors matched by value to the fake-quant model's fx nodes.
 
     Both sides are matched with quantized weights and biases but float activations
@@ -257,7 +268,7 @@ def _region_grids(module: nn.Module, plan: Plan, weights_only: ir.Model, tensors
     from hawq_onnx.onnx_export import region_match
     from hawq_onnx.qat import fake_quant, region_grids
 
-    if not tensors or len(probe_x) == 0:
+    if not tensors or model_inputs.count(probe_x) == 0:
         return []
     qmodel = fake_quant.quantize_model(module, plan)
     for q in fake_quant.quant_layers(qmodel).values():
@@ -271,9 +282,12 @@ def _region_grids(module: nn.Module, plan: Plan, weights_only: ir.Model, tensors
         return []
     names = list(tensors)
     session = _session_with_outputs(weights_only, names)
-    x = np.ascontiguousarray(probe_x, np.float32)
-    onnx_values = dict(zip(names, _run(session, names, {session.get_inputs()[0].name: x})))
-    matched = region_match.match(onnx_values, region_match.node_values(gm, torch.from_numpy(x)))
+    feed = _feed(session, probe_x)
+    onnx_values = dict(zip(names, _run(session, names, feed)))
+    values = [torch.from_numpy(v) for v in feed.values()]  # the same arrays in PyTorch, in the same form
+    probe = dict(zip(feed, values)) if isinstance(probe_x, dict) else \
+        tuple(values) if isinstance(probe_x, tuple) else values[0]
+    matched = region_match.match(onnx_values, region_match.node_values(gm, probe))
     grids: dict[str, RegionGrid] = {}
     unmodelled = [t for t in names if t not in matched]
     for tensor in names:

@@ -35,10 +35,16 @@ class _Recorder(fx.Interpreter):
 
 
 @torch.no_grad()
-def node_values(gm: fx.GraphModule, x: torch.Tensor) -> dict[str, np.ndarray]:
-    """Every floating-point node output of ``gm`` on ``x``, by fx node name, in graph order."""
+def node_values(gm: fx.GraphModule, x: Any) -> dict[str, np.ndarray]:
+    """Every floating-point node output of ``gm`` on inputs ``x`` (a tensor, a tuple, or a dict by
+    parameter name: parameters it does not name take their defaults), by fx node name, in graph order."""
+    if isinstance(x, dict):
+        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        args = [x[p.target] if p.target in x else (p.args[0] if p.args else None) for p in placeholders]
+    else:
+        args = list(x) if isinstance(x, tuple) else [x]
     recorder = _Recorder(gm)
-    recorder.run(x)
+    recorder.run(*args)
     return recorder.values
 
 

@@ -40,6 +40,7 @@ from hawq_onnx.core.grid import (
     weight_qrange,
     weight_scale,
 )
+from hawq_onnx.core import model_inputs
 from hawq_onnx.core.layers import QUANTIZABLE
 from hawq_onnx.errors import HawqError, OptionError
 from hawq_onnx.io.plan import ActivationQuant, Plan
@@ -331,11 +332,12 @@ def calibrate(qmodel: nn.Module, batches, *, observer: str = DEFAULT_OBSERVER,
     hooks = [wrapped[n].register_forward_pre_hook(lambda m, i, n=n: called.add(n)) for n in names]
     try:
         for batch in batches:
+            # (inputs, labels) as a split gives them, or the inputs alone (a tensor or a dict)
             x = batch[0] if isinstance(batch, (tuple, list)) else batch
             if device is not None:
-                x = x.to(device)
-            qmodel(x)
-            seen += len(x)
+                x = model_inputs.to_device(x, device)
+            model_inputs.call(qmodel, x)
+            seen += model_inputs.count(x)
         if seen == 0:
             raise HawqError("calibration needs at least one sample; the calibration split is empty")
         uncalled = [n for n in names if n not in called]

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from hawq_onnx.core import model_inputs
 from hawq_onnx.core.bn_fold import fold_copy
 from hawq_onnx.errors import HawqError, OptionError
 from hawq_onnx.io.plan import Plan
@@ -108,18 +109,22 @@ def evaluate(model: nn.Module, split: Split, *, batch_size: int = EVAL_BATCH, de
     model.eval()
     correct = 0
     for x, y in split.batches(batch_size):
-        correct += int((model(x.to(device)).argmax(1).cpu() == y).sum())
+        scores = model_inputs.scores(model_inputs.call(model, model_inputs.to_device(x, device)))
+        correct += int((scores.argmax(1).cpu() == y).sum())
     model.train(was_training)
     return correct / len(split)
 
 
 @torch.no_grad()
-def predict_scores(model: nn.Module, x: np.ndarray, *, batch_size: int = EVAL_BATCH, device: str = "cpu") -> np.ndarray:
+def predict_scores(model: nn.Module, x: model_inputs.Arrays, *, batch_size: int = EVAL_BATCH,
+                   device: str = "cpu") -> np.ndarray:
     """The model's output scores (N, classes) for inputs ``x``, in eval mode."""
     was_training = model.training
     model.eval()
-    out = [model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size])).to(device)).cpu().numpy()
-           for i in range(0, len(x), batch_size)]
+    out = []
+    for i in range(0, model_inputs.count(x), batch_size):
+        batch = model_inputs.to_device(model_inputs.as_torch(model_inputs.take(x, slice(i, i + batch_size))), device)
+        out.append(model_inputs.scores(model_inputs.call(model, batch)).cpu().numpy())
     model.train(was_training)
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
@@ -216,13 +221,13 @@ def _train_stage(qmodel: nn.Module, steps: int, cfg: _Training, desc: str) -> di
     bar = tqdm(range(steps), desc=desc, disable=not cfg.progress, file=sys.stderr, leave=False)
     for _ in bar:
         x, y = next(cfg.batches)
-        x = augment_batch(x, cfg.augment, cfg.generator).to(cfg.device)
+        x = model_inputs.to_device(augment_batch(x, cfg.augment, cfg.generator), cfg.device)
         y = y.to(cfg.device)
         teacher_logits = None
         if cfg.teacher is not None:
             with torch.no_grad():
-                teacher_logits = cfg.teacher(x)
-        logits = qmodel(x)
+                teacher_logits = model_inputs.scores(model_inputs.call(cfg.teacher, x))
+        logits = model_inputs.scores(model_inputs.call(qmodel, x))
         loss = distillation_loss(logits, teacher_logits, y, cfg.distill_weight, cfg.temperature, cfg.task_loss)
         if not torch.isfinite(loss):
             raise OptionError(f"{desc}: the training loss became {float(loss.detach())}; lower {{lr}}", "lr")

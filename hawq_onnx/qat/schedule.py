@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -99,9 +100,10 @@ def default_augment(dataset: Dataset) -> str:
     return "shift-flip" if dataset.name.startswith("cifar10") else "none"
 
 
-def augment_batch(x: torch.Tensor, mode: str, generator: torch.Generator) -> torch.Tensor:
-    """Per-sample random crops of a zero-padded image (pad = H/8) and horizontal flips (NCHW only)."""
-    if mode == "none" or x.dim() != 4:
+def augment_batch(x: Any, mode: str, generator: torch.Generator) -> Any:
+    """Per-sample random crops of a zero-padded image (pad = H/8) and horizontal flips (one NCHW
+    floating-point input only; other inputs pass unchanged)."""
+    if mode == "none" or not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
         return x
     n, _, h, w = x.shape
     pad = max(1, h // 8)

@@ -73,6 +73,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from hawq_onnx.core import grid as quantization
+from hawq_onnx.core import model_inputs
 from hawq_onnx.core.layers import describe_layers, quantizable_modules
 from hawq_onnx.errors import HawqError, OptionError
 from hawq_onnx.io.sensitivity_report import LayerSensitivity, Sensitivity, perturbation_key
@@ -137,7 +138,7 @@ def _input_perturbation(model: nn.Module, modules: dict[str, nn.Module], batches
         try:
             with torch.no_grad():
                 for x, _ in batches:
-                    model(x.to(device))
+                    model_inputs.call(model, model_inputs.to_device(x, device))
                     first_batch = False
         finally:
             for h in handles:
@@ -249,7 +250,7 @@ def analyze(model: nn.Module, batches: Sequence[Batch], *, layers: Sequence[str]
     for p, _ in flags:  # second derivatives are taken w.r.t. layer outputs: no weight gradients needed
         p.requires_grad_(False)
     try:
-        info = {li.name: li for li in describe_layers(model, tuple(batches[0][0].shape[1:]))}
+        info = {li.name: li for li in describe_layers(model, model_inputs.shape_of(batches[0][0]))}
         inputs = _input_perturbation(model, modules, batches, dev)
         shared = [n for n in names if inputs[n].calls > 1]
         for n in shared:

@@ -17,10 +17,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from hawq_onnx.core import model_inputs
 from hawq_onnx.errors import HawqError
 from hawq_onnx.sensitivity.estimators import INPUT_PROBE, _dot, rademacher
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+Batch = tuple[model_inputs.Batch, torch.Tensor]  # (inputs, labels)
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -43,7 +44,7 @@ class _Call:
 class _BatchGraph:
     """One batch's forward and first-order backward, kept for double backward."""
 
-    def __init__(self, model: nn.Module, modules: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor,
+    def __init__(self, model: nn.Module, modules: dict[str, nn.Module], x: model_inputs.Batch, y: torch.Tensor,
                  loss_fn: LossFn, weight: float, shared: Sequence[str]) -> None:
         self.weight = weight
         captured: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {name: [] for name in modules}
@@ -59,7 +60,7 @@ class _BatchGraph:
         handles = [m.register_forward_hook(hook(name)) for name, m in modules.items()]
         try:
             with torch.enable_grad():
-                loss = loss_fn(model(x), y)
+                loss = loss_fn(model_inputs.scores(model_inputs.call(model, x)), y)
         finally:
             for h in handles:
                 h.remove()
@@ -121,8 +122,8 @@ class _Products:
 
     def _build(self) -> Iterable[_BatchGraph]:
         for (x, y), w in zip(self.batches, self.weights):
-            yield _BatchGraph(self.model, self.modules, x.to(self.device), y.to(self.device), self.loss_fn, w,
-                              self.shared)
+            yield _BatchGraph(self.model, self.modules, model_inputs.to_device(x, self.device), y.to(self.device),
+                              self.loss_fn, w, self.shared)
 
     def graphs(self) -> Iterable[_BatchGraph]:
         return self.cache if self.cache is not None else self._build()

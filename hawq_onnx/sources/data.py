@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hawq_onnx.core import model_inputs
 from hawq_onnx.errors import HawqError
 from hawq_onnx.models.spec import ModelSpec
 from hawq_onnx.sources import imagefolder
@@ -65,17 +66,50 @@ def _load_cifar10(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
 
 
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    inputs, y = _read_npz_arrays(path)
+    if list(inputs) != ["x"]:
+        raise HawqError(f"data file {path} must hold arrays 'x' and 'y' (it has {', '.join(inputs)}, y); named "
+                        "arrays are inputs of a model that takes several (one declaring no input shape)")
+    return inputs["x"], y
+
+
+def _read_npz_arrays(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The labels ``y`` and every other array of an npz file, by name, in the file's order."""
     if not path.is_file():
         raise HawqError(f"data file {path} does not exist")
     try:
         with np.load(path, allow_pickle=False) as z:
-            if "x" not in z or "y" not in z:
-                raise HawqError(f"data file {path} must hold arrays 'x' and 'y' (it has {', '.join(z.files) or 'none'})")
-            return np.asarray(z["x"]), np.asarray(z["y"])
+            if "y" not in z or len(z.files) < 2:
+                raise HawqError(f"data file {path} must hold labels 'y' and inputs ('x', or one array per named "
+                                f"input; it has {', '.join(z.files) or 'none'})")
+            return {k: np.asarray(z[k]) for k in z.files if k != "y"}, np.asarray(z["y"])
     except HawqError:
         raise
     except Exception as exc:
         raise HawqError(f"data file {path} is not a readable .npz ({exc.__class__.__name__})") from None
+
+
+def _prepare_named(inputs: dict[str, np.ndarray], y: np.ndarray, signature: model_inputs.Signature, where: str,
+                   num_classes: int | None) -> Split:
+    """Arrays taken as the model's inputs as they are (no scaling or normalisation: token ids and
+    masks are not images), floats as float32, checked against the model's signature."""
+    for name, a in inputs.items():
+        _checked_samples(a, y, f"{where}, array {name!r}")
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise HawqError(f"{where}: array {name!r} holds NaN or Inf")
+    _, y = _checked_samples(next(iter(inputs.values())), y, where)
+    if y.min() < 0 or (num_classes is not None and y.max() >= num_classes):
+        raise HawqError(f"{where}: labels out of range [0, {num_classes}) (min {y.min()}, max {y.max()})")
+    arrays = {k: np.ascontiguousarray(a, np.float32 if a.dtype.kind == "f" else None) for k, a in inputs.items()}
+    x: model_inputs.Arrays = arrays
+    if signature.form == "single":
+        x = next(iter(arrays.values()))
+    elif signature.form == "positional":
+        x = tuple(arrays.values())
+    if model_inputs.shape_of(x, signature.names) != signature:
+        raise HawqError(f"{where}: the arrays ({model_inputs.describe(model_inputs.shape_of(x, signature.names))}) "
+                        f"do not fit the model's inputs ({signature.describe()})")
+    return Split(x, y)
 
 
 def _to_unit_range(x: np.ndarray) -> np.ndarray:
@@ -142,12 +176,13 @@ def resolve_source(source: str | None, spec: ModelSpec) -> str:
     return default
 
 
-def sample_shape(source: str | None) -> tuple[int, ...] | None:
+def sample_shape(source: str | None) -> model_inputs.InputShape | None:
     """One input sample's shape (no batch) in ``source``, for a model that declares none.
 
-    Reads only the header of an npz file's ``x``. Channels-last images (N, H, W, 1|3) give
-    (C, H, W), the layout the data is fed in. None where the source says nothing readable: the
-    loader reports that properly later."""
+    Reads only the headers of an npz file's arrays. Channels-last images (N, H, W, 1|3) give
+    (C, H, W), the layout the data is fed in; named arrays besides ``y`` (or an integer ``x``
+    other than uint8 pixels) give the signature of a model taking them as they are. None where
+    the source says nothing readable: the loader reports that properly later."""
     if not source:
         return None
     kind, _, arg = source.partition(":")
@@ -160,16 +195,48 @@ def sample_shape(source: str | None) -> tuple[int, ...] | None:
     if kind != "npz" or not arg:
         return None
     try:
-        with zipfile.ZipFile(arg.split(",")[0]) as z, z.open("x.npy") as f:
-            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
-                           (2, 0): np.lib.format.read_array_header_2_0}[np.lib.format.read_magic(f)]
-            shape = read_header(f)[0]
+        headers = _npz_headers(arg.split(",")[0])
     except Exception:  # anything unreadable: load_data says what is wrong with the file
         return None
-    sample = tuple(int(d) for d in shape[1:])
+    headers.pop("y", None)
+    if not headers:
+        return None
+    if list(headers) != ["x"] or headers["x"][1].kind not in "uf":
+        # Named arrays, or integer inputs other than uint8 images: the model's inputs as they are.
+        return model_inputs.Signature(tuple(model_inputs.InputSpec(k, tuple(int(d) for d in shape[1:]),
+                                                                   str(np.dtype(np.float32) if dt.kind == "f" else dt))
+                                            for k, (shape, dt) in headers.items()),
+                                      "keyword" if list(headers) != ["x"] else "single")
+    sample = tuple(int(d) for d in headers["x"][0][1:])
     if len(sample) == 3 and sample[2] in (1, 3) and sample[0] > 4 and sample[1] > 4:
         return (sample[2], sample[0], sample[1])
     return sample or None
+
+
+def _npz_headers(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shape and dtype of every array of an npz file, from the headers only."""
+    out = {}
+    with zipfile.ZipFile(path) as z:
+        for member in z.namelist():
+            if not member.endswith(".npy"):
+                continue
+            with z.open(member) as f:
+                read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                               (2, 0): np.lib.format.read_array_header_2_0}[np.lib.format.read_magic(f)]
+                shape, _, dtype = read_header(f)
+            out[member[:-4]] = (tuple(shape), np.dtype(dtype))
+    return out
+
+
+def _load_named(source: str, files: list[str], spec: ModelSpec, num_classes: int | None) -> tuple[Split, Split]:
+    if len(files) == 2:
+        tr, te = _read_npz_arrays(Path(files[0])), _read_npz_arrays(Path(files[1]))
+        return (_prepare_named(*tr, spec.input_shape, f"{source} (train)", num_classes),
+                _prepare_named(*te, spec.input_shape, f"{source} (test)", num_classes))
+    whole = _prepare_named(*_read_npz_arrays(Path(files[0])), spec.input_shape, source, num_classes)
+    test_mask = stratified_holdout(whole.y, DIGITS_TEST_FRACTION, DIGITS_SPLIT_SEED)
+    return (Split(model_inputs.take(whole.x, ~test_mask), whole.y[~test_mask]),
+            Split(model_inputs.take(whole.x, test_mask), whole.y[test_mask]))
 
 
 def load_data(source: str, spec: ModelSpec, calibration_size: int = CALIBRATION_SIZE, seed: int = 0) -> Dataset:
@@ -184,6 +251,9 @@ def load_data(source: str, spec: ModelSpec, calibration_size: int = CALIBRATION_
     elif kind == "cifar10" and arg:
         x_tr, y_tr, x_te, y_te = _load_cifar10(Path(arg))
         num_classes = num_classes or 10
+    elif kind == "npz" and arg and not model_inputs.is_single(spec.input_shape):
+        train, test = _load_named(source, arg.split(","), spec, num_classes)
+        return _dataset(source, train, test, num_classes, calibration_size, seed)
     elif kind == "npz" and arg:
         # One file: a fixed 80/20 stratified split; train and test files: npz:TRAIN,TEST.
         files = arg.split(",")
@@ -195,10 +265,18 @@ def load_data(source: str, spec: ModelSpec, calibration_size: int = CALIBRATION_
             x_tr, y_tr, x_te, y_te = _stratified_split(x, y, DIGITS_TEST_FRACTION, DIGITS_SPLIT_SEED)
     else:
         raise HawqError(f"unknown data source {source!r}: use digits, cifar10:DIR, npz:FILE or imagefolder:DIR")
+    if not model_inputs.is_single(spec.input_shape):
+        raise HawqError(f"{source}: the model takes {model_inputs.describe(spec.input_shape)}; give it an npz file "
+                        "with one array per input (and 'y')")
     train = _prepare(x_tr, y_tr, spec, f"{source} (train)", num_classes)
     test = _prepare(x_te, y_te, spec, f"{source} (test)", num_classes)
+    return _dataset(source, train, test, num_classes, calibration_size, seed)
+
+
+def _dataset(source: str, train: Split, test: Split, num_classes: int | None, calibration_size: int,
+             seed: int) -> Dataset:
     classes = num_classes or int(max(train.y.max(), test.y.max())) + 1
     # A fixed, seeded calibration subset of the training split: never the evaluation data.
     idx = np.sort(np.random.default_rng(seed).permutation(len(train))[:calibration_size])
-    calib = Split(train.x[idx], train.y[idx])
+    calib = Split(model_inputs.take(train.x, idx), train.y[idx])
     return Dataset(source, train, calib, test, classes)

@@ -19,7 +19,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from hawq_onnx.core import model_inputs
 from hawq_onnx.core.layers import run_once
+from hawq_onnx.core.model_inputs import InputShape
 from hawq_onnx.errors import HawqError, OptionError
 from hawq_onnx.models.registry import DEFAULT_MODEL, ZOO
 from hawq_onnx.models.spec import ModelSpec
@@ -35,7 +37,7 @@ class LoadedModel:
     weights: str | None
 
     @property
-    def input_shape(self) -> tuple[int, ...]:
+    def input_shape(self) -> InputShape:
         return self.spec.input_shape
 
 
@@ -59,10 +61,8 @@ def parse_input_shape(text: str | None) -> tuple[int, ...] | None:
 MAX_SAMPLE_ELEMENTS = 1 << 31
 
 
-def check_input_shape(shape: tuple[int, ...], where: str) -> None:
-    elements = 1
-    for d in shape:
-        elements *= int(d)
+def check_input_shape(shape: InputShape, where: str) -> None:
+    elements = model_inputs.elements(shape)
     if elements > MAX_SAMPLE_ELEMENTS:
         raise HawqError(f"{where}: one sample would hold {elements:,} values (more than {MAX_SAMPLE_ELEMENTS:,}); "
                         "give the shape of one input without the batch, such as 3,32,32")
@@ -158,8 +158,8 @@ def check_finite(model: nn.Module, source: str) -> None:
 
 
 def load_model(ref: str | None = None, weights: str | None = None,
-               input_shape: tuple[int, ...] | None = None,
-               data_shape: tuple[int, ...] | None = None) -> LoadedModel:
+               input_shape: InputShape | None = None,
+               data_shape: InputShape | None = None) -> LoadedModel:
     """Build the model, load its weights, check them, and put it in eval mode.
 
     The input shape is ``input_shape``, else the model's own, else ``data_shape`` (one sample of
@@ -174,7 +174,7 @@ def load_model(ref: str | None = None, weights: str | None = None,
         declared = getattr(model, "input_shape", None) or getattr(factory, "input_shape", None)
         shape = input_shape or (tuple(int(d) for d in declared) if declared else None)
         if shape is None and data_shape:
-            shape = tuple(data_shape)
+            shape = data_shape
             log.info("model %s declares no input shape: using the data's, %s", ref, shape)
         if shape is None:
             raise OptionError(f"model {ref!r} declares no input shape: pass {{input_shape}} (C, H, W)", "input_shape")
@@ -206,8 +206,8 @@ def model_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def from_module(module: nn.Module, input_shape: tuple[int, ...] | None = None,
-                data_shape: tuple[int, ...] | None = None, name: str | None = None) -> LoadedModel:
+def from_module(module: nn.Module, input_shape: InputShape | None = None,
+                data_shape: InputShape | None = None, name: str | None = None) -> LoadedModel:
     """A user's ``nn.Module`` as the stages take it: a private eval-mode copy (the user's module,
     its mode and its weights are never touched), checked to run on its input shape.
 
@@ -228,12 +228,14 @@ def from_module(module: nn.Module, input_shape: tuple[int, ...] | None = None,
         raise HawqError(f"the model cannot be copied ({exc.__class__.__name__}: {exc}); hawq-onnx works on a copy "
                         "so that your module is never modified") from None
     check_finite(copy_, type(module).__name__)
-    check_input_shape(tuple(shape), f"input_shape {tuple(shape)}")
+    if model_inputs.is_single(shape):
+        shape = tuple(int(d) for d in shape)
+    check_input_shape(shape, f"input_shape {model_inputs.describe(shape)}")
     copy_.eval()
-    run_once(copy_, tuple(shape))
+    run_once(copy_, shape)
     label = name or type(module).__name__
     classes = getattr(module, "class_names", None)
-    spec = ModelSpec(name=label, factory=lambda: copy.deepcopy(copy_), input_shape=tuple(int(d) for d in shape),
+    spec = ModelSpec(name=label, factory=lambda: copy.deepcopy(copy_), input_shape=shape,
                      mean=getattr(module, "input_mean", None), std=getattr(module, "input_std", None),
                      class_names=tuple(classes) if classes else None)
     return LoadedModel(copy_, spec, f"python:{label}", None)

@@ -14,6 +14,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from hawq_onnx.core import model_inputs
 from hawq_onnx.errors import HawqError
 
 # The share of a source without a test split that is held out for evaluation (digits, one npz
@@ -42,18 +43,18 @@ def stratified_holdout(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
 
 @dataclass
 class Split:
-    x: np.ndarray  # float32, normalised, model layout
-    y: np.ndarray  # int64 class indices
+    x: model_inputs.Arrays  # the model's inputs (float32 normalised, model layout; or several, see model_inputs)
+    y: np.ndarray           # int64 class indices
 
     def __len__(self) -> int:
         return len(self.y)
 
     @property
-    def sample_shape(self) -> tuple[int, ...]:
-        return tuple(self.x.shape[1:])
+    def sample_shape(self) -> model_inputs.InputShape:
+        return model_inputs.shape_of(self.x)
 
     def take(self, n: int | None) -> "Split":
-        return self if n is None or n >= len(self) else Split(self.x[:n], self.y[:n])
+        return self if n is None or n >= len(self) else Split(model_inputs.take(self.x, slice(0, n)), self.y[:n])
 
     def subset(self, fraction: float, seed: int, total: int | None = None) -> "Split":
         """A seeded ``fraction`` of the samples, in their order (``total`` is for streamed splits)."""
@@ -61,10 +62,10 @@ class Split:
             return self
         n = max(1, int(round(len(self) * fraction)))
         idx = np.sort(np.random.default_rng(seed).permutation(len(self))[:n])
-        return Split(self.x[idx], self.y[idx])
+        return Split(model_inputs.take(self.x, idx), self.y[idx])
 
     def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0,
-                limit: int | None = None, drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                limit: int | None = None, drop_last: bool = False) -> Iterator[tuple[model_inputs.Batch, torch.Tensor]]:
         """Yield (x, y) torch tensors; ``limit`` caps the number of batches."""
         if batch_size <= 0:
             raise HawqError(f"batch size must be positive, got {batch_size}")
@@ -76,7 +77,7 @@ class Split:
                 break
             if limit is not None and count >= limit:
                 break
-            yield torch.from_numpy(self.x[idx]), torch.from_numpy(self.y[idx])
+            yield model_inputs.as_torch(model_inputs.take(self.x, idx)), torch.from_numpy(self.y[idx])
             count += 1
 
 

@@ -17,7 +17,6 @@ Batches are re-cut to the size a stage asks for.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Iterator
 from typing import Any, Callable
 
@@ -25,11 +24,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, RandomSampler, SequentialSampler, SubsetRandomSampler
 
+from hawq_onnx.core import model_inputs
 from hawq_onnx.errors import HawqError
 
 SHUFFLE_BUFFER = 4096
 ARRAY_BATCH = 256  # arrays and map-style datasets are cut into batches of this size where none is given
-Read = Callable[[Any], tuple[torch.Tensor, torch.Tensor]]
+Read = Callable[[Any], tuple[model_inputs.Batch, torch.Tensor]]
 
 
 def _is_torch_dataset(data: Any) -> bool:
@@ -72,6 +72,13 @@ def iter_batches(data: Any, batch_size: int = ARRAY_BATCH) -> Iterator[Any]:
         for i in range(0, len(data[0]), batch_size):
             yield tuple(a[i:i + batch_size] for a in data)
         return
+    if isinstance(data, dict) and data and all(isinstance(a, (np.ndarray, torch.Tensor)) for a in data.values()):
+        sizes = {len(a) for a in data.values()}
+        if len(sizes) > 1:
+            raise HawqError(f"data: the arrays of the dict hold different numbers of samples ({sorted(sizes)})")
+        for i in range(0, sizes.pop(), batch_size):
+            yield {k: a[i:i + batch_size] for k, a in data.items()}
+        return
     mapped = indexable(data)
     if mapped is not None:
         dataset, how = mapped
@@ -92,14 +99,10 @@ def _indexed(dataset, how: dict[str, Any], indices, batch_size: int) -> Iterator
                           **kwargs)
 
 
-def digest(x: torch.Tensor) -> str:
-    return hashlib.sha1(np.ascontiguousarray(x[:1].numpy()).tobytes()).hexdigest()
-
-
 class StreamSplit:
     """Samples of ``source`` whose position is set in ``keep`` (all when None), read per pass."""
 
-    def __init__(self, source: Any, *, length: int, sample_shape: tuple[int, ...], read: Read,
+    def __init__(self, source: Any, *, length: int, sample_shape: model_inputs.InputShape, read: Read,
                  keep: np.ndarray | None = None, limit: int | None = None, first: str | None = None) -> None:
         self.source = source
         self.read = read                  # one source batch -> (inputs, labels), checked and labelled
@@ -107,7 +110,7 @@ class StreamSplit:
         self.limit = limit
         self.first = first                # digest of the source's first sample: its order must not change
         self._length = length if limit is None else min(length, limit)
-        self.sample_shape = tuple(sample_shape)
+        self.sample_shape = sample_shape
         self._mapped = indexable(source)
 
     def __len__(self) -> int:
@@ -124,33 +127,33 @@ class StreamSplit:
         kept = np.flatnonzero(self.keep) if self.keep is not None else np.arange(total)
         return kept if self.limit is None else kept[:self.limit]
 
-    def _sequential(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _sequential(self) -> Iterator[tuple[model_inputs.Batch, torch.Tensor]]:
         """This split's samples in source order, from a source that can only be iterated."""
         position = taken = 0
         for batch in iter_batches(self.source):
             x, y = self.read(batch)
-            if position == 0 and self.first is not None and len(x) and digest(x) != self.first:
+            if position == 0 and self.first is not None and len(y) and model_inputs.digest(x) != self.first:
                 raise HawqError("the data gave its samples in another order than on the first pass: hawq-onnx "
                                 "reads it several times and needs the same order each time (shuffling happens "
                                 "inside hawq-onnx); pass a map-style Dataset or a DataLoader over one")
-            n = len(x)
+            n = len(y)
             if self.keep is not None:
                 mask = torch.from_numpy(self.keep[position:position + n])
                 if len(mask) != n:
                     raise HawqError("the data gave more samples on this pass than on the first: it must give the "
                                     "same samples on every pass")
-                x, y = x[mask], y[mask]
+                x, y = model_inputs.take(x, mask), y[mask]
             position += n
             if self.limit is not None:
-                x, y = x[:self.limit - taken], y[:self.limit - taken]
-            if len(x):
-                taken += len(x)
+                x, y = model_inputs.take(x, slice(0, self.limit - taken)), y[:self.limit - taken]
+            if len(y):
+                taken += len(y)
                 yield x, y
             if self.limit is not None and taken >= self.limit:
                 return
 
     def batches(self, batch_size: int, shuffle: bool = False, seed: int = 0, limit: int | None = None,
-                drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                drop_last: bool = False) -> Iterator[tuple[model_inputs.Batch, torch.Tensor]]:
         """(x, y) batches of ``batch_size``; ``limit`` caps the number of batches."""
         if batch_size <= 0:
             raise HawqError(f"batch size must be positive, got {batch_size}")
@@ -169,34 +172,34 @@ class StreamSplit:
         yield from self._recut(batch_size, shuffle, seed, limit, drop_last)
 
     def _recut(self, batch_size: int, shuffle: bool, seed: int, limit: int | None,
-               drop_last: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+               drop_last: bool) -> Iterator[tuple[model_inputs.Batch, torch.Tensor]]:
         rng = np.random.default_rng(seed)
         hold = max(SHUFFLE_BUFFER, batch_size) if shuffle else batch_size
-        pool_x: list[torch.Tensor] = []
+        pool_x: list[model_inputs.Batch] = []
         pool_y: list[torch.Tensor] = []
         pooled = count = 0
 
-        def cut(final: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        def cut(final: bool) -> Iterator[tuple[model_inputs.Batch, torch.Tensor]]:
             nonlocal pool_x, pool_y, pooled, count
-            x, y = torch.cat(pool_x), torch.cat(pool_y)
+            x, y = model_inputs.concat(pool_x), torch.cat(pool_y)
             if shuffle:
-                order = torch.from_numpy(rng.permutation(len(x)))
-                x, y = x[order], y[order]
-            keep_from = len(x) if final else len(x) - (hold - batch_size)
+                order = torch.from_numpy(rng.permutation(len(y)))
+                x, y = model_inputs.take(x, order), y[order]
+            keep_from = len(y) if final else len(y) - (hold - batch_size)
             start = 0
-            while start + batch_size <= keep_from or (final and start < len(x) and not drop_last):
+            while start + batch_size <= keep_from or (final and start < len(y) and not drop_last):
                 if limit is not None and count >= limit:
                     break
-                yield x[start:start + batch_size], y[start:start + batch_size]
+                yield model_inputs.take(x, slice(start, start + batch_size)), y[start:start + batch_size]
                 count += 1
                 start += batch_size
-            pool_x, pool_y = [x[start:]], [y[start:]]
-            pooled = len(x) - start
+            pool_x, pool_y = [model_inputs.take(x, slice(start, None))], [y[start:]]
+            pooled = len(y) - start
 
         for x, y in self._sequential():
             pool_x.append(x)
             pool_y.append(y)
-            pooled += len(x)
+            pooled += len(y)
             if pooled >= hold:
                 yield from cut(final=False)
             if limit is not None and count >= limit:
@@ -217,7 +220,7 @@ class StreamSplit:
         keep[mine[np.sort(np.random.default_rng(seed).permutation(len(mine))[:n])]] = True
         return self._replace(length=n, keep=keep, limit=None)
 
-    def gather(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def gather(self, indices: np.ndarray) -> tuple[model_inputs.Arrays, np.ndarray]:
         """The samples at ``indices`` (sorted positions within this split) as arrays."""
         wanted = np.asarray(indices, np.int64)
         if self._mapped is not None:
@@ -227,13 +230,14 @@ class StreamSplit:
         else:
             parts, seen = [], 0
             for x, y in self._sequential():
-                lo, hi = np.searchsorted(wanted, seen), np.searchsorted(wanted, seen + len(x))
+                lo, hi = np.searchsorted(wanted, seen), np.searchsorted(wanted, seen + len(y))
                 if hi > lo:
                     local = torch.from_numpy(wanted[lo:hi] - seen)
-                    parts.append((x[local], y[local]))
-                seen += len(x)
+                    parts.append((model_inputs.take(x, local), y[local]))
+                seen += len(y)
                 if hi >= len(wanted):
                     break
         if not parts:
-            return np.zeros((0, *self.sample_shape), np.float32), np.zeros(0, np.int64)
-        return np.concatenate([x.numpy() for x, _ in parts]), np.concatenate([y.numpy() for _, y in parts])
+            return model_inputs.as_numpy(model_inputs.example(self.sample_shape, 0)), np.zeros(0, np.int64)
+        return (model_inputs.concat([model_inputs.as_numpy(x) for x, _ in parts]),
+                np.concatenate([y.numpy() for _, y in parts]))

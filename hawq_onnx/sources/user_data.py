@@ -1,9 +1,13 @@
 """Data as a Python user holds it: a DataLoader, a torch Dataset, any iterable of batches, arrays.
 
-A batch is a tensor (inputs only), a tuple or list ``(inputs, labels, ...)``, or anything else
-with ``input_fn(batch) -> inputs``. Inputs are one floating-point tensor in the model's layout,
-already normalised as the model expects (a user's DataLoader applies its own transforms; nothing
-is rescaled here). Labels are class indices. Where a source has no labels, the caller supplies
+A batch is a tensor (inputs only), a tuple or list ``(inputs, labels, ...)``, a dict of tensors
+(keyword inputs such as ``input_ids`` and ``attention_mask``, with the labels under ``labels``),
+or anything else with ``input_fn(batch) -> inputs``. Inputs are what the model takes: one tensor,
+a tuple of tensors (``model(*inputs)``) or a dict (``model(**inputs)``), already normalised as
+the model expects (a user's DataLoader applies its own transforms; nothing is rescaled here);
+floating-point inputs become float32, integer ones (token ids, masks) keep their type. Arrays
+held in memory are ``x``, ``(x, y)`` or a dict of arrays (``labels`` among them or not). Labels
+are class indices. Where a source has no labels, the caller supplies
 a ``labeler`` (the float model's own top-1, see ``hawq_onnx.api``), and the dataset's name says
 so: everything measured against such labels is agreement with the float model.
 """
@@ -17,9 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from hawq_onnx.core import model_inputs
+from hawq_onnx.core.model_inputs import InputShape
 from hawq_onnx.errors import HawqError
 from hawq_onnx.sources.splits import CALIBRATION_SIZE, DIGITS_SPLIT_SEED, DIGITS_TEST_FRACTION, Dataset, Split
-from hawq_onnx.sources.stream import StreamSplit, digest, indexable, iter_batches
+from hawq_onnx.sources.stream import StreamSplit, indexable, iter_batches
 
 InputFn = Callable[[Any], Any]
 Labeler = Callable[[np.ndarray], np.ndarray]
@@ -32,16 +38,21 @@ def describe(data: Any) -> str:
     return f"python:{type(data).__name__}"
 
 
+LABEL_KEYS = ("labels", "label")
+
+
 def _labels_of(batch: Any) -> Any:
     if isinstance(batch, (tuple, list)) and len(batch) >= 2:
         return batch[1]
     if isinstance(batch, dict):
-        return batch.get("labels", batch.get("label"))
+        return next((batch[k] for k in LABEL_KEYS if k in batch), None)
     return None
 
 
-def split_batch(batch: Any, input_fn: InputFn | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(inputs, labels or None) of one batch, checked."""
+def split_batch(batch: Any, input_fn: InputFn | None = None) -> tuple[model_inputs.Batch, torch.Tensor | None]:
+    """(inputs, labels or None) of one batch, checked. The inputs are one tensor, a tuple of
+    tensors (positional inputs) or a dict of tensors (keyword inputs: a dict batch's entries
+    other than ``labels``)."""
     if input_fn is not None:
         try:
             x = input_fn(batch)
@@ -52,13 +63,13 @@ def split_batch(batch: Any, input_fn: InputFn | None = None) -> tuple[torch.Tens
     elif isinstance(batch, (tuple, list)) and batch:
         x = batch[0]
     elif isinstance(batch, dict):
-        raise HawqError(f"a batch is a dict (keys {', '.join(map(str, batch))}): pass input_fn=lambda b: b[KEY] to "
-                        "say which tensor the model takes (models with several named inputs are not supported yet)")
+        x = {k: v for k, v in batch.items() if k not in LABEL_KEYS}
     else:
         raise HawqError(f"a batch must be a tensor, a tuple (inputs, labels) or a dict; got {type(batch).__name__} "
                         "(pass input_fn to pick the inputs)")
+    x = _inputs(x)
     y = _labels_of(batch)
-    return _inputs(x), None if y is None else _class_indices(y, len(x))
+    return x, None if y is None else _class_indices(y, model_inputs.count(x))
 
 
 def _native(a: np.ndarray) -> np.ndarray:
@@ -66,19 +77,40 @@ def _native(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, a.dtype.newbyteorder("=")) if a.dtype.kind in "biuf" else a
 
 
-def _inputs(x: Any) -> torch.Tensor:
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(_native(x))
-    if not isinstance(x, torch.Tensor):
-        raise HawqError(f"the model's input must be one tensor, got {type(x).__name__} (models with several inputs "
-                        "are not supported yet; pass input_fn to pick the tensor)")
-    if not x.is_floating_point():
-        raise HawqError(f"inputs must be floating point, got {x.dtype} (integer inputs such as token ids are not "
-                        "supported yet; convert images with input_fn, e.g. lambda b: b[0].float() / 255)")
-    if x.ndim < 2 or len(x) == 0:
-        raise HawqError(f"a batch of inputs must have a batch dimension and at least one sample, got shape "
-                        f"{tuple(x.shape)}")
-    return x.detach().cpu().float()
+def _tensor(v: Any, what: str, single: bool) -> torch.Tensor:
+    if isinstance(v, np.ndarray):
+        if v.dtype.kind not in "biuf":
+            raise HawqError(f"{what} is a numpy array of {v.dtype}; inputs must be numbers")
+        v = torch.from_numpy(_native(v))
+    if not isinstance(v, torch.Tensor):
+        raise HawqError(f"{what} is a {type(v).__name__}, not a tensor (pass input_fn to say what the model takes)")
+    if v.is_complex():
+        raise HawqError(f"{what} is complex ({v.dtype}); inputs must be real")
+    if single and v.dtype == torch.uint8:
+        raise HawqError(f"{what} is uint8, as images are stored: give the model's float input (convert with "
+                        "input_fn, e.g. lambda b: b[0].float() / 255)")
+    if v.ndim < (2 if single and v.is_floating_point() else 1) or len(v) == 0:
+        raise HawqError(f"a batch of inputs must have a batch dimension and at least one sample, got {what} of "
+                        f"shape {tuple(v.shape)}")
+    v = v.detach().cpu()
+    return v.float() if v.is_floating_point() else v
+
+
+def _inputs(x: Any) -> model_inputs.Batch:
+    if isinstance(x, dict):
+        if not x:
+            raise HawqError("a batch holds no inputs (a dict with only labels)")
+        out: model_inputs.Batch = {str(k): _tensor(v, f"input {k!r}", False) for k, v in x.items()}
+    elif isinstance(x, (tuple, list)):
+        if not x:
+            raise HawqError("a batch holds no inputs (an empty tuple)")
+        out = tuple(_tensor(v, f"input {i}", False) for i, v in enumerate(x))
+    else:
+        return _tensor(x, "the input", True)
+    sizes = {len(v) for v in model_inputs.leaves(out)}
+    if len(sizes) > 1:
+        raise HawqError(f"the inputs of one batch hold different numbers of samples ({sorted(sizes)})")
+    return out
 
 
 def _class_indices(y: Any, n: int) -> torch.Tensor:
@@ -96,8 +128,8 @@ def _class_indices(y: Any, n: int) -> torch.Tensor:
 
 
 def collect(data: Any, *, input_fn: InputFn | None = None,
-            labeler: Labeler | None = None) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Every sample of ``data`` as arrays (x float32, y int64) and whether the labels were given."""
+            labeler: Labeler | None = None) -> tuple[model_inputs.Arrays, np.ndarray, bool]:
+    """Every sample of ``data`` as arrays (inputs, y int64) and whether the labels were given."""
     batches = list(iter_batches(data))
     parts = [split_batch(b, input_fn) for b in batches]
     if not parts:
@@ -105,7 +137,10 @@ def collect(data: Any, *, input_fn: InputFn | None = None,
     labelled = [y is not None for _, y in parts]
     if any(labelled) and not all(labelled):
         raise HawqError("some batches have labels and some do not; give labels for all or none")
-    x = np.concatenate([p[0].numpy() for p in parts])
+    shapes = {model_inputs.shape_of(p[0]) for p in parts}
+    if len(shapes) > 1:
+        raise HawqError(f"batches hold samples of different shapes ({', '.join(map(model_inputs.describe, shapes))})")
+    x = model_inputs.concat([model_inputs.as_numpy(p[0]) for p in parts])
     if all(labelled):
         return x, np.concatenate([p[1].numpy() for p in parts]).astype(np.int64), True
     if labeler is None:
@@ -114,15 +149,17 @@ def collect(data: Any, *, input_fn: InputFn | None = None,
 
 
 def _in_memory(data: Any) -> bool:
-    return isinstance(data, (np.ndarray, torch.Tensor)) or (
-        isinstance(data, tuple) and 1 <= len(data) <= 2 and all(isinstance(a, (np.ndarray, torch.Tensor)) for a in data))
+    arrays = (np.ndarray, torch.Tensor)
+    return isinstance(data, arrays) or (
+        isinstance(data, tuple) and 1 <= len(data) <= 2 and all(isinstance(a, arrays) for a in data)) or (
+        isinstance(data, dict) and bool(data) and all(isinstance(a, arrays) for a in data.values()))
 
 
 @dataclass
 class _Scan:
     samples: int
     labelled: bool
-    sample_shape: tuple[int, ...]
+    sample_shape: InputShape
     max_label: int        # -1 where not read (a map-style dataset: labels are checked batch by batch)
     first: str | None     # digest of the first sample, for sources read in iteration order
 
@@ -137,14 +174,14 @@ def _scan(data: Any, input_fn: InputFn | None, what: str) -> _Scan:
         if len(how["indices"]) == 0:
             raise HawqError(f"{what} gave no batch")
         x, y = split_batch(next(iter_batches(data)), input_fn)  # the loader's own collate_fn
-        return _Scan(len(how["indices"]), y is not None, tuple(x.shape[1:]), -1, None)
+        return _Scan(len(how["indices"]), y is not None, model_inputs.shape_of(x), -1, None)
     samples, flags, shapes, top, first = 0, set(), set(), -1, None
     for batch in iter_batches(data):
         x, y = split_batch(batch, input_fn)
-        first = first or digest(x)
-        samples += len(x)
+        first = first or model_inputs.digest(x)
+        samples += model_inputs.count(x)
         flags.add(y is not None)
-        shapes.add(tuple(x.shape[1:]))
+        shapes.add(model_inputs.shape_of(x))
         if y is not None and len(y):
             top = max(top, int(y.max()))
     if not samples:
@@ -152,22 +189,25 @@ def _scan(data: Any, input_fn: InputFn | None, what: str) -> _Scan:
     if len(flags) > 1:
         raise HawqError(f"{what}: some batches have labels and some do not; give labels for all or none")
     if len(shapes) > 1:
-        raise HawqError(f"{what}: batches hold samples of different shapes ({', '.join(map(str, sorted(shapes)))})")
+        shown = ", ".join(sorted(map(model_inputs.describe, shapes)))
+        raise HawqError(f"{what}: batches hold samples of different shapes ({shown})")
     return _Scan(samples, flags == {True}, shapes.pop(), top, first)
 
 
 def _reader(input_fn: InputFn | None, labeler: Labeler | None, labelled: bool, num_classes: int | None,
-            sample_shape: tuple[int, ...]) -> Callable[[Any], tuple[torch.Tensor, torch.Tensor]]:
-    def read(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            sample_shape: InputShape) -> Callable[[Any], tuple[model_inputs.Batch, torch.Tensor]]:
+    def read(batch: Any) -> tuple[model_inputs.Batch, torch.Tensor]:
         x, y = split_batch(batch, input_fn)
-        if tuple(x.shape[1:]) != sample_shape:
-            raise HawqError(f"a batch holds samples of shape {tuple(x.shape[1:])}, the first ones {sample_shape}")
+        shape = model_inputs.shape_of(x)
+        if shape != sample_shape:
+            raise HawqError(f"a batch holds samples of shape {model_inputs.describe(shape)}, the first ones "
+                            f"{model_inputs.describe(sample_shape)}")
         if (y is not None) != labelled:
             raise HawqError("some batches have labels and some do not; give labels for all or none")
         if y is None:
             if labeler is None:
                 raise HawqError("the data has no labels and no float model to label it")
-            y = torch.from_numpy(labeler(x.numpy()))
+            y = torch.from_numpy(labeler(model_inputs.as_numpy(x)))
         elif num_classes is not None and len(y) and int(y.max()) >= num_classes:
             raise HawqError(f"a label is {int(y.max())}, but the model has {num_classes} outputs")
         return x, y
@@ -198,12 +238,13 @@ def as_dataset(data: Any, eval_data: Any = None, *, num_classes: int, input_fn: 
     if _in_memory(data) and (eval_data is None or _in_memory(eval_data)):
         x, y, given = collect(data, input_fn=input_fn, labeler=labeler)
         if eval_data is None:
-            train_mask, test_mask = _holdout(len(x), DIGITS_SPLIT_SEED)
-            train, test = Split(x[train_mask], y[train_mask]), Split(x[test_mask], y[test_mask])
+            train_mask, test_mask = _holdout(len(y), DIGITS_SPLIT_SEED)
+            train = Split(model_inputs.take(x, train_mask), y[train_mask])
+            test = Split(model_inputs.take(x, test_mask), y[test_mask])
         else:
             xt, yt, eval_given = collect(eval_data, input_fn=input_fn, labeler=labeler)
             train, test, given = Split(x, y), Split(xt, yt), given and eval_given
-        total, top = len(x), int(max(train.y.max(), test.y.max()))
+        total, top = len(y), int(max(train.y.max(), test.y.max()))
     else:
         scan = _scan(data, input_fn, "data")
         read = _reader(input_fn, labeler, scan.labelled, num_classes, scan.sample_shape)
@@ -222,12 +263,14 @@ def as_dataset(data: Any, eval_data: Any = None, *, num_classes: int, input_fn: 
                                read=_reader(input_fn, labeler, escan.labelled, num_classes, escan.sample_shape))
             given, top = given and escan.labelled, max(top, escan.max_label)
     if test.sample_shape != train.sample_shape:
-        raise HawqError(f"eval_data samples have shape {test.sample_shape}, data samples {train.sample_shape}")
+        raise HawqError(f"eval_data samples have shape {model_inputs.describe(test.sample_shape)}, data samples "
+                        f"{model_inputs.describe(train.sample_shape)}")
     if top >= num_classes:
         raise HawqError(f"labels go up to {top}, but the model has {num_classes} outputs")
     name += holdout + ("" if given else f"; {FLOAT_MODEL_LABELS}")
     idx = np.sort(np.random.default_rng(seed).permutation(len(train))[:calibration_size])
-    calib = Split(train.x[idx], train.y[idx]) if isinstance(train, Split) else Split(*train.gather(idx))
+    calib = Split(model_inputs.take(train.x, idx), train.y[idx]) if isinstance(train, Split) \
+        else Split(*train.gather(idx))
     return Dataset(name, train, calib, test, num_classes, labels_given=given, samples=total)
 
 
@@ -248,15 +291,15 @@ def evaluation_split(data: Any, *, input_fn: InputFn | None = None, labeler: Lab
     return split, scan.labelled, scan.max_label
 
 
-def first_inputs(data: Any, n: int, input_fn: InputFn | None = None) -> np.ndarray:
+def first_inputs(data: Any, n: int, input_fn: InputFn | None = None) -> model_inputs.Arrays:
     """The first ``n`` inputs of ``data`` (fewer where it has fewer), reading no further."""
     parts, have = [], 0
     for batch in iter_batches(data):
         x, _ = split_batch(batch, input_fn)
-        parts.append(x[:n - have].numpy())
-        have += len(parts[-1])
+        parts.append(model_inputs.as_numpy(model_inputs.take(x, slice(0, n - have))))
+        have += model_inputs.count(parts[-1])
         if have >= n:
             break
     if not parts:
         raise HawqError("the data gave no batch")
-    return np.concatenate(parts)
+    return model_inputs.concat(parts)

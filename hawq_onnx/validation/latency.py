@@ -29,6 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
+from hawq_onnx.core import model_inputs
 from hawq_onnx.errors import HawqError, OptionError
 
 PROTOCOL = ("ONNX Runtime, one process-wide {threads}-thread intra-op pool shared by all sessions, "
@@ -85,7 +86,7 @@ def _batch(x: np.ndarray, batch_size: int) -> np.ndarray:
     return np.ascontiguousarray(x[idx])
 
 
-def measure_latency(models: dict[str, str | Path], x: np.ndarray, *, batch_sizes: Sequence[int] = (1, 64),
+def measure_latency(models: dict[str, str | Path], x: model_inputs.Arrays, *, batch_sizes: Sequence[int] = (1, 64),
                     threads: int = 2, runs: int = 50, warmup: int = 5,
                     providers: Sequence[str] = ("CPUExecutionProvider",)) -> LatencyResult:
     """Time ``models`` (label -> ONNX path) interleaved on samples from ``x``, in a child process."""
@@ -95,11 +96,14 @@ def measure_latency(models: dict[str, str | Path], x: np.ndarray, *, batch_sizes
         raise OptionError(f"{{runs}} must be at least 1 and {{warmup}} at least 0 (got {runs}, {warmup})", "runs", "warmup")
     if not batch_sizes or any(b < 1 for b in batch_sizes):
         raise HawqError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
-    if len(x) == 0:
+    if model_inputs.count(x) == 0:
         raise HawqError("no samples to time the models on")
     with tempfile.TemporaryDirectory(prefix="hawq-latency-") as tmp:
-        inputs = Path(tmp) / "inputs.npy"
-        np.save(inputs, np.ascontiguousarray(x[:max(batch_sizes)]))
+        inputs = Path(tmp) / "inputs.npz"
+        pool = model_inputs.take(x, slice(0, max(batch_sizes)))
+        # Named inputs by name, the others by position (the order of the model's inputs).
+        np.savez(inputs, **(pool if isinstance(pool, dict) else
+                            {f"arr_{i}": v for i, v in enumerate(model_inputs.leaves(pool))}))
         request = {"models": {k: str(Path(v).resolve()) for k, v in models.items()}, "inputs": str(inputs),
                    "batch_sizes": list(batch_sizes), "threads": threads, "runs": runs, "warmup": warmup,
                    "providers": list(providers)}
@@ -141,19 +145,22 @@ def _worker(request: dict) -> dict:
             sess = ort.InferenceSession(path, so, providers=request["providers"])
         except Exception as exc:
             return {"error": f"ONNX Runtime cannot load {path}: {str(exc).strip().splitlines()[0]}"}
-        sessions[label] = (sess, sess.get_inputs()[0].name, sess.get_inputs()[0].type)
-    x = np.load(request["inputs"])
-    dtypes = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+        sessions[label] = (sess, [(i.name, i.type) for i in sess.get_inputs()])
+    with np.load(request["inputs"]) as stored:
+        arrays = {k: stored[k] for k in stored.files}
+    dtypes = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+              "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
     times: dict[str, dict[str, list[float]]] = {label: {} for label in sessions}
     for bs in request["batch_sizes"]:
-        feeds = {label: {name: _batch(x, bs).astype(dtypes.get(t, np.float32))}
-                 for label, (_, name, t) in sessions.items()}
+        feeds = {label: {name: _batch(arrays[name] if name in arrays else arrays[f"arr_{k}"], bs)
+                         .astype(dtypes.get(t, np.float32)) for k, (name, t) in enumerate(inputs)}
+                 for label, (_, inputs) in sessions.items()}
         for _ in range(request["warmup"]):
-            for label, (sess, _, _) in sessions.items():
+            for label, (sess, _) in sessions.items():
                 sess.run(None, feeds[label])
         runs = {label: [] for label in sessions}
         for _ in range(request["runs"]):
-            for label, (sess, _, _) in sessions.items():
+            for label, (sess, _) in sessions.items():
                 start = time.perf_counter_ns()
                 sess.run(None, feeds[label])
                 runs[label].append((time.perf_counter_ns() - start) / 1e6)

@@ -18,8 +18,10 @@ from typing import Iterator
 
 import numpy as np
 
+from hawq_onnx.core import model_inputs
 from hawq_onnx.errors import HawqError
 from hawq_onnx.sources.splits import Split
+from hawq_onnx.validation.ort_eval import ModelIO
 
 CALIBRATION_BATCH = 64
 
@@ -42,8 +44,7 @@ def _quiet_advice() -> Iterator[None]:
         root.removeFilter(advice)
 
 
-def ort_int8(float_path: str | Path, calib: Split, out_path: str | Path, input_name: str,
-             input_dtype: type = np.float32) -> Path:
+def ort_int8(float_path: str | Path, calib: Split, out_path: str | Path, io: ModelIO) -> Path:
     """Write ONNX Runtime's QDQ int8 quantization of ``float_path`` to ``out_path``."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -61,7 +62,7 @@ def ort_int8(float_path: str | Path, calib: Split, out_path: str | Path, input_n
             i = next(self._batches, None)
             if i is None:
                 return None
-            return {input_name: np.ascontiguousarray(calib.x[i:i + CALIBRATION_BATCH], dtype=input_dtype)}
+            return io.feed(model_inputs.take(calib.x, slice(i, i + CALIBRATION_BATCH)))
 
     if len(calib) == 0:
         raise HawqError("the calibration split is empty: the ort-int8 baseline needs calibration data")

@@ -15,6 +15,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from hawq_onnx.core import model_inputs
 from hawq_onnx.core.grid import activation_qparams
 from hawq_onnx.errors import HawqError
 
@@ -24,7 +25,8 @@ _SHORT_PROVIDERS = {"cpu": CPU, "cuda": "CUDAExecutionProvider", "tensorrt": "Te
                     "openvino": "OpenVINOExecutionProvider", "dnnl": "DnnlExecutionProvider",
                     "coreml": "CoreMLExecutionProvider", "xnnpack": "XnnpackExecutionProvider",
                     "qnn": "QNNExecutionProvider", "dml": "DmlExecutionProvider"}
-_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+                "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
 
 
 def resolve_providers(provider: str | None) -> list[str]:
@@ -54,12 +56,40 @@ def open_session(path: str | Path, threads: int, providers: Sequence[str] = (CPU
 
 
 @dataclass(frozen=True)
+class InputIO:
+    name: str
+    shape: tuple[int | None, ...]   # without the batch dimension; None where symbolic
+    dtype: type
+
+
+@dataclass(frozen=True)
 class ModelIO:
-    input_name: str
-    input_shape: tuple[int | None, ...]   # without the batch dimension; None where symbolic
-    input_dtype: type
+    inputs: tuple[InputIO, ...]
     output_name: str
     output_shape: tuple[int | None, ...]  # without the batch dimension
+
+    @property
+    def input_name(self) -> str:
+        return self.inputs[0].name
+
+    @property
+    def input_shape(self) -> tuple[int | None, ...]:
+        return self.inputs[0].shape
+
+    @property
+    def input_dtype(self) -> type:
+        return self.inputs[0].dtype
+
+    def feed(self, x: model_inputs.Arrays) -> dict[str, np.ndarray]:
+        """ONNX Runtime's feed for a batch of inputs in any of the three forms (by position, or
+        by name for a dict)."""
+        values = x if isinstance(x, dict) else dict(zip([i.name for i in self.inputs], model_inputs.leaves(x)))
+        missing = [i.name for i in self.inputs if i.name not in values]
+        if missing or len(values) != len(self.inputs):
+            raise HawqError(f"the model takes inputs {', '.join(i.name for i in self.inputs)}; the data gives "
+                            f"{', '.join(map(str, values)) if isinstance(x, dict) else f'{len(values)} input(s)'}")
+        return {i.name: np.ascontiguousarray(model_inputs.as_numpy(values[i.name]), dtype=i.dtype)
+                for i in self.inputs}
 
 
 def _dims(shape) -> tuple[int | None, ...]:
@@ -68,61 +98,77 @@ def _dims(shape) -> tuple[int | None, ...]:
 
 def model_io(session, path: str | Path) -> ModelIO:
     inputs, outputs = session.get_inputs(), session.get_outputs()
-    if len(inputs) != 1:
-        raise HawqError(f"{path} has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); "
-                        "validate needs a classifier with one image input")
+    if not inputs:
+        raise HawqError(f"{path} has no inputs")
     if not outputs:
         raise HawqError(f"{path} has no outputs")
-    dtype = _NUMPY_TYPES.get(inputs[0].type)
-    if dtype is None:
-        raise HawqError(f"{path}: input {inputs[0].name!r} is {inputs[0].type}; validate feeds float tensors")
-    shape, out_shape = list(inputs[0].shape), list(outputs[0].shape)
-    if not shape:
-        raise HawqError(f"{path}: input {inputs[0].name!r} has no rank; give the model a batched input")
-    return ModelIO(inputs[0].name, _dims(shape[1:]), dtype, outputs[0].name, _dims(out_shape[1:]))
+    specs = []
+    for i in inputs:
+        dtype = _NUMPY_TYPES.get(i.type)
+        if dtype is None:
+            raise HawqError(f"{path}: input {i.name!r} is {i.type}; validate feeds float, integer and boolean tensors")
+        if not list(i.shape):
+            raise HawqError(f"{path}: input {i.name!r} has no rank; give the model a batched input")
+        specs.append(InputIO(i.name, _dims(list(i.shape)[1:]), dtype))
+    return ModelIO(tuple(specs), outputs[0].name, _dims(list(outputs[0].shape)[1:]))
 
 
-def check_input_fits(io: ModelIO, sample_shape: tuple[int, ...], path: str | Path) -> None:
-    """The data's sample shape must fit every static dimension of the model input."""
-    fits = len(io.input_shape) == len(sample_shape) and all(
-        d is None or d == s for d, s in zip(io.input_shape, sample_shape))
-    if not fits:
-        want = ", ".join("?" if d is None else str(d) for d in io.input_shape)
-        raise HawqError(f"{path} takes input {io.input_name!r} of shape (N, {want}) but the data gives "
-                        f"(N, {', '.join(map(str, sample_shape))}); pass the matching data, model or input shape")
+def check_input_fits(io: ModelIO, sample_shape: model_inputs.InputShape, path: str | Path) -> None:
+    """The data's sample shape must fit every static dimension of the model's inputs."""
+    if model_inputs.is_single(sample_shape):
+        given = [(io.inputs[0].name, tuple(sample_shape))]
+    else:
+        given = [(s.name, s.shape) for s in sample_shape.inputs]
+    if len(given) != len(io.inputs):
+        raise HawqError(f"{path} takes {len(io.inputs)} input(s) ({', '.join(i.name for i in io.inputs)}) but the "
+                        f"data gives {len(given)} ({model_inputs.describe(sample_shape)})")
+    by_name = dict(given) if not model_inputs.is_single(sample_shape) and sample_shape.form == "keyword" else None
+    for k, spec in enumerate(io.inputs):
+        shape = by_name.get(spec.name) if by_name is not None else given[k][1]
+        if shape is None:
+            raise HawqError(f"{path} takes input {spec.name!r}, which the data does not give "
+                            f"({model_inputs.describe(sample_shape)})")
+        fits = len(spec.shape) == len(shape) and all(d is None or d == s for d, s in zip(spec.shape, shape))
+        if not fits:
+            want = ", ".join("?" if d is None else str(d) for d in spec.shape)
+            raise HawqError(f"{path} takes input {spec.name!r} of shape (N, {want}) but the data gives "
+                            f"(N, {', '.join(map(str, shape))}); pass the matching data, model or input shape")
 
 
-def predict(session, io: ModelIO, x: np.ndarray, batch_size: int = EVAL_BATCH_SIZE,
+def predict(session, io: ModelIO, x: model_inputs.Arrays, batch_size: int = EVAL_BATCH_SIZE,
             progress: bool = False, desc: str = "evaluate") -> np.ndarray:
     """Logits for all of ``x``, ``batch_size`` samples per run, as (N, classes) float32."""
     if batch_size <= 0:
         raise HawqError(f"evaluation batch size must be positive, got {batch_size}")
-    return predict_batches(session, io, (x[i:i + batch_size] for i in range(0, len(x), batch_size)), len(x),
-                           progress, desc)
+    n = model_inputs.count(x)
+    return predict_batches(session, io, (model_inputs.take(x, slice(i, i + batch_size)) for i in range(0, n, batch_size)),
+                           n, progress, desc)
 
 
-def predict_batches(session, io: ModelIO, batches: Iterable[np.ndarray], total: int, progress: bool = False,
-                    desc: str = "evaluate") -> np.ndarray:
+def predict_batches(session, io: ModelIO, batches: Iterable[model_inputs.Arrays], total: int,
+                    progress: bool = False, desc: str = "evaluate") -> np.ndarray:
     """Logits for every batch of inputs, concatenated as (N, classes) float32."""
     parts = []
     # disable=None: no bar where stderr is not a terminal (logs, CI), so errors stay one line there.
     with tqdm(total=total, desc=desc, unit="img", disable=None if progress else True, file=sys.stderr,
               leave=False) as bar:
         for x in batches:
-            batch = np.ascontiguousarray(x, dtype=io.input_dtype)
+            feed = io.feed(x)
+            n = model_inputs.count(x)
             try:
-                out = session.run([io.output_name], {io.input_name: batch})[0]
+                out = session.run([io.output_name], feed)[0]
             except Exception as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
-                raise HawqError(f"ONNX Runtime failed on a batch of shape {batch.shape}: {first}") from None
+                shapes = ", ".join(str(v.shape) for v in feed.values())
+                raise HawqError(f"ONNX Runtime failed on a batch of shape {shapes}: {first}") from None
             out = np.asarray(out)
             if out.ndim > 2 and all(d == 1 for d in out.shape[2:]):
                 out = out.reshape(out.shape[0], -1)  # (N, C, 1, 1) heads
-            if out.ndim != 2 or out.shape[0] != len(batch):
-                raise HawqError(f"output {io.output_name!r} has shape {out.shape} for a batch of {len(batch)}; "
+            if out.ndim != 2 or out.shape[0] != n:
+                raise HawqError(f"output {io.output_name!r} has shape {out.shape} for a batch of {n}; "
                                 "validate needs (N, classes) scores")
             parts.append(out.astype(np.float32, copy=False))
-            bar.update(len(batch))
+            bar.update(n)
     return np.concatenate(parts)
 
 

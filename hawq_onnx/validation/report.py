@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from hawq_onnx.core import model_inputs
 from hawq_onnx.io.atomic import write_text, write_with
 from hawq_onnx.validation.validate import ValidationReport
 
@@ -101,9 +102,15 @@ def _gate_line(result: ValidationReport) -> str | None:
     return f"gate --max-drop {result.max_drop:g}: {verdict} (top-1 drop {result.quantized.drop_points:+.2f} points)"
 
 
+def _shape_text(shape: model_inputs.InputShape) -> str:
+    if model_inputs.is_single(shape):
+        return f"(N, {', '.join(map(str, shape))})"
+    return f"({model_inputs.describe(shape)}, each with the batch first)"
+
+
 def _header_lines(result: ValidationReport) -> list[str]:
     lines = [f"data: {result.data}, test split, {result.samples:,} samples, {result.num_classes} classes; "
-             f"input {result.input_name!r} (N, {', '.join(map(str, result.input_shape))}); "
+             f"input {result.input_name!r} {_shape_text(result.input_shape)}; "
              f"normalisation: {result.normalisation}"]
     if result.latency:
         lat = result.latency

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from hawq_onnx.core.onnx_inspect import Inspection, inspect_onnx, layer_name, load_onnx
+from hawq_onnx.core import model_inputs
 from hawq_onnx.errors import GateFailure, HawqError, OptionError
 from hawq_onnx.io.atomic import write_json
 from hawq_onnx.io.sensitivity_report import Sensitivity, load_sensitivity
@@ -122,8 +123,8 @@ class ValidationReport:
     data: str
     samples: int
     num_classes: int
-    input_name: str
-    input_shape: tuple[int, ...]
+    input_name: str                    # the model's inputs' names, comma-separated where several
+    input_shape: model_inputs.InputShape
     normalisation: str                 # where mean/std came from
     models: list[ModelResult]
     layers: list[LayerReport]
@@ -163,7 +164,8 @@ class ValidationReport:
         return {"format": FORMAT, "version": VERSION,
                 "data": {"source": self.data, "split": "test", "samples": self.samples,
                          "num_classes": self.num_classes, "input_name": self.input_name,
-                         "input_shape": list(self.input_shape), "normalisation": self.normalisation},
+                         "input_shape": model_inputs.shape_json(self.input_shape),
+                         "normalisation": self.normalisation},
                 "models": {m.label: m.to_json() for m in self.models},
                 "latency": None if self.latency is None else {
                     k: v for k, v in self.latency.to_json().items() if k != "models"},
@@ -278,12 +280,12 @@ def validate(float_path: str | Path, quant_path: str | Path, data: str | Dataset
     sample_shape = test.sample_shape
     labels: list[np.ndarray] = []
 
-    def inputs(record: bool = False) -> Iterator[np.ndarray]:
+    def inputs(record: bool = False) -> Iterator[model_inputs.Arrays]:
         """The test inputs batch by batch (a streamed split is read again on every pass)."""
         for x, y in test.batches(eval_batch_size):
             if record:  # a copy: a view would keep the whole batch alive (measured: 3 MB a batch)
                 labels.append(y.numpy().copy())
-            yield x.numpy()
+            yield model_inputs.as_numpy(x)
 
     with tempfile.TemporaryDirectory(prefix="hawq-validate-") as tmp:
         paths: dict[str, Path] = {FLOAT: Path(float_path), QUANTIZED: Path(quant_path)}
@@ -294,7 +296,7 @@ def validate(float_path: str | Path, quant_path: str | Path, data: str | Dataset
             # Before any global thread pool exists in this process (there is none here: latency
             # runs in a child process), as the quantizer requires.
             target = Path(tmp) / "ort-int8.onnx"
-            ort_int8(float_path, dataset.calib, target, float_io.input_name, float_io.input_dtype)
+            ort_int8(float_path, dataset.calib, target, float_io)
             paths["ort-int8"] = target
 
         sessions = {}
@@ -324,7 +326,7 @@ def validate(float_path: str | Path, quant_path: str | Path, data: str | Dataset
         latency = None
         if runs > 0:
             pool_size = max(batch_sizes)
-            pool = np.concatenate([x.numpy() for x, _ in test.take(pool_size).batches(pool_size)])
+            pool = model_inputs.concat([model_inputs.as_numpy(x) for x, _ in test.take(pool_size).batches(pool_size)])
             latency = measure_latency({k: str(v) for k, v in paths.items()}, pool, batch_sizes=batch_sizes,
                                       threads=threads, runs=runs, warmup=warmup, providers=providers)
 
@@ -366,7 +368,7 @@ def validate(float_path: str | Path, quant_path: str | Path, data: str | Dataset
     quant = models[1]
     layers = _layer_reports(inspections[QUANTIZED], quant.census, inspections[FLOAT], sens)
     return ValidationReport(data=source, samples=len(test), num_classes=dataset.num_classes,
-                            input_name=float_io.input_name, input_shape=sample_shape,
+                            input_name=", ".join(i.name for i in float_io.inputs), input_shape=sample_shape,
                             normalisation=normalisation, models=models, layers=layers, latency=latency,
                             max_drop=max_drop, sensitivity=str(sensitivity) if sensitivity is not None else None,
                             fake_quant=fake_quant)
