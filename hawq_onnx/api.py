@@ -382,14 +382,15 @@ def validate(float_model: OnnxLike, quantized_model: OnnxLike, data: Any, *,
 
 
 def package(model: OnnxLike, out: PathLike, *, report: ValidationReport | PathLike | None = None,
-            as_zip: bool = False, model_ref: str | None = None) -> PackageResult:
-    """An ONNX Runtime bundle of ``model``: the .onnx, the .ort, the operator config for a minimal
-    build and a manifest (with ``report``'s figures), after checking the .ort matches the .onnx."""
+            as_zip: bool = False, model_ref: str | None = None, full: bool = False) -> PackageResult:
+    """An ONNX Runtime bundle of ``model``: the .ort, the operator config for a minimal build and a
+    manifest (with ``report``'s figures), after checking the .ort matches the .onnx; ``full`` adds
+    the .onnx. The result's ``costs`` say what each file takes on disk."""
     with _onnx_files(model) as (path,), tempfile.TemporaryDirectory() as tmp:
         report_path = report
         if isinstance(report, ValidationReport):
             report_path = report.save(Path(tmp) / "report.json")
-        return build_bundle(path, out, report=report_path, model_ref=model_ref, as_zip=as_zip)
+        return build_bundle(path, out, report=report_path, model_ref=model_ref, as_zip=as_zip, full=full)
 
 
 def inspect(model: OnnxLike) -> Inspection | Bundle:

@@ -26,7 +26,7 @@ from hawq_onnx.onnx_export.float_onnx import float_onnx, save_onnx
 from hawq_onnx.sources.data import load_data
 from hawq_onnx.sources.model import load_model
 
-BUNDLE_FILES = {"model.onnx", "model.ort", "model.required_operators.config", "manifest.json"}
+BUNDLE_FILES = {"model.ort", "model.required_operators.config", "manifest.json"}  # what a minimal build needs
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +57,7 @@ def bundles(models, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("bundles")
     before = hashlib.sha256(models["qdq"].read_bytes()).hexdigest()
     out = {name: package.build_bundle(path, root / name, model_ref="digits-cnn").path for name, path in models.items()}
+    out["qdq-full"] = package.build_bundle(models["qdq"], root / "qdq-full", model_ref="digits-cnn", full=True).path
     assert hashlib.sha256(models["qdq"].read_bytes()).hexdigest() == before  # input untouched
     return out
 
@@ -82,10 +83,15 @@ def _conversion_session(model: Path, optimized_out: Path | None = None):
 def test_bundle_files_manifest_and_checksums(bundles, models):
     path = bundles["qdq"]
     assert {p.name for p in path.iterdir()} == BUNDLE_FILES
-    assert (path / "model.onnx").read_bytes() == models["qdq"].read_bytes()
+    full = bundles["qdq-full"]
+    assert {p.name for p in full.iterdir()} == BUNDLE_FILES | {"model.onnx"}
+    assert (full / "model.onnx").read_bytes() == models["qdq"].read_bytes()
+    assert read_bundle(full).manifest["contents"] == "full"
     bundle = read_bundle(path)
     m = bundle.manifest
-    assert set(m["files"]) == BUNDLE_FILES - {"manifest.json"}
+    assert set(m["files"]) == BUNDLE_FILES - {"manifest.json"} and m["contents"] == "minimal"
+    assert m["source"] == {"name": "qdq.onnx", "bytes": models["qdq"].stat().st_size,
+                           "sha256": hashlib.sha256(models["qdq"].read_bytes()).hexdigest()}
     for name, entry in m["files"].items():
         assert entry["sha256"] == hashlib.sha256((path / name).read_bytes()).hexdigest()
         assert entry["bytes"] == (path / name).stat().st_size
@@ -109,15 +115,15 @@ def test_bundle_files_manifest_and_checksums(bundles, models):
 
 
 @pytest.mark.parametrize("kind", ["float", "qdq"])
-def test_ort_loads_and_matches_onnx_bitwise(bundles, kind):
+def test_ort_loads_and_matches_onnx_bitwise(bundles, models, kind):
     path = bundles[kind]
     ort_session = ort.InferenceSession(str(path / "model.ort"), providers=["CPUExecutionProvider"])
-    reference = _conversion_session(path / "model.onnx")
+    reference = _conversion_session(models[kind])
     x = np.random.default_rng(7).standard_normal((5, 1, 8, 8)).astype(np.float32)  # not the built-in check's input
     got = ort_session.run(None, {"input": x})[0]
     assert got.tobytes() == reference.run(None, {"input": x})[0].tobytes()
     # and it is still the model: the default full-build session agrees to float rounding
-    default = ort.InferenceSession(str(path / "model.onnx"), providers=["CPUExecutionProvider"])
+    default = ort.InferenceSession(str(models[kind]), providers=["CPUExecutionProvider"])
     assert np.abs(got - default.run(None, {"input": x})[0]).max() < 1e-4
 
 
@@ -139,10 +145,10 @@ def _optimized_graph_operators(onnx_path: Path, tmp_path: Path) -> set[tuple[str
 
 
 @pytest.mark.parametrize("kind", ["float", "qdq"])
-def test_operator_config_is_exactly_the_ort_operators(bundles, kind, tmp_path):
+def test_operator_config_is_exactly_the_ort_operators(bundles, models, kind, tmp_path):
     path = bundles[kind]
     config = read_operator_config(path / "model.required_operators.config")
-    assert config == _optimized_graph_operators(path / "model.onnx", tmp_path)
+    assert config == _optimized_graph_operators(models[kind], tmp_path)
     assert config == ort_model_operators(path / "model.ort")
     if kind == "qdq":  # the integer kernels a minimal build needs, and no float Conv
         assert {("com.microsoft", 1, "QLinearConv"), ("com.microsoft", 1, "QGemm")} <= config
@@ -160,11 +166,28 @@ def test_zip_bundle_reads_and_matches_folder(bundles, models, tmp_path):
     # two conversions give equivalent .ort files whose bytes may differ (ORT writes hash-map order)
     assert {k: v for k, v in bundle.manifest.items() if k != "files"} == \
         {k: v for k, v in folder.items() if k != "files"}
-    assert bundle.manifest["files"]["model.onnx"] == folder["files"]["model.onnx"]
+    config = "model.required_operators.config"
+    assert bundle.manifest["files"][config] == folder["files"][config]
     session = ort.InferenceSession(ort_bytes, providers=["CPUExecutionProvider"])
     assert session.get_outputs()[0].name == "logits"
     assert package.build_bundle(models["float"], tmp_path / "f.zip").path == tmp_path / "f.zip"
     assert _leftovers(tmp_path) == []
+
+
+def test_costs_say_what_each_file_takes(models, tmp_path):
+    """Folder: the files' sizes add up to the bundle; zip: compressed sizes plus headers are the archive."""
+    folder = package.build_bundle(models["qdq"], tmp_path / "b")
+    assert {c.name for c in folder.costs} == BUNDLE_FILES and folder.costs[0].name == "model.ort"
+    assert folder.total_bytes == sum(folder.files.values()) == sum(c.bytes for c in folder.costs)
+    assert {c.name: c.bytes for c in folder.costs} == folder.files
+    assert abs(sum(c.share for c in folder.costs) - 1) < 1e-9 and all(c.purpose for c in folder.costs)
+    assert folder.left_out == {"model.onnx": models["qdq"].stat().st_size}
+    zipped = package.build_bundle(models["qdq"], tmp_path / "b.zip")
+    assert zipped.total_bytes == zipped.path.stat().st_size > sum(c.bytes for c in zipped.costs)
+    with zipfile.ZipFile(zipped.path) as zf:
+        assert {c.name: c.bytes for c in zipped.costs} == {i.filename: i.compress_size for i in zf.infolist()}
+    full = package.build_bundle(models["qdq"], tmp_path / "full", full=True)
+    assert full.left_out == {} and full.files["model.onnx"] == models["qdq"].stat().st_size
 
 
 # --- verification of a bundle -------------------------------------------------------------------
@@ -189,8 +212,8 @@ def test_read_bundle_refuses_tampered_missing_and_extra_files(bundles, tmp_path)
     zipped = tmp_path / "b.zip"
     with zipfile.ZipFile(zipped, "w") as zf:
         for p in bundles["qdq"].iterdir():
-            zf.writestr(p.name, p.read_bytes() if p.name != "model.onnx" else b"broken")
-    with pytest.raises(HawqError, match="model.onnx .*bytes"):
+            zf.writestr(p.name, p.read_bytes() if p.name != "model.required_operators.config" else b"broken")
+    with pytest.raises(HawqError, match="model.required_operators.config .*bytes"):
         read_bundle(zipped)
     (tmp_path / "junk.zip").write_bytes(b"not a zip")
     with pytest.raises(HawqError, match="neither a bundle folder nor a .zip"):
@@ -369,7 +392,10 @@ def test_int4_weights_package_through_cast_and_are_refused_direct(models, tmp_pa
     """The ORT format has no 4-bit type: INT4 read by DequantizeLinear cannot be packaged; INT4 -> Cast
     -> DequantizeLinear can (the conversion folds the Cast, so the .ort holds the weight as int8)."""
     cast = _with_int4_weight(models["qdq"], tmp_path / "cast.onnx", through_cast=True)
-    m = package.build_bundle(cast, tmp_path / "cast_bundle", model_ref="digits-cnn").manifest
+    result = package.build_bundle(cast, tmp_path / "cast_bundle", model_ref="digits-cnn")
+    m = result.manifest
+    if result.size_note is not None:  # the .ort outweighs the .onnx: the int8 widening is named
+        assert "no 4- or 2-bit type" in result.size_note
     int4 = [(r["layer"], r["w_bits"]) for r in m["layers"] if r["storage"] == "int4"]
     assert len(int4) == 1 and int4[0][0].startswith("block_conv1") and int4[0][1] == 4
     assert m["check"]["bitwise_equal"] and "ai.onnx;21;Cast" not in m["conversion"]["operators"]
@@ -387,6 +413,11 @@ def test_cli_package_and_errors(models, tmp_path):
                                  "--model", "digits-cnn"])
     assert result.exit_code == 0, result.output
     assert "model.ort" in result.stdout and (tmp_path / "b.zip").is_file()
+    assert "(zip headers)" in result.stdout and "left out: model.onnx" in result.stdout
+    result = runner.invoke(cli, ["package", str(models["qdq"]), "--out", str(tmp_path / "full"), "--full"])
+    assert result.exit_code == 0, result.output
+    assert "model.onnx" in result.stdout and "left out" not in result.stdout
+    assert {p.name for p in (tmp_path / "full").iterdir()} == BUNDLE_FILES | {"model.onnx"}
     result = runner.invoke(cli, ["package", str(tmp_path / "nope.onnx"), "--out", str(tmp_path / "x")])
     assert result.exit_code == 2
     assert result.stderr.strip().count("\n") == 0 and "nope.onnx does not exist" in result.stderr

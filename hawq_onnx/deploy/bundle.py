@@ -1,8 +1,8 @@
 """Reading a deployment bundle (a folder or a .zip) and checking it is the one that was built.
 
-A bundle, written by :mod:`hawq_onnx.deploy.package`, holds the ``.onnx`` model, its ORT-format
-twin (``.ort``), the required-operators configuration for a minimal ONNX Runtime build, and
-``manifest.json``, which lists every other file with its size and sha256. Reading a bundle
+A bundle, written by :mod:`hawq_onnx.deploy.package`, holds the model in ORT format (``.ort``),
+the required-operators configuration for a minimal ONNX Runtime build, ``manifest.json``, which
+lists every other file with its size and sha256, and in a full bundle the ``.onnx`` model too. Reading a bundle
 verifies each listed file against the manifest, so a bundle that was edited, truncated or
 half-copied is refused instead of deployed. A bundle holds exactly those files: how its members
 are listed and read without trusting it (names, links, sizes, zip headers) is in
@@ -205,7 +205,8 @@ def _layer_table(layers: list[dict[str, Any]]) -> list[str]:
 
 def format_manifest(manifest: dict[str, Any]) -> str:
     """A bundle's manifest for the terminal: files, I/O, preprocessing, checks, figures, layers."""
-    lines = [f"hawq-onnx bundle (format {manifest.get('format_version')}), "
+    contents = f", {manifest['contents']}" if isinstance(manifest.get("contents"), str) else ""
+    lines = [f"hawq-onnx bundle (format {manifest.get('format_version')}{contents}), "
              f"from {manifest.get('source', {}).get('name', '?')}"]
     model = manifest.get("model", {})
     lines.append(f"  opset {model.get('opset')}, IR {model.get('ir_version')}")

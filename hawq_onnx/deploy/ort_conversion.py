@@ -258,3 +258,21 @@ def ort_model_operators(ort_path: Path) -> set[tuple[str, int, str]]:
         raise HawqError(f"cannot read the operators of the .ort model: {exc.__class__.__name__}: {exc}") from None
     return {(domain, opset, op) for domain, by_opset in required.items() for opset, names in by_opset.items()
             for op in names}
+
+
+def ort_initializer_bytes(ort_path: Path) -> int | None:
+    """The raw bytes of an ORT-format model's weights; None if this ONNX Runtime's reader cannot say.
+
+    The flatbuffer reader is ONNX Runtime's own (its tools package): a release that moves it costs
+    the size explanation only, never the bundle.
+    """
+    _ort_tools()  # its import side effects, undone
+    try:
+        from onnxruntime.tools.ort_format_model.ort_flatbuffers_py import fbs
+
+        data = ort_path.read_bytes()
+        graph = fbs.InferenceSession.InferenceSession.GetRootAsInferenceSession(data, 0).Model().Graph()
+        return sum(graph.Initializers(i).RawDataLength() for i in range(graph.InitializersLength()))
+    except Exception as exc:  # a reader of another release: any failure only drops the figure
+        log.debug("cannot read the .ort's initializers: %s", exc)
+        return None

@@ -1,9 +1,12 @@
 """``hawq-onnx package``: a deployable bundle for ONNX Runtime and its minimal builds.
 
-The bundle holds the ``.onnx`` model (a byte copy of the input), the same model in ORT format
-(``.ort``), the required-operators configuration a minimal ONNX Runtime build takes with
+The bundle holds what a device needs: the model in ORT format (``.ort``, what a minimal ONNX
+Runtime build loads), the required-operators configuration that build takes with
 ``--include_ops_by_config``, and ``manifest.json`` (I/O, preprocessing, per-layer precision,
-conversion settings, check results, validation figures, versions, sha256 of every file).
+conversion settings, check results, validation figures, versions, sha256 of every file). A full
+bundle also holds the ``.onnx`` (a byte copy of the input), for a full ONNX Runtime or a later
+conversion; the minimal one names it by sha256 only, since it is the input the user already has
+and is often a quarter of the bundle. What each file costs: :mod:`hawq_onnx.deploy.bundle_costs`.
 
 The conversion settings (and why), and the check that the ``.ort`` gives the ``.onnx`` model's
 outputs: :mod:`hawq_onnx.deploy.ort_conversion`. The manifest's preprocessing, class names and
@@ -21,7 +24,7 @@ import os
 import shutil
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,7 @@ from hawq_onnx.deploy.bundle import (
     ROLE_OPERATORS_CONFIG,
     ROLE_ORT,
 )
+from hawq_onnx.deploy.bundle_costs import FileCost, file_costs, ort_size_note, stored_sizes
 from hawq_onnx.deploy.manifest import preprocessing_and_classes, validation_figures
 from hawq_onnx.deploy.ort_conversion import (
     CONVERTER,
@@ -64,11 +68,19 @@ ORT_NAME = f"{MODEL_STEM}.ort"
 CONFIG_NAME = f"{MODEL_STEM}.required_operators.config"
 
 
+CONTENTS_MINIMAL = "minimal"
+CONTENTS_FULL = "full"
+
+
 @dataclass
 class PackageResult:
     path: Path
     files: dict[str, int]  # name -> bytes, manifest included
     manifest: dict[str, Any]
+    costs: list[FileCost] = field(default_factory=list)  # largest first, as stored (compressed in a .zip)
+    total_bytes: int = 0  # the bundle on disk: the folder's files, or the .zip archive
+    left_out: dict[str, int] = field(default_factory=dict)  # what a full bundle adds: name -> bytes
+    size_note: str | None = None  # why the .ort outweighs the .onnx, when it does
 
 
 # --- destination ------------------------------------------------------------------------------
@@ -211,8 +223,10 @@ def _operator_list(ops: set[tuple[str, int, str]]) -> list[str]:
 # --- the command ------------------------------------------------------------------------------
 
 def build_bundle(onnx_path: str | os.PathLike, out: str | os.PathLike, *, report: str | os.PathLike | None = None,
-                 model_ref: str | None = None, as_zip: bool = False) -> PackageResult:
-    """Package ``onnx_path`` into a bundle folder (or .zip) at ``out``; see the module docstring."""
+                 model_ref: str | None = None, as_zip: bool = False, full: bool = False) -> PackageResult:
+    """Package ``onnx_path`` into a bundle folder (or .zip) at ``out``; ``full`` adds the .onnx.
+
+    See the module docstring."""
     src = Path(onnx_path)
     dest, as_zip = bundle_destination(out, as_zip)
     inputs = [src] + ([Path(report)] if report is not None else []) + ([model_file(model_ref)]
@@ -233,21 +247,28 @@ def build_bundle(onnx_path: str | os.PathLike, out: str | os.PathLike, *, report
     except OSError as exc:
         raise OptionError(f"cannot write the bundle {dest}: {exc.strerror}; choose another {{out}}", "out") from None
     try:
-        shutil.copyfile(src, staging / ONNX_NAME)
         with tempfile.TemporaryDirectory(prefix=".convert.", dir=staging) as scratch:
-            work = Path(scratch)
-            shutil.copyfile(src, work / ONNX_NAME)
+            # A private copy of the input, which may change meanwhile, is the reference the .ort is
+            # checked against; the converter gets a copy of its own, so that the check never reads
+            # a file the conversion could have touched.
+            source, work = Path(scratch) / "source.onnx", Path(scratch) / "convert"
+            shutil.copyfile(src, source)
+            work.mkdir()
+            shutil.copyfile(source, work / ONNX_NAME)
             ort_path, config_path = convert_to_ort(work / ONNX_NAME, work)
             shutil.copyfile(ort_path, staging / ORT_NAME)
             _relabel_config(config_path, staging / CONFIG_NAME)
-        check = check_ort_matches(staging / ONNX_NAME, staging / ORT_NAME)
+            check = check_ort_matches(source, staging / ORT_NAME)
+            source_sha256, source_bytes = sha256_file(source), source.stat().st_size
+            if full:
+                shutil.copyfile(source, staging / ONNX_NAME)
         config_ops = read_operator_config(staging / CONFIG_NAME)
         model_ops = ort_model_operators(staging / ORT_NAME)
         if config_ops != model_ops:
             missing, unused = _operator_list(model_ops - config_ops), _operator_list(config_ops - model_ops)
             raise HawqError(f"the operators config does not match the .ort model (missing {missing}, "
                             f"unused {unused})")
-        roles = {ONNX_NAME: ROLE_ONNX, ORT_NAME: ROLE_ORT, CONFIG_NAME: ROLE_OPERATORS_CONFIG}
+        roles = {ORT_NAME: ROLE_ORT, CONFIG_NAME: ROLE_OPERATORS_CONFIG, **({ONNX_NAME: ROLE_ONNX} if full else {})}
         files = {name: {"role": role, "bytes": (staging / name).stat().st_size, "sha256": sha256_file(staging / name)}
                  for name, role in roles.items()}
         import onnxruntime
@@ -255,7 +276,8 @@ def build_bundle(onnx_path: str | os.PathLike, out: str | os.PathLike, *, report
         manifest = {
             "format": BUNDLE_FORMAT,
             "format_version": BUNDLE_FORMAT_VERSION,
-            "source": {"name": src.name, "sha256": files[ONNX_NAME]["sha256"]},
+            "contents": CONTENTS_FULL if full else CONTENTS_MINIMAL,
+            "source": {"name": src.name, "bytes": source_bytes, "sha256": source_sha256},
             "model": {"inputs": io["inputs"], "outputs": io["outputs"], "ir_version": model.ir_version,
                       "opset": {(o.domain or "ai.onnx"): o.version for o in model.opset_import},
                       "producer": model.producer_name or None},
@@ -276,6 +298,7 @@ def build_bundle(onnx_path: str | os.PathLike, out: str | os.PathLike, *, report
         write_json(staging / MANIFEST_NAME, manifest)
         names = sorted(files) + [MANIFEST_NAME]
         sizes = {name: (staging / name).stat().st_size for name in names}
+        size_note = ort_size_note(model, source_bytes, ORT_NAME, staging / ORT_NAME)
         if as_zip:
             _write_zip(staging, dest, names)
         else:
@@ -284,4 +307,6 @@ def build_bundle(onnx_path: str | os.PathLike, out: str | os.PathLike, *, report
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    return PackageResult(dest, sizes, manifest)
+    stored, total = stored_sizes(dest, as_zip, sizes)
+    return PackageResult(dest, sizes, manifest, file_costs(stored, roles, total), total,
+                         {} if full else {ONNX_NAME: source_bytes}, size_note)
