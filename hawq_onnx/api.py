@@ -350,7 +350,7 @@ def _reference(reference: QuantizedModel | Callable | None, quant: OnnxLike) -> 
     return lambda x: predict_scores(module, x)
 
 
-def validate(float_model: OnnxLike, quantized_model: OnnxLike, data: Any, *,
+def validate(float_model: OnnxLike, quantized_model: OnnxLike, data: Any = None, *,
              reference: QuantizedModel | Callable[[np.ndarray], np.ndarray] | None = None,
              sensitivity: Sensitivity | PathLike | None = None, options: ValidateOptions | None = None,
              input_shape: model_inputs.InputShape | None = None, input_fn: Callable | None = None,
@@ -361,6 +361,8 @@ def validate(float_model: OnnxLike, quantized_model: OnnxLike, data: Any, *,
     it was exported from), its agreement with PyTorch. ``data`` held in Python is evaluated whole
     (without labels, against the float model's top-1); a spec string is normalised by the ONNX
     metadata or by ``model`` (a zoo name or FILE.py:factory), as ``hawq-onnx validate`` does.
+    Without ``data``: the model's own data (``model``'s, else the default model's), as the other
+    stages default.
     ``baseline_out`` keeps the ``baseline`` model (ONNX Runtime's own int8) there."""
     opts = with_overrides(options, ValidateOptions, overrides, "validate")
     ref = _reference(reference, quantized_model)
@@ -369,8 +371,6 @@ def validate(float_model: OnnxLike, quantized_model: OnnxLike, data: Any, *,
         if isinstance(sensitivity, Sensitivity):
             sens_path = sensitivity.save(Path(tmp) / "sensitivity.json")
         if data is None or isinstance(data, (str, Dataset)):
-            if data is None:
-                raise HawqError("validate: data is required (a DataLoader, arrays or a spec string)")
             dataset = data
         else:
             dataset = _eval_dataset(data, fpath, opts.threads, input_fn)

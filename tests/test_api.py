@@ -192,7 +192,7 @@ def test_api_and_cli_write_the_same_artefacts(tmp_path):
                                  validate=hq.ValidateOptions(runs=0))
     hq.quantize(out=tmp_path / "api", options=options)
     cli = subprocess.run([sys.executable, "-c", "from hawq_onnx.cli import main; main()", "quantize", "--out",
-                          str(tmp_path / "cli"), "--batch-size", "64", "--runs", "0", "--epochs", "0.5"],
+                          str(tmp_path / "cli"), "--analysis-batch-size", "64", "--runs", "0", "--epochs", "0.5"],
                          capture_output=True, text=True)
     assert cli.returncode == 0, cli.stderr
     a, b = tmp_path / "api", tmp_path / "cli"

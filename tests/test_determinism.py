@@ -55,9 +55,9 @@ def test_quantized_export_gives_the_same_model_bytes(art, tmp_path):
     shutil.copyfile(art.quantized, moved)
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     child = subprocess.Popen([sys.executable, "-c", "from hawq_onnx.cli import main; main()", "export",
-                              "--quantized", str(moved), "--out", str(tmp_path / "q2.onnx")],
+                              "--quantized-pt", str(moved), "--out", str(tmp_path / "q2.onnx")],
                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _invoke(["export", "--quantized", str(art.quantized), "--out", str(tmp_path / "q1.onnx")])
+    _invoke(["export", "--quantized-pt", str(art.quantized), "--out", str(tmp_path / "q1.onnx")])
     _, err = child.communicate(timeout=300)
     assert child.returncode == 0, err
     first = (tmp_path / "q1.onnx").read_bytes()

@@ -174,8 +174,8 @@ def test_equal_checkpoints_are_equal_bytes(tmp_path):
     "finetune --data npz:{d}/data.npz --plan {d}/plan.json --out {d}/q.pt --plan-out {d}/data.npz",
     "finetune --model {d}/m.py:make --plan {d}/plan.json --out {d}/m.py",
     "export --model {d}/m.py:make --out {d}/m.py",
-    "validate --float {d}/f.onnx --quant {d}/q.onnx --data npz:{d}/data.npz --json {d}/data.npz",
-    "validate --float {d}/f.onnx --quant {d}/q.onnx --data npz:{d}/data.npz --report {d}/data.npz",
+    "validate --float-onnx {d}/f.onnx --quantized-onnx {d}/q.onnx --data npz:{d}/data.npz --json {d}/data.npz",
+    "validate --float-onnx {d}/f.onnx --quantized-onnx {d}/q.onnx --data npz:{d}/data.npz --report {d}/data.npz",
     "analyze --data cifar10:{d}/cifar --out {d}/cifar/train.npz",
     "quantize --model {d}/m.py:make --data npz:{d}/data.npz --out {d}/cifar",
 ])

@@ -85,9 +85,9 @@ class Scenario:
 
 
 SCENARIOS = {
-    "quantized-export-sigterm": Scenario(["export", "--quantized", "{a}/quantized.pt", "--out", "{d}/model.qdq.onnx"],
+    "quantized-export-sigterm": Scenario(["export", "--quantized-pt", "{a}/quantized.pt", "--out", "{d}/model.qdq.onnx"],
                                          "model.qdq.onnx", signal.SIGTERM),
-    "quantized-export-sigkill": Scenario(["export", "--quantized", "{a}/quantized.pt", "--out", "{d}/model.qdq.onnx"],
+    "quantized-export-sigkill": Scenario(["export", "--quantized-pt", "{a}/quantized.pt", "--out", "{d}/model.qdq.onnx"],
                                          "model.qdq.onnx", signal.SIGKILL),
     "package-sigterm": Scenario(["package", "{a}/model.qdq.onnx", "--out", "{d}/bundle"], "bundle", signal.SIGTERM),
     "package-zip-sigint": Scenario(["package", "{a}/model.qdq.onnx", "--out", "{d}/bundle.zip"], "bundle.zip",

@@ -92,7 +92,7 @@ def test_out_must_be_a_folder(tmp_path):
 
 def test_cli_one_line_errors(tmp_path):
     r = subprocess.run([sys.executable, "-c", "from hawq_onnx.cli import main; main()", "quantize", "--budget", "100x",
-                        "--out", str(tmp_path / "o"), "--runs", "0", "--epochs", "1", "--batch-size", "32"],
+                        "--out", str(tmp_path / "o"), "--runs", "0", "--epochs", "1", "--analysis-batch-size", "32"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: budget 100x")
     assert "Traceback" not in r.stderr

@@ -283,10 +283,10 @@ class Case:
     bug: str = ""    # a known bug in a module this test does not own: expected to fail until fixed
 
 
-EXPORT_Q = "export --quantized {a}/quantized.pt"
+EXPORT_Q = "export --quantized-pt {a}/quantized.pt"
 FT = "finetune --plan {a}/plan.json --order ptq --out {o}/q.pt"
 VAL = "validate --runs 0 --limit 40"
-VAL_OK = VAL + " --float {a}/model.float.onnx --quant {a}/model.qdq.onnx"
+VAL_OK = VAL + " --float-onnx {a}/model.float.onnx --quantized-onnx {a}/model.qdq.onnx"
 ALLOC = "allocate --sensitivity {a}/sensitivity.json --budget 4x"
 Q = "quantize --out {o}/run"
 AN = "analyze --out {o}/s.json"
@@ -361,10 +361,10 @@ CASES = [
     Case("export-layer-weight-read-in-forward",
          "export --model {b}/models.py:weight_read_in_forward --plan {b}/weight_read.calibrated.plan.json --data digits "
          "--out {o}/q.onnx", r"not found in the ONNX graph \(conv\)"),
-    Case("export-quantized-truncated", "export --quantized {b}/truncated.pt --out {o}/q.onnx", "not a readable torch file"),
-    Case("export-quantized-not-ours", "export --quantized {a}/weights.pt --out {o}/q.onnx",
+    Case("export-quantized-truncated", "export --quantized-pt {b}/truncated.pt --out {o}/q.onnx", "not a readable torch file"),
+    Case("export-quantized-not-ours", "export --quantized-pt {a}/weights.pt --out {o}/q.onnx",
          "not a hawq-onnx quantized checkpoint"),
-    Case("export-quantized-nan", "export --quantized {b}/nan.quantized.pt --out {o}/q.onnx", "NaN or Inf"),
+    Case("export-quantized-nan", "export --quantized-pt {b}/nan.quantized.pt --out {o}/q.onnx", "NaN or Inf"),
     Case("export-quantized-other-model", EXPORT_Q + " --model resnet20-cifar10 --out {o}/q.onnx", "another model"),
     Case("export-plan-disagrees-with-quantized", EXPORT_Q + " --plan {b}/plan_bits.json --out {o}/q.onnx", "w_bits 5"),
     Case("export-data-wrong-shape", EXPORT_Q + " --data npz:{b}/wrong_shape.npz --out {o}/q.onnx",
@@ -462,23 +462,23 @@ CASES = [
     Case("finetune-out-in-proc", "finetune --plan {a}/plan.json --order ptq --out /proc/hawq-onnx-test.pt", "not writable"),
 
     # validate: the two models, data, outputs
-    Case("validate-float-missing", VAL + " --float {b}/nope.onnx --quant {a}/model.qdq.onnx --data digits", "does not exist"),
-    Case("validate-float-empty", VAL + " --float {b}/empty.onnx --quant {a}/model.qdq.onnx --data digits", "is empty"),
-    Case("validate-float-truncated", VAL + " --float {b}/truncated.onnx --quant {a}/model.qdq.onnx --data digits",
+    Case("validate-float-missing", VAL + " --float-onnx {b}/nope.onnx --quantized-onnx {a}/model.qdq.onnx --data digits", "does not exist"),
+    Case("validate-float-empty", VAL + " --float-onnx {b}/empty.onnx --quantized-onnx {a}/model.qdq.onnx --data digits", "is empty"),
+    Case("validate-float-truncated", VAL + " --float-onnx {b}/truncated.onnx --quantized-onnx {a}/model.qdq.onnx --data digits",
          "not a readable ONNX model"),
-    Case("validate-quant-not-onnx", VAL + " --float {a}/model.float.onnx --quant {b}/text.onnx --data digits",
+    Case("validate-quant-not-onnx", VAL + " --float-onnx {a}/model.float.onnx --quantized-onnx {b}/text.onnx --data digits",
          "not a readable ONNX model"),
-    Case("validate-quant-checker", VAL + " --float {a}/model.float.onnx --quant {b}/checker.onnx --data digits",
+    Case("validate-quant-checker", VAL + " --float-onnx {a}/model.float.onnx --quantized-onnx {b}/checker.onnx --data digits",
          "fails the ONNX checker"),
-    Case("validate-float-nan-weight", VAL + " --float {b}/nan.onnx --quant {a}/model.qdq.onnx --data digits",
+    Case("validate-float-nan-weight", VAL + " --float-onnx {b}/nan.onnx --quantized-onnx {a}/model.qdq.onnx --data digits",
          "holds NaN or Inf"),
-    Case("validate-quant-inf-scale", VAL + " --float {a}/model.float.onnx --quant {b}/inf_scale.onnx --data digits",
+    Case("validate-quant-inf-scale", VAL + " --float-onnx {a}/model.float.onnx --quantized-onnx {b}/inf_scale.onnx --data digits",
          "stem.weight_scale' holds NaN or Inf"),
-    Case("validate-dynamic-input-shape", VAL + " --float {b}/dynamic.onnx --quant {a}/model.qdq.onnx --data digits",
+    Case("validate-dynamic-input-shape", VAL + " --float-onnx {b}/dynamic.onnx --quantized-onnx {a}/model.qdq.onnx --data digits",
          r"dynamic input shape \(N, 1, \?, \?\): pass --input-shape"),
-    Case("validate-input-without-shape", VAL + " --float {b}/no_shape.onnx --quant {a}/model.qdq.onnx --data digits",
+    Case("validate-input-without-shape", VAL + " --float-onnx {b}/no_shape.onnx --quantized-onnx {a}/model.qdq.onnx --data digits",
          "fails the ONNX checker: .*shape"),
-    Case("validate-quant-of-other-model", VAL + " --float {a}/model.float.onnx --quant {b}/other.onnx --data digits",
+    Case("validate-quant-of-other-model", VAL + " --float-onnx {a}/model.float.onnx --quantized-onnx {b}/other.onnx --data digits",
          r"takes input 'input' of shape \(N, 64\)"),
     Case("validate-data-wrong-shape", VAL_OK + " --data npz:{b}/wrong_shape.npz", "do not fit the model input"),
     Case("validate-data-empty", VAL_OK + " --data npz:{b}/empty.npz", "at least one sample"),
@@ -641,8 +641,8 @@ def test_debug_shows_the_traceback(env, tmp_path):
 def test_gate_failure_exits_1_after_writing_the_reports(env, tmp_path):
     """--max-drop is the one check that exits 1, and only once the reports are written."""
     report = tmp_path / "r.json"
-    result = CliRunner().invoke(cli, ["validate", "--float", str(env.a / "model.float.onnx"),
-                                      "--quant", str(env.b / "damaged.onnx"), "--data", "digits", "--runs", "0",
+    result = CliRunner().invoke(cli, ["validate", "--float-onnx", str(env.a / "model.float.onnx"),
+                                      "--quantized-onnx", str(env.b / "damaged.onnx"), "--data", "digits", "--runs", "0",
                                       "--limit", "100", "--max-drop", "1", "--json", str(report)])
     assert result.exit_code == 1, result.output
     assert re.search(r"error: top-1 drop .* exceeds --max-drop 1", final_line(result.stderr))

@@ -222,7 +222,7 @@ def test_cli_end_to_end_with_baseline_reports(pair, tmp_path):
     out_json, report = tmp_path / "r.json", tmp_path / "rep" / "report.md"
     sens = _sensitivity(tmp_path / "sens.json")
     res = CliRunner().invoke(cli, [
-        "validate", "--float", str(pair["float"]), "--quant", str(pair["int4"]), "--data", "digits",
+        "validate", "--float-onnx", str(pair["float"]), "--quantized-onnx", str(pair["int4"]), "--data", "digits",
         "--model", "digits-cnn", "--baseline", "ort-int8", "--runs", "2", "--warmup", "1", "--batch-sizes", "1,4",
         "--threads", "1", "--sensitivity", str(sens), "--json", str(out_json), "--report", str(report)])
     assert res.exit_code == 0, res.output
@@ -245,7 +245,7 @@ def test_cli_end_to_end_with_baseline_reports(pair, tmp_path):
 
 
 def test_json_to_stdout(pair):
-    res = CliRunner().invoke(cli, ["validate", "--float", str(pair["float"]), "--quant", str(pair["int8"]),
+    res = CliRunner().invoke(cli, ["validate", "--float-onnx", str(pair["float"]), "--quantized-onnx", str(pair["int8"]),
                                    "--data", "digits", "--model", "digits-cnn", "--runs", "0", "--json", "-"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)
@@ -255,7 +255,7 @@ def test_json_to_stdout(pair):
 
 def test_gate_exits_1_after_writing_reports(pair, tmp_path):
     out_json = tmp_path / "gate.json"
-    args = ["validate", "--float", str(pair["float"]), "--quant", str(pair["int4"]), "--data", "digits",
+    args = ["validate", "--float-onnx", str(pair["float"]), "--quantized-onnx", str(pair["int4"]), "--data", "digits",
             "--model", "digits-cnn", "--runs", "0", "--json", str(out_json)]
     doc_drop = validate(pair["float"], pair["int4"], "digits", model_ref="digits-cnn", runs=0).quantized.drop_points
     assert doc_drop > 0.1
@@ -287,12 +287,12 @@ def _run_error(args: list[str]) -> str:
 
 def test_bad_inputs_exit_2_with_one_line(pair, tmp_path):
     f, q = str(pair["float"]), str(pair["int8"])
-    assert "does not exist" in _run_error(["--float", str(tmp_path / "nope.onnx"), "--quant", q, "--data", "digits"])
+    assert "does not exist" in _run_error(["--float-onnx", str(tmp_path / "nope.onnx"), "--quantized-onnx", q, "--data", "digits"])
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x08\x07 not a protobuf at all" * 10)
-    assert "junk.onnx" in _run_error(["--float", f, "--quant", str(junk), "--data", "digits"])
-    assert "not available" in _run_error(["--float", f, "--quant", q, "--data", "digits", "--provider", "nope"])
-    assert "does not exist" in _run_error(["--float", f, "--quant", q, "--data", "digits",
+    assert "junk.onnx" in _run_error(["--float-onnx", f, "--quantized-onnx", str(junk), "--data", "digits"])
+    assert "not available" in _run_error(["--float-onnx", f, "--quantized-onnx", q, "--data", "digits", "--provider", "nope"])
+    assert "does not exist" in _run_error(["--float-onnx", f, "--quantized-onnx", q, "--data", "digits",
                                            "--sensitivity", str(tmp_path / "none.json")])
 
     # A symbolic input shape needs --input-shape.
@@ -301,11 +301,11 @@ def test_bad_inputs_exit_2_with_one_line(pair, tmp_path):
         d.ClearField("dim_value")
         d.dim_param = "s"
     onnx.save(dyn, str(tmp_path / "dyn.onnx"))
-    assert "--input-shape" in _run_error(["--float", str(tmp_path / "dyn.onnx"), "--quant", q, "--data", "digits"])
+    assert "--input-shape" in _run_error(["--float-onnx", str(tmp_path / "dyn.onnx"), "--quantized-onnx", q, "--data", "digits"])
 
     # Data that does not fit the model input.
     np.savez(tmp_path / "d.npz", x=np.zeros((20, 1, 10, 10), np.float32), y=np.arange(20) % 10)
-    assert "do not fit" in _run_error(["--float", f, "--quant", q, "--data", f"npz:{tmp_path / 'd.npz'}"])
+    assert "do not fit" in _run_error(["--float-onnx", f, "--quantized-onnx", q, "--data", f"npz:{tmp_path / 'd.npz'}"])
 
     # A quantized model with another number of classes.
     five = onnx.load(f)
@@ -314,19 +314,31 @@ def test_bad_inputs_exit_2_with_one_line(pair, tmp_path):
         inits[name].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(inits[name])[:5], name))
     five.graph.output[0].type.tensor_type.shape.dim[1].dim_value = 5
     onnx.save(five, str(tmp_path / "five.onnx"))
-    assert "not the same model" in _run_error(["--float", f, "--quant", str(tmp_path / "five.onnx"),
+    assert "not the same model" in _run_error(["--float-onnx", f, "--quantized-onnx", str(tmp_path / "five.onnx"),
                                                "--data", "digits", "--model", "digits-cnn", "--runs", "0"])
 
 
 def test_help_lists_the_options():
     res = CliRunner().invoke(cli, ["validate", "--help"])
     assert res.exit_code == 0
-    for opt in ("--float", "--quant", "--baseline", "--max-drop", "--sensitivity", "--report", "--json", "--provider"):
+    for opt in ("--float-onnx", "--quantized-onnx", "--baseline", "--max-drop", "--sensitivity", "--report", "--json", "--provider"):
         assert opt in res.output
 
 
 def test_cli_refuses_a_sensitivity_of_another_model(pair, tmp_path):
     sens = _sensitivity(tmp_path / "other.json", params={n: 7 for n in LAYERS})
-    res = CliRunner().invoke(cli, ["validate", "--float", str(pair["float"]), "--quant", str(pair["int4"]), "--data",
+    res = CliRunner().invoke(cli, ["validate", "--float-onnx", str(pair["float"]), "--quantized-onnx", str(pair["int4"]), "--data",
                                    "digits", "--model", "digits-cnn", "--runs", "0", "--sensitivity", str(sens)])
     assert res.exit_code == 2 and "--sensitivity was made for another model" in res.output
+
+
+def test_old_flag_spellings_and_the_model_own_data_by_default(pair):
+    res = CliRunner().invoke(cli, ["validate", "--float", str(pair["float"]), "--quant", str(pair["int8"]),
+                                   "--runs", "0", "--limit", "40"])
+    assert res.exit_code == 0, res.output
+    assert "warning: --float is deprecated; use --float-onnx" in res.stderr
+    assert "warning: --quant is deprecated; use --quantized-onnx" in res.stderr
+    default = validate(pair["float"], pair["int8"], runs=0, limit=40)
+    given = validate(pair["float"], pair["int8"], "digits", model_ref="digits-cnn", runs=0, limit=40)
+    assert default.quantized.accuracy.correct_top1 == given.quantized.accuracy.correct_top1
+    assert default.normalisation == given.normalisation

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import click
 
-from hawq_onnx.cli._options import weight_range_option
-from hawq_onnx.options import METRICS, SCALE_METHODS
+from hawq_onnx.cli._options import example, weight_range_option
+from hawq_onnx.options import METRICS, SCALE_METHODS, AllocateOptions
+
+DEFAULTS = AllocateOptions()  # the CLI's defaults are the library's
 
 
 def _split(values: tuple[str, ...]) -> list[str]:
     return [part.strip() for v in values for part in v.split(",") if part.strip()]
 
 
-@click.command("allocate")
+@click.command("allocate", epilog=example(
+    "hawq-onnx allocate --sensitivity runs/sensitivity.json --budget 8x --out runs/plan.json"))
 @click.option("--sensitivity", required=True, type=click.Path(dir_okay=False), help="sensitivity.json from analyze.")
 @click.option("--budget", required=True, metavar="SIZE",
               help="Weight budget: ratio against float32 (13x, 13.11x) or bytes (800KB, 0.8MB, 1.2MiB, 819200; "
                    "KB = 1000, KiB = 1024 bytes).")
-@click.option("--w-bits", default="2,4,8", show_default=True, help="Candidate weight bits (from 2,3,4,8).")
-@click.option("--a-bits", default="4,8", show_default=True, help="Candidate input activation bits (from 4,8).")
+@click.option("--w-bits", default=",".join(map(str, DEFAULTS.w_bits)), show_default=True,
+              help="Candidate weight bits (from 2,3,4,8).")
+@click.option("--a-bits", default=",".join(map(str, DEFAULTS.a_bits)), show_default=True,
+              help="Candidate input activation bits (from 4,8); without --bops the solver takes 8 where offered.")
 @click.option("--metric", type=click.Choice(METRICS), default="trace", show_default=True,
               help="Curvature: Tr(H)/n (HAWQ-V2/V3) or the top eigenvalue (HAWQ).")
 @click.option("--scale-method", type=click.Choice(SCALE_METHODS), default="maxabs", show_default=True,
@@ -38,12 +43,17 @@ def command(sensitivity, budget, w_bits, a_bits, metric, scale_method, weight_ra
     import time
 
     from hawq_onnx.allocation.cost_model import curvature
-    from hawq_onnx.allocation.units import format_bops, format_bytes, parse_bits, parse_pin
+    from hawq_onnx.allocation.units import (
+        format_bops,
+        format_bytes,
+        parse_bits,
+        parse_pin,
+    )
     from hawq_onnx.api import allocate
     from hawq_onnx.errors import HawqError
     from hawq_onnx.io.atomic import check_output_path
     from hawq_onnx.io.sensitivity_report import load_sensitivity
-    from hawq_onnx.options import ACTIVATION_BITS, WEIGHT_BITS, AllocateOptions
+    from hawq_onnx.options import ACTIVATION_BITS, WEIGHT_BITS
 
     check_output_path(out, (sensitivity,))
     if plot is not None:

@@ -4,15 +4,28 @@ from __future__ import annotations
 
 import click
 
-from hawq_onnx.cli._options import data_option, device_option, image_options, model_options, seed_option
+from hawq_onnx.cli._options import (
+    data_option,
+    device_option,
+    example,
+    image_options,
+    model_options,
+    seed_option,
+    show_progress,
+)
+from hawq_onnx.options import AnalyzeOptions
+
+DEFAULTS = AnalyzeOptions()  # the CLI's defaults are the library's
 
 
-@click.command("analyze")
+@click.command("analyze", epilog=example("hawq-onnx analyze --out runs/sensitivity.json --plot runs/sensitivity.png"))
 @model_options
 @data_option
 @image_options
-@click.option("--batches", default=1, show_default=True, type=int, help="Training batches the loss is averaged over.")
-@click.option("--batch-size", default=256, show_default=True, type=int)
+@click.option("--batches", default=DEFAULTS.batches, show_default=True, type=int,
+              help="Training batches the loss is averaged over.")
+@click.option("--batch-size", default=DEFAULTS.batch_size, show_default=True, type=int,
+              help="Samples per analysed batch.")
 @click.option("--tol", "eig_tol", default=1e-3, show_default=True, type=float,
               help="Power iteration stops when the eigenvalue changes by less than this, relatively.")
 @click.option("--max-iter", default=100, show_default=True, type=int, help="Power iterations at most.")
@@ -30,7 +43,6 @@ def command(model_ref, weights, input_shape, data, batches, batch_size, eig_tol,
     """Top Hessian eigenvalue and trace of every quantizable layer (HAWQ, HAWQ-V2)."""
     from hawq_onnx.api import analyze
     from hawq_onnx.io.atomic import check_output_path
-    from hawq_onnx.options import AnalyzeOptions
     from hawq_onnx.sources.inputs import input_paths
     from hawq_onnx.sources.model import parse_input_shape
 
@@ -41,7 +53,7 @@ def command(model_ref, weights, input_shape, data, batches, batch_size, eig_tol,
     options = AnalyzeOptions(batches=batches, batch_size=batch_size, eig_tol=eig_tol, max_iter=max_iter,
                              trace_tol=trace_tol, max_probes=max_probes, sketch=sketch, seed=seed, device=device)
     report = analyze(model_ref, data, options=options, weights=weights, input_shape=parse_input_shape(input_shape),
-                     progress=True)
+                     progress=show_progress())
     report.save(out)
     click.echo(f"{'layer':<22} {'params':>8} {'eigenvalue':>11} {'trace':>11} {'trace/param':>11}  converged")
     for layer in report.layers:

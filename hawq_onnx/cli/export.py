@@ -1,19 +1,28 @@
-"""`hawq-onnx export`: the float ONNX model, or with --plan/--quantized the mixed-precision QDQ model."""
+"""`hawq-onnx export`: the float ONNX model, or with --plan/--quantized-pt the mixed-precision QDQ model."""
 
 from __future__ import annotations
 
 import click
 
-from hawq_onnx.cli._options import data_option, image_options, model_options
+from hawq_onnx.cli._options import (
+    data_option,
+    example,
+    image_options,
+    model_options,
+    renamed,
+    show_progress,
+)
 from hawq_onnx.options import TARGETS
 
 
-@click.command("export")
+@click.command("export", epilog=example("hawq-onnx export --quantized-pt runs/quantized.pt --out runs/model.qdq.onnx",
+                                         "hawq-onnx export --out runs/model.float.onnx"))
 @model_options
 @click.option("--plan", "plan_path", default=None, type=click.Path(dir_okay=False),
               help="plan.json with scales (from finetune): write the quantized QDQ model.")
-@click.option("--quantized", "quantized_path", default=None, type=click.Path(dir_okay=False),
+@click.option("--quantized-pt", "quantized_path", default=None, type=click.Path(dir_okay=False),
               help="quantized.pt from finetune: its fine-tuned weights and calibrated plan (--plan optional).")
+@renamed("--quantized", "--quantized-pt", "quantized_path", type=click.Path(dir_okay=False))
 @click.option("--target", type=click.Choice(TARGETS), default="ort-cpu", show_default=True,
               help="ort-cpu: integer kernels under ONNX Runtime CPU, sub-byte weights packed and widened by Cast; "
                    "compact: plain INT4/INT2/uint4 Q/DQ.")
@@ -48,7 +57,7 @@ def command(model_ref, weights, input_shape, plan_path, quantized_path, target, 
 
         if data is not None or target != "ort-cpu" or plan_out is not None:
             raise click.UsageError("--data, --target and --plan-out apply to the quantized export "
-                                   "(--plan or --quantized)")
+                                   "(--plan or --quantized-pt)")
         exported = export(model_ref, weights=weights, input_shape=shape)
         exported.save(out)
         click.echo(f"wrote {out} ({exported.file_bytes:,} bytes, opset {exported.opset})")
@@ -57,7 +66,7 @@ def command(model_ref, weights, input_shape, plan_path, quantized_path, target, 
     from hawq_onnx.onnx_export.qdq import export_plan
 
     exported = export_plan(model_ref, weights, shape, plan_path, quantized_path, target=target, data=data,
-                           progress=True)
+                           progress=show_progress())
     save_onnx(exported.model, out)
     if plan_out is not None:
         from hawq_onnx.io.plan import save_plan

@@ -9,12 +9,16 @@ import click
 from hawq_onnx.cli._options import (
     data_option,
     device_option,
+    example,
     image_options,
     model_options,
     seed_option,
+    show_progress,
     step_lr_option,
 )
-from hawq_onnx.options import OPTIMIZERS, ORDERS
+from hawq_onnx.options import OPTIMIZERS, ORDERS, FinetuneOptions
+
+DEFAULTS = FinetuneOptions()  # the CLI's defaults are the library's
 
 
 def default_plan_out(out: str) -> Path:
@@ -23,7 +27,7 @@ def default_plan_out(out: str) -> Path:
     return p.with_name(p.stem + ".plan.json")
 
 
-@click.command("finetune")
+@click.command("finetune", epilog=example("hawq-onnx finetune --plan runs/plan.json --out runs/quantized.pt"))
 @model_options
 @data_option
 @image_options
@@ -39,7 +43,8 @@ def default_plan_out(out: str) -> Path:
 @click.option("--lr", type=float, default=None,
               help="Peak learning rate, warm-up then cosine [default: 1e-4 adam, 3e-4 sgd].")
 @step_lr_option
-@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--batch-size", type=int, default=DEFAULTS.batch_size, show_default=True,
+              help="Samples per training step.")
 @click.option("--distill/--no-distill", default=True, show_default=True, help="Distil from the float model.")
 @click.option("--distill-weight", type=float, default=0.5, show_default=True,
               help="Share of the distillation term in the loss, in [0, 1] (the rest is cross-entropy on the labels).")
@@ -57,7 +62,6 @@ def command(model_ref, weights, input_shape, data, plan_path, sensitivity, order
     """Quantize a model as its plan says and fine-tune it (HAWQ order), or calibrate only (ptq)."""
     from hawq_onnx.api import finetune
     from hawq_onnx.io.atomic import check_output_path
-    from hawq_onnx.options import FinetuneOptions
     from hawq_onnx.sources.inputs import input_paths
     from hawq_onnx.sources.model import parse_input_shape
 
@@ -69,7 +73,7 @@ def command(model_ref, weights, input_shape, data, plan_path, sensitivity, order
                               batch_size=batch_size, distill=distill, distill_weight=distill_weight,
                               temperature=temperature, data_fraction=data_fraction, seed=seed, device=device)
     result = finetune(model_ref, plan_path, data, options=options, sensitivity=sensitivity, weights=weights,
-                      input_shape=parse_input_shape(input_shape), progress=True)
+                      input_shape=parse_input_shape(input_shape), progress=show_progress())
     result.save(out)
     result.plan.save(plan_out)
     trained = sum(h["steps"] for h in result.history)

@@ -6,8 +6,10 @@ import json
 
 import click
 
+from hawq_onnx.cli._options import example
 
-@click.command("inspect")
+
+@click.command("inspect", epilog=example("hawq-onnx inspect runs/model.qdq.onnx"))
 @click.argument("model_path", metavar="MODEL.onnx|BUNDLE", type=click.Path(dir_okay=True))
 @click.option("--json", "as_json", is_flag=True, help="Print the table (or the bundle manifest) as JSON.")
 def command(model_path, as_json):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import click
 
+from hawq_onnx.cli._options import example
 
-@click.command("package")
+
+@click.command("package", epilog=example("hawq-onnx package runs/model.qdq.onnx --report runs/report.json --out runs/bundle"))
 @click.argument("model_path", metavar="Q.onnx", type=click.Path(dir_okay=False))
 @click.option("--out", required=True, type=click.Path(), metavar="DIR",
               help="Bundle folder to write (an older bundle there is replaced). With --zip, or a path "

@@ -7,13 +7,24 @@ import click
 from hawq_onnx.cli._options import (
     data_option,
     device_option,
+    example,
     image_options,
     model_options,
+    renamed,
+    say,
     seed_option,
+    show_progress,
     step_lr_option,
     weight_range_option,
 )
-from hawq_onnx.options import BASELINES, ORDERS, TARGETS
+from hawq_onnx.options import BASELINES, ORDERS, TARGETS, QuantizeOptions
+
+# The CLI's defaults are the library's (QuantizeOptions), shown in --help as such.
+DEFAULTS = QuantizeOptions()
+
+
+def bits_text(bits: tuple[int, ...]) -> str:
+    return ",".join(map(str, bits))
 
 
 def _bits(value: str, allowed: tuple[int, ...], option: str) -> tuple[int, ...]:
@@ -28,23 +39,30 @@ def _bits(value: str, allowed: tuple[int, ...], option: str) -> tuple[int, ...]:
     return bits
 
 
-@click.command("quantize")
+@click.command("quantize", epilog=example("hawq-onnx quantize --out runs/demo"))
 @model_options
 @data_option
 @image_options
 @click.option("--budget", default="8x", show_default=True,
               help="Weight size: compression ratio against float32 (13x) or bytes (800KB, 1.2MiB).")
-@click.option("--w-bits", default="2,4,8", show_default=True, help="Candidate weight bits (2, 3, 4, 8).")
-@click.option("--a-bits", default="4", show_default=True,
-              help="Candidate activation bits inside the network (4, 8); first and last layer stay 8-bit.")
+@click.option("--w-bits", default=bits_text(DEFAULTS.allocate.w_bits), show_default=True,
+              help="Candidate weight bits (2, 3, 4, 8).")
+@click.option("--a-bits", default=bits_text(DEFAULTS.allocate.a_bits), show_default=True,
+              help="Candidate activation bits inside the network (4, 8); first and last layer stay 8-bit. "
+                   "Offered 4,8 without a BOPs limit, the solver takes 8 everywhere, so quantize offers 4 "
+                   "(allocate's 4,8 is for choosing under its --bops).")
 @weight_range_option
 @click.option("--epochs", type=float, default=None, help="Fine-tuning epochs, all stages together [default: 5].")
 @click.option("--order", type=click.Choice(ORDERS), default="hawq", show_default=True,
               help="hawq: most sensitive blocks first; single: all at once; ptq: calibration only.")
 @click.option("--lr", type=float, default=None, help="Peak fine-tuning learning rate [default: the optimizer's own].")
 @step_lr_option
-@click.option("--batches", type=int, default=1, show_default=True, help="Batches for the Hessian analysis.")
-@click.option("--batch-size", type=int, default=256, show_default=True, help="Batch size of the Hessian analysis.")
+@click.option("--analysis-batches", "batches", type=int, default=DEFAULTS.analyze.batches, show_default=True,
+              help="Batches the Hessian analysis averages over (analyze's --batches).")
+@renamed("--batches", "--analysis-batches", "batches", type=int)
+@click.option("--analysis-batch-size", "batch_size", type=int, default=DEFAULTS.analyze.batch_size,
+              show_default=True, help="Batch size of the Hessian analysis (analyze's --batch-size).")
+@renamed("--batch-size", "--analysis-batch-size", "batch_size", type=int)
 @click.option("--target", type=click.Choice(TARGETS), default="ort-cpu", show_default=True)
 @click.option("--baseline", type=click.Choice(BASELINES), default=None, help="Also validate ONNX Runtime's own int8.")
 @click.option("--runs", type=int, default=50, show_default=True, help="Latency runs per model and batch size (0: skip).")
@@ -67,7 +85,6 @@ def command(model_ref, weights, input_shape, data, budget, w_bits, a_bits, weigh
         AnalyzeOptions,
         ExportOptions,
         FinetuneOptions,
-        QuantizeOptions,
         ValidateOptions,
     )
     from hawq_onnx.pipeline import quantize
@@ -81,8 +98,7 @@ def command(model_ref, weights, input_shape, data, budget, w_bits, a_bits, weigh
         export=ExportOptions(target=target),
         validate=ValidateOptions(runs=runs, baseline=baseline, max_drop=max_drop))
     s = quantize(model_ref, data, budget=budget, out=out, options=options, weights=weights,
-                 input_shape=parse_input_shape(input_shape), force=force, progress=True,
-                 say=lambda line: click.echo(line, err=True))
+                 input_shape=parse_input_shape(input_shape), force=force, progress=show_progress(), say=say)
     click.echo("")
     click.echo(f"top-1: float {100 * s.float_top1:.2f} %, quantized {100 * s.quant_top1:.2f} % "
                f"({100 * (s.quant_top1 - s.float_top1) + 0.0:+.2f} points)")

@@ -7,7 +7,14 @@ import sys
 
 import click
 
-from hawq_onnx.cli._options import image_options, input_shape_option
+from hawq_onnx.cli._options import (
+    data_option,
+    example,
+    image_options,
+    input_shape_option,
+    renamed,
+    show_progress,
+)
 from hawq_onnx.options import BASELINES
 
 
@@ -21,11 +28,19 @@ def _batch_sizes(ctx, param, value: str) -> tuple[int, ...]:
     return sizes
 
 
-@click.command("validate")
-@click.option("--float", "float_path", required=True, type=click.Path(dir_okay=False), help="Float ONNX model.")
-@click.option("--quant", "quant_path", required=True, type=click.Path(dir_okay=False), help="Quantized ONNX model.")
-@click.option("--data", required=True, metavar="D",
-              help="digits | cifar10:DIR | npz:FILE | imagefolder:DIR (the test split is evaluated).")
+ONNX_FILE = click.Path(dir_okay=False)
+
+
+# --float-onnx and --quantized-onnx are required, but checked by `renamed`: the old spellings count.
+@click.command("validate", epilog=example(
+    "hawq-onnx validate --float-onnx runs/model.float.onnx --quantized-onnx runs/model.qdq.onnx "
+    "--json runs/report.json"))
+@click.option("--float-onnx", "float_path", default=None, type=ONNX_FILE, help="Float ONNX model.  [required]")
+@renamed("--float", "--float-onnx", "float_path", required=True, type=ONNX_FILE)
+@click.option("--quantized-onnx", "quant_path", default=None, type=ONNX_FILE,
+              help="Quantized ONNX model (from export).  [required]")
+@renamed("--quant", "--quantized-onnx", "quant_path", required=True, type=ONNX_FILE)
+@data_option
 @image_options
 @click.option("--model", "model_ref", default=None, metavar="M",
               help="Take input shape and normalisation from this model (zoo name or FILE.py:factory) "
@@ -51,7 +66,11 @@ def _batch_sizes(ctx, param, value: str) -> tuple[int, ...]:
               help="Exit with status 1 when the top-1 drop exceeds P percentage points (after writing the reports).")
 def command(float_path, quant_path, data, model_ref, input_shape, threads, batch_sizes, runs, warmup, provider,
             baseline, baseline_out, sensitivity, limit, eval_batch_size, json_out, report_out, max_drop):
-    """Measure a quantized ONNX model against its float original under ONNX Runtime."""
+    """Measure a quantized ONNX model against its float original under ONNX Runtime.
+
+    The test split of --data is evaluated. Without --model and --data: the default model's data
+    (digits), normalised as the file's metadata says, else as the default model (digits-cnn).
+    """
     from hawq_onnx.api import validate
     from hawq_onnx.io.atomic import check_output_path
     from hawq_onnx.options import ValidateOptions
@@ -68,7 +87,7 @@ def command(float_path, quant_path, data, model_ref, input_shape, threads, batch
                               baseline=baseline, limit=limit, eval_batch_size=eval_batch_size, max_drop=max_drop)
     result = validate(float_path, quant_path, data, options=options, model=model_ref,
                       input_shape=parse_input_shape(input_shape), sensitivity=sensitivity, baseline_out=baseline_out,
-                      progress=True)
+                      progress=show_progress())
     to_stdout = json_out == "-"
     click.echo(format_table(result), err=to_stdout)
     if to_stdout:

@@ -23,7 +23,6 @@ bytes: calibration runs single-threaded without graph optimizations, names come 
 from __future__ import annotations
 
 import logging
-import sys
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,7 +32,7 @@ import onnx
 import onnx_ir as ir
 import torch
 import torch.nn as nn
-from tqdm import tqdm
+from hawq_onnx.core.progress import progress_bar
 
 from hawq_onnx.core import model_inputs
 from hawq_onnx.errors import HawqError
@@ -166,7 +165,7 @@ def observe_ranges(model: ir.Model, tensors: list[str], x: model_inputs.Arrays,
     lo = {t: np.inf for t in tensors}
     hi = {t: -np.inf for t in tensors}
     starts = range(0, model_inputs.count(x), batch_size)
-    for i in tqdm(starts, desc="calibrate", disable=not progress, file=sys.stderr, leave=False):
+    for i in progress_bar(starts, desc="calibrate", unit="batch", enabled=progress, leave=False):
         outs = _run(session, tensors, _feed(session, model_inputs.take(x, slice(i, i + batch_size))))
         for t, arr in zip(tensors, outs):
             lo[t] = min(lo[t], float(arr.min()))

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass, field, replace
 from itertools import count
@@ -198,7 +197,7 @@ def _step_groups(qmodel: nn.Module, groups: list[dict[str, Any]], lr: float, ste
 
 
 def _train_stage(qmodel: nn.Module, steps: int, cfg: _Training, desc: str) -> dict[str, Any]:
-    from tqdm import tqdm
+    from hawq_onnx.core.progress import progress_bar
 
     step_size_ids = {id(p) for p in cfg.step_sizes}
     params = [p for p in qmodel.parameters() if p.requires_grad and id(p) not in step_size_ids]
@@ -218,7 +217,7 @@ def _train_stage(qmodel: nn.Module, steps: int, cfg: _Training, desc: str) -> di
     _freeze_batchnorm(qmodel)
     loss_sum, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
-    bar = tqdm(range(steps), desc=desc, disable=not cfg.progress, file=sys.stderr, leave=False)
+    bar = progress_bar(range(steps), desc=desc, unit="step", enabled=cfg.progress, leave=False)
     for _ in bar:
         x, y = next(cfg.batches)
         x = model_inputs.to_device(augment_batch(x, cfg.augment, cfg.generator), cfg.device)

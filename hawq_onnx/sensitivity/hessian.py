@@ -60,7 +60,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import sys
 import time
 import zlib
 from collections.abc import Sequence
@@ -223,7 +222,7 @@ def analyze(model: nn.Module, batches: Sequence[Batch], *, layers: Sequence[str]
     changed (a copy is moved when it lives on another device). The input-activation terms are
     cheap but capped at ``act_max_probes`` (their standard error is reported, not converged
     on); ``activations=False`` skips them and leaves the layers without an activation term."""
-    from tqdm import tqdm
+    from hawq_onnx.core.progress import progress_bar
 
     _check_settings(eig_tol, max_iter, trace_tol, act_tol, min_probes, max_probes, sketch, act_max_probes)
     dev = _resolve_device(device)
@@ -266,7 +265,7 @@ def analyze(model: nn.Module, batches: Sequence[Batch], *, layers: Sequence[str]
                     for n in names}
         pending = {n: next(programs[n]) for n in names}
         results: dict[str, tuple[Eigen, Trace, Trace]] = {}
-        with tqdm(total=len(names), unit="layer", desc="hessian", disable=not progress, file=sys.stderr) as bar:
+        with progress_bar(total=len(names), unit="layer", desc="hessian", enabled=progress) as bar:
             count = 0
             while pending:
                 replies = products.round(pending, gens, seconds)

@@ -42,19 +42,47 @@ def _onnx_input_shape(model: onnx.ModelProto) -> tuple[int | None, ...]:
     return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in dims[1:])
 
 
+def _model_spec(model_ref: str, input_shape: tuple[int, ...] | None) -> ModelSpec:
+    from hawq_onnx.models.registry import ZOO
+    from hawq_onnx.sources.model import load_model
+
+    if model_ref in ZOO:
+        spec = ZOO[model_ref]
+    else:  # a user's model: building it is the only way to read its declared spec
+        with _quiet("hawq_onnx.sources.model"):
+            spec = load_model(model_ref, None, input_shape).spec
+    return replace(spec, input_shape=input_shape) if input_shape else spec
+
+
+def default_data(float_model: onnx.ModelProto, float_path: str | Path, model_ref: str | None = None,
+                 input_shape: tuple[int, ...] | None = None) -> tuple[str, str | None]:
+    """The data to evaluate when none is given, and the model to normalise it as.
+
+    As every other stage: the model's own data, and without ``model_ref`` the default model's
+    (whose normalisation applies unless the file carries its own), provided the file takes
+    that data's inputs."""
+    from hawq_onnx.models.registry import DEFAULT_MODEL
+    from hawq_onnx.sources.data import resolve_source
+
+    spec = _model_spec(model_ref or DEFAULT_MODEL, input_shape)
+    source = resolve_source(None, spec)
+    if model_ref is not None:
+        return source, model_ref
+    shape = _onnx_input_shape(float_model)
+    if len(shape) != len(spec.input_shape) or any(d not in (None, s) for d, s in zip(shape, spec.input_shape)):
+        shown = ", ".join("?" if d is None else str(d) for d in shape)
+        raise OptionError(f"{float_path} takes inputs of shape (N, {shown}), not those of the default model's data "
+                          f"({source}, for {DEFAULT_MODEL}): pass {{data}} (and {{model}} for its normalisation)",
+                          "data", "model")
+    has_own = any(p.key == MEAN_KEY for p in float_model.metadata_props)
+    return source, None if has_own else DEFAULT_MODEL
+
+
 def data_spec(float_model: onnx.ModelProto, float_path: str | Path, model_ref: str | None = None,
               input_shape: tuple[int, ...] | None = None) -> tuple[ModelSpec, str]:
     """The spec that ``load_data`` needs, and a note of where the normalisation came from."""
     if model_ref is not None:
-        from hawq_onnx.models.registry import ZOO
-        from hawq_onnx.sources.model import load_model
-
-        if model_ref in ZOO:
-            spec = ZOO[model_ref]
-        else:  # a user's model: building it is the only way to read its declared spec
-            with _quiet("hawq_onnx.sources.model"):
-                spec = load_model(model_ref, None, input_shape).spec
-        spec = replace(spec, input_shape=input_shape) if input_shape else spec
+        spec = _model_spec(model_ref, input_shape)
         return spec, f"--model {model_ref}" if spec.mean is not None else "none (--model declares none)"
     shape = _onnx_input_shape(float_model)
     if input_shape is None:

@@ -7,13 +7,12 @@ session; nothing assumes the exporter's ``input`` / ``logits``.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-from tqdm import tqdm
+from hawq_onnx.core.progress import progress_bar
 
 from hawq_onnx.core import model_inputs
 from hawq_onnx.core.grid import activation_qparams
@@ -149,9 +148,7 @@ def predict_batches(session, io: ModelIO, batches: Iterable[model_inputs.Arrays]
                     progress: bool = False, desc: str = "evaluate") -> np.ndarray:
     """Logits for every batch of inputs, concatenated as (N, classes) float32."""
     parts = []
-    # disable=None: no bar where stderr is not a terminal (logs, CI), so errors stay one line there.
-    with tqdm(total=total, desc=desc, unit="img", disable=None if progress else True, file=sys.stderr,
-              leave=False) as bar:
+    with progress_bar(total=total, desc=desc, unit="sample", enabled=progress, leave=False) as bar:
         for x in batches:
             feed = io.feed(x)
             n = model_inputs.count(x)

@@ -32,7 +32,13 @@ from hawq_onnx.io.sensitivity_report import Sensitivity, load_sensitivity
 from hawq_onnx.options import BASELINES
 from hawq_onnx.sources.data import load_data
 from hawq_onnx.sources.splits import Dataset
-from hawq_onnx.validation.data_spec import MEAN_KEY, NO_NORMALISATION, STD_KEY, data_spec
+from hawq_onnx.validation.data_spec import (
+    MEAN_KEY,
+    NO_NORMALISATION,
+    STD_KEY,
+    data_spec,
+    default_data,
+)
 from hawq_onnx.validation.kernel_census import KernelCensus, kernel_census
 from hawq_onnx.validation.latency import LatencyResult, LatencyStats, measure_latency
 from hawq_onnx.validation.ort_baseline import ort_int8
@@ -244,7 +250,7 @@ def check_options(*, baseline: str | None, limit: int | None, max_drop: float | 
         raise OptionError(f"{{threads}} must be at least 1, got {threads}", "threads")
 
 
-def validate(float_path: str | Path, quant_path: str | Path, data: str | Dataset, *,
+def validate(float_path: str | Path, quant_path: str | Path, data: str | Dataset | None = None, *,
              model_ref: str | None = None, input_shape: tuple[int, ...] | None = None,
              threads: int = 2, batch_sizes: Sequence[int] = (1, 64), runs: int = 50, warmup: int = 5,
              provider: str | None = None, baseline: str | None = None, baseline_out: str | Path | None = None,
@@ -270,6 +276,8 @@ def validate(float_path: str | Path, quant_path: str | Path, data: str | Dataset
     if isinstance(data, Dataset):
         dataset, source, normalisation = data, data.name, "as given"
     else:
+        if data is None:
+            data, model_ref = default_data(float_model, float_path, model_ref, input_shape)
         spec, normalisation = data_spec(float_model, float_path, model_ref, input_shape)
         dataset, source = load_data(data, spec), data
         if normalisation == NO_NORMALISATION:
