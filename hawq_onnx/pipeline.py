@@ -164,7 +164,8 @@ def _run(model: Any, data: Any, eval_data: Any, budget: str, out: Path, opts: Qu
         raise HawqError(f"out {out} is a file; give a folder")
     files = {name: out / name for name in (
         "sensitivity.json", "sensitivity.png", "plan.json", "pareto.png", "quantized.pt", "quantized.plan.json",
-        "model.float.onnx", "model.qdq.onnx", "model.qdq.plan.json", "report.json", "report.md")}
+        "model.float.onnx", "model.qdq.onnx", "model.qdq.plan.json", "report.json", "report.md",
+        "report.html")}
     from hawq_onnx.sources.inputs import input_paths
 
     for item in input_paths(model if isinstance(model, str) else None, weights, data if isinstance(data, str) else None):
@@ -192,9 +193,10 @@ def _stages(loaded, dataset, data: Any, budget: str, out: Path, files: dict[str,
     from hawq_onnx.allocation.plot import plot_pareto
     from hawq_onnx.io.plan import Plan
     from hawq_onnx.io.sensitivity_report import Sensitivity
+    from hawq_onnx.qat.finetune import DEFAULT_EPOCHS
     from hawq_onnx.results import ExportedModel, QuantizedModel
     from hawq_onnx.sensitivity.plot import plot_sensitivity
-    from hawq_onnx.validation.report import write_markdown
+    from hawq_onnx.validation.report import ReportOrigin, write_reports
 
     reused: list[str] = []
     ran: list[str] = []
@@ -244,7 +246,8 @@ def _stages(loaded, dataset, data: Any, budget: str, out: Path, files: dict[str,
         tuned.save(files["quantized.pt"])
         tuned.plan.save(files["quantized.plan.json"])
         objects["quantized"] = tuned
-        say(f"      fake-quant top-1 {100 * tuned.quant_accuracy:.2f} % (float {100 * tuned.float_accuracy:.2f} %)")
+        say(f"      fine-tuned (PyTorch, plan grids only) top-1 {100 * tuned.quant_accuracy:.2f} % "
+            f"(float {100 * tuned.float_accuracy:.2f} %)")
 
     stage("finetune", stage_key("finetune", **model_id, plan=_file_id(files["plan.json"]), **asdict(opts.finetune)),
           [files["quantized.pt"], files["quantized.plan.json"]], finetune_stage)
@@ -263,27 +266,39 @@ def _stages(loaded, dataset, data: Any, budget: str, out: Path, files: dict[str,
 
     # 5. Validation under ONNX Runtime, against the PyTorch model the file should reproduce.
     def validate_stage() -> None:
-        result = api.validate(files["model.float.onnx"], exported, dataset, reference=quantized,
+        # The file by its path (its plan beside it), so that the reports name it and not a temporary copy.
+        result = api.validate(files["model.float.onnx"], files["model.qdq.onnx"], dataset, reference=quantized,
                               sensitivity=files["sensitivity.json"], options=opts.validate, progress=progress)
         result.save(files["report.json"])
-        write_markdown(result, files["report.md"])
+        epochs = None if opts.finetune.steps is not None else (
+            DEFAULT_EPOCHS if opts.finetune.epochs is None else opts.finetune.epochs)
+        origin = ReportOrigin(plan=exported.plan, sensitivity=Sensitivity.load(files["sensitivity.json"]),
+                              epochs=epochs,
+                              target=opts.export.target, finetuned_samples=len(dataset.test),
+                              sensitivity_png=files["sensitivity.png"], pareto_png=files["pareto.png"])
+        write_reports(result, files["report.md"], origin)
         objects["report"] = result
 
     stage("validate", stage_key("validate", float=_file_id(files["model.float.onnx"]),
                                 quant=_file_id(files["model.qdq.onnx"]), plan=_file_id(files["model.qdq.plan.json"]),
                                 data=model_id.get("data"), **asdict(opts.validate)),
-          [files["report.json"], files["report.md"]], validate_stage)
+          [files["report.json"], files["report.md"], files["report.html"]], validate_stage)
 
     report_json = read_json(files["report.json"], "report")
     plan = Plan.load(files["quantized.plan.json"])
     models = report_json["models"]
     f, q = models["float"], models["quantized"]
+    tuned = (plan.calibration or {}).get("quant_top1")
+    same_samples = report_json["data"]["samples"] == len(dataset.test)
     return QuantizeResult(
         out_dir=out, reused=reused, ran=ran, files=files,
         float_top1=f["accuracy"]["top1"], quant_top1=q["accuracy"]["top1"], drop_points=float(q["drop_points"]),
         weight_ratio=float(plan.totals.get("ratio", 0.0)), file_ratio=f["file_bytes"] / q["file_bytes"],
         latency_speedup={int(b): float(v) for b, v in (q.get("speedup") or {}).items()},
+        latency_spread={int(b): v for b, v in (q.get("speedup_spread") or {}).items()},
         fake_quant_agreement=(report_json.get("fake_quant_agreement") or {}).get("top1"),
+        finetuned_top1=tuned,
+        export_cost_points=100.0 * (tuned - q["accuracy"]["top1"]) if tuned is not None and same_samples else None,
         seconds=time.perf_counter() - start, gate_passed=(report_json.get("gate") or {}).get("passed"),
         sensitivity=Sensitivity.load(files["sensitivity.json"]), plan=plan, quantized=quantized,
         exported=exported, report=objects.get("report"))

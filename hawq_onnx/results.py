@@ -163,7 +163,12 @@ class QuantizeResult:
     weight_ratio: float                # float32 weight bytes / nominal quantized weight bytes (the plan)
     file_ratio: float                  # float file bytes / quantized file bytes
     latency_speedup: dict[int, float] = field(default_factory=dict)  # batch -> float ms / quantized ms
-    fake_quant_agreement: float | None = None  # top-1 agreement of the file with the PyTorch fake-quant model
+    # batch -> the speed-up's spread over the timing rounds (median, q25, q75, min, max, rounds, stable)
+    latency_spread: dict[int, dict[str, Any]] = field(default_factory=dict)
+    # top-1 agreement of the exported file with its PyTorch reference (the plan + the export's grids)
+    fake_quant_agreement: float | None = None
+    finetuned_top1: float | None = None       # the fine-tuned PyTorch model (the plan's grids only)
+    export_cost_points: float | None = None   # finetuned_top1 - quant_top1, in points (same samples only)
     seconds: float = 0.0
     gate_passed: bool | None = None
     sensitivity: Sensitivity | None = None
@@ -178,5 +183,7 @@ class QuantizeResult:
                 "float_top1": self.float_top1, "quant_top1": self.quant_top1, "drop_points": self.drop_points,
                 "weight_ratio": self.weight_ratio, "file_ratio": self.file_ratio,
                 "latency_speedup": {str(k): v for k, v in self.latency_speedup.items()},
-                "fake_quant_agreement": self.fake_quant_agreement, "seconds": self.seconds,
+                "latency_spread": {str(k): v for k, v in self.latency_spread.items()},
+                "fake_quant_agreement": self.fake_quant_agreement, "finetuned_top1": self.finetuned_top1,
+                "export_cost_points": self.export_cost_points, "seconds": self.seconds,
                 "gate_passed": self.gate_passed}

@@ -20,7 +20,7 @@ from hawq_onnx.pipeline import STAGES_FILE, quantize
 FAST = QuantizeOptions(analyze=AnalyzeOptions(batch_size=64), validate=ValidateOptions(runs=0))
 STEPPED = QuantizeOptions(analyze=FAST.analyze, finetune=FinetuneOptions(step_lr=0.01), validate=FAST.validate)
 ARTEFACTS = ["sensitivity.json", "sensitivity.png", "plan.json", "pareto.png", "quantized.pt", "quantized.plan.json",
-             "model.float.onnx", "model.qdq.onnx", "model.qdq.plan.json", "report.json", "report.md"]
+             "model.float.onnx", "model.qdq.onnx", "model.qdq.plan.json", "report.json", "report.md", "report.html"]
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,13 @@ def test_every_artefact_is_there_and_loads(first_run):
     agreement = report["fake_quant_agreement"]
     assert agreement["samples"] == 359 and agreement["top1"] >= 0.995 and agreement["p99_steps"] <= 1.0
     assert summary.fake_quant_agreement == agreement["top1"]
-    assert "against the PyTorch fake-quant model" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "its PyTorch reference (plan + export grids)" in md
+    assert "## How this model was made" in md and "![Pareto frontier](pareto.png)" in md
+    assert "fine-tuned (PyTorch, plan grids only)" in md and str(out / "model.qdq.onnx") in md
+    assert summary.finetuned_top1 == load_plan(out / "quantized.plan.json").calibration["quant_top1"]
+    assert summary.export_cost_points == pytest.approx(100 * (summary.finetuned_top1 - summary.quant_top1))
+    assert (out / "report.html").read_text().count("data:image/png;base64,") == 4
 
 
 def test_summary_meets_the_default_job_goals(first_run):

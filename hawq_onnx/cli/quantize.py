@@ -100,13 +100,24 @@ def command(model_ref, weights, input_shape, data, budget, w_bits, a_bits, weigh
     s = quantize(model_ref, data, budget=budget, out=out, options=options, weights=weights,
                  input_shape=parse_input_shape(input_shape), force=force, progress=show_progress(), say=say)
     click.echo("")
-    click.echo(f"top-1: float {100 * s.float_top1:.2f} %, quantized {100 * s.quant_top1:.2f} % "
+    click.echo(f"top-1: float {100 * s.float_top1:.2f} %, exported (ONNX Runtime) {100 * s.quant_top1:.2f} % "
                f"({100 * (s.quant_top1 - s.float_top1) + 0.0:+.2f} points)")
+    if s.finetuned_top1 is not None:
+        cost = ("" if s.export_cost_points is None else
+                f"; export cost {s.export_cost_points + 0.0:+.2f} points (fine-tuned minus exported)")
+        click.echo(f"       fine-tuned (PyTorch, plan grids only) {100 * s.finetuned_top1:.2f} %{cost}")
     click.echo(f"weights: {s.weight_ratio:.2f}x smaller than float32; file: {s.file_ratio:.2f}x smaller")
     if s.latency_speedup:
-        click.echo("latency (ONNX Runtime CPU): " + ", ".join(
-            f"{v:.2f}x at batch {b}" for b, v in sorted(s.latency_speedup.items())) + " vs float")
+        parts = []
+        for b, v in sorted(s.latency_speedup.items()):
+            st = s.latency_spread.get(b) or {}
+            part = f"{v:.2f}x at batch {b}"
+            if st.get("rounds", 0) > 1:
+                part += (f" (middle half {st['q25']:.2f}-{st['q75']:.2f}x over {st['rounds']} rounds"
+                         f"{', unstable' if st.get('stable') is False else ''})")
+            parts.append(part)
+        click.echo("latency (ONNX Runtime CPU, against float): " + ", ".join(parts))
     if s.fake_quant_agreement is not None:
-        click.echo(f"ONNX Runtime against the PyTorch fake-quant model: same top-1 on "
+        click.echo(f"exported (ONNX Runtime) against its PyTorch reference (plan + export grids): same top-1 on "
                    f"{100 * s.fake_quant_agreement:.2f} % of the test samples")
     click.echo(f"report: {s.files['report.md']} ({s.seconds:.0f} s; reused: {', '.join(s.reused) or 'nothing'})")

@@ -1,6 +1,7 @@
 """The per-layer sensitivity chart of ``hawq-onnx analyze --plot``: one glance, most sensitive layers obvious.
 
-Two panels side by side, layers top to bottom in network order: the top Hessian eigenvalue
+Two panels side by side, layers top to bottom in network order, each named with its parameter
+count: the top Hessian eigenvalue
 (HAWQ's measure) and the trace per parameter (HAWQ-V2's), both on a log scale. Hatched bars
 did not converge; a negative top eigenvalue is drawn by its magnitude and labelled "(-)"; a zero
 block gets no bar and the label "0".
@@ -44,13 +45,14 @@ def plot_sensitivity(report: Sensitivity, path: str | Path) -> Path:
     from matplotlib.patches import Patch
 
     layers = report.layers
-    names = [f"{layer.name} ({layer.params:,})" for layer in layers]
+    names = [f"{layer.name} ({layer.params:,} params)" for layer in layers]
     fig, (left, right) = plt.subplots(1, 2, sharey=True, figsize=(11, 1.2 + 0.32 * len(layers)))
     _panel(left, names, [layer.top_eigenvalue for layer in layers], [layer.eigen_converged for layer in layers],
            _EIGEN_COLOR, "top Hessian eigenvalue")
     _panel(right, names, [layer.trace_per_param for layer in layers], [layer.trace_converged for layer in layers],
            _TRACE_COLOR, "Hessian trace / parameter")
     left.set_yticks(range(len(layers)), names, fontsize=8)
+    left.set_ylabel("layer (its parameter count)", fontsize=9)
     left.invert_yaxis()  # network order, top to bottom
     fig.legend(handles=[Patch(facecolor="0.5", label="converged"),
                         Patch(facecolor="white", edgecolor="0.3", hatch="///", label="not converged")],

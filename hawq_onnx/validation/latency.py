@@ -14,6 +14,14 @@ interleaving, so drift no longer cancels. The global pool is process state that 
 resized and that ONNX Runtime's quantizer refuses to work beside, so the timing runs in a fresh
 child process (``python -m hawq_onnx.validation.latency``): the caller's process never gets a global pool,
 and every call can choose its own thread count.
+
+Spread: the timed runs fall into rounds of equal length (every model ``round_runs`` times,
+interleaved). A speed-up is computed per round (the reference's median over the model's median in
+that round) and reported as the median of those ratios with their interquartile range and
+extremes: the figure a single ratio of medians hides (the same digits demo gave 0.97x, 1.04x
+and 1.48x at batch 64 on identical runs). Rounds are added until the interquartile range of
+every model's ratio is within ``target_spread`` of its median, or ``max_rounds`` or the time cap
+is reached; a speed-up that did not settle is flagged unstable.
 """
 
 from __future__ import annotations
@@ -33,9 +41,96 @@ from hawq_onnx.core import model_inputs
 from hawq_onnx.errors import HawqError, OptionError
 
 PROTOCOL = ("ONNX Runtime, one process-wide {threads}-thread intra-op pool shared by all sessions, "
-            "{warmup} warm-up runs per model, then {runs} timed runs per model interleaved "
-            "({order}) per batch size; median and p90 of session.run wall time")
+            "{warmup} warm-up runs per model, then rounds of {round_runs} timed runs per model interleaved "
+            "({order}), at least {min_rounds} rounds ({runs} runs) per batch size and more until the speed-ups' "
+            "interquartile range is within {spread:.0%} of their median (at most {max_rounds} rounds or "
+            "{cap:g} s); median and p90 of session.run wall time, speed-up = median of the per-round ratios")
 WORKER_TIMEOUT_S = 3600
+MIN_ROUNDS = 5
+MAX_ROUNDS = 30
+TARGET_SPREAD = 0.10      # interquartile range / median of the per-round speed-ups
+TIME_CAP_S = 30.0         # per batch size: no round starts after it, but the first MIN_ROUNDS always run
+
+
+def round_plan(runs: int, min_rounds: int = MIN_ROUNDS) -> tuple[int, int]:
+    """(rounds, runs per round) that cover at least ``runs`` runs in at least ``min_rounds`` rounds
+    where ``runs`` allows: 50 runs are 5 rounds of 10, 3 runs are 3 rounds of 1."""
+    rounds = max(1, min(min_rounds, runs))
+    return rounds, -(-runs // rounds)
+
+
+def round_medians(times_ms: Sequence[float], round_runs: int) -> np.ndarray:
+    """The median of each complete round of ``round_runs`` consecutive runs."""
+    t = np.asarray(times_ms, np.float64)
+    n = len(t) // round_runs
+    return np.median(t[:n * round_runs].reshape(n, round_runs), axis=1)
+
+
+@dataclass
+class SpeedupStats:
+    """How many times faster one model is than a reference, over the rounds of one measurement."""
+
+    median: float
+    q25: float
+    q75: float
+    min: float
+    max: float
+    rounds: int
+    target_spread: float = TARGET_SPREAD
+
+    @classmethod
+    def from_ratios(cls, ratios: Sequence[float], target_spread: float = TARGET_SPREAD) -> "SpeedupStats":
+        r = np.asarray(ratios, np.float64)
+        if r.size == 0:
+            raise HawqError("no complete timing round to compute a speed-up from")
+        q25, med, q75 = np.percentile(r, [25, 50, 75])
+        return cls(float(med), float(q25), float(q75), float(r.min()), float(r.max()), int(r.size), target_spread)
+
+    @classmethod
+    def from_times(cls, reference_ms: Sequence[float], model_ms: Sequence[float], round_runs: int,
+                   target_spread: float = TARGET_SPREAD) -> "SpeedupStats":
+        ref, mod = round_medians(reference_ms, round_runs), round_medians(model_ms, round_runs)
+        n = min(len(ref), len(mod))
+        return cls.from_ratios(ref[:n] / mod[:n], target_spread)
+
+    @property
+    def relative_spread(self) -> float:
+        """Interquartile range over the median: 0.1 means the middle half of the rounds lie within 10 %."""
+        return (self.q75 - self.q25) / self.median if self.median > 0 else float("inf")
+
+    @property
+    def stable(self) -> bool | None:
+        """None with fewer than 3 rounds: no spread to judge by."""
+        if self.rounds < 3:
+            return None
+        return self.relative_spread <= self.target_spread + 1e-12
+
+    def describe(self) -> str:
+        """One line: median, middle half and extremes, and the verdict."""
+        text = (f"{self.median:.2f}x (middle half of {self.rounds} rounds {self.q25:.2f}-{self.q75:.2f}x, "
+                f"all {self.min:.2f}-{self.max:.2f}x)")
+        if self.stable is None:
+            return text + f"; spread unknown: {self.rounds} round(s) only"
+        if not self.stable:
+            return (text + f"; unstable: the middle half spans {100 * self.relative_spread:.0f} % of the median "
+                    f"(target {100 * self.target_spread:.0f} %): the machine was busy or the runs are too short "
+                    "to time reliably; measure again before relying on it")
+        return text
+
+    def to_json(self) -> dict:
+        return {"median": self.median, "q25": self.q25, "q75": self.q75, "min": self.min, "max": self.max,
+                "rounds": self.rounds, "relative_spread": self.relative_spread, "stable": self.stable,
+                "target_spread": self.target_spread}
+
+
+def settled(times: dict[str, list[float]], reference: str, round_runs: int, target_spread: float) -> bool:
+    """Whether every model's per-round speed-up over ``reference`` is within ``target_spread``."""
+    for label, t in times.items():
+        if label == reference:
+            continue
+        if SpeedupStats.from_times(times[reference], t, round_runs, target_spread).stable is not True:
+            return False
+    return True
 
 
 @dataclass
@@ -47,16 +142,22 @@ class LatencyStats:
     mean_ms: float
     min_ms: float
     times_ms: list[float] = field(default_factory=list, repr=False)
+    round_runs: int = 0          # runs per round (0: one round of all runs)
 
     @classmethod
-    def from_times(cls, batch_size: int, times_ms: Sequence[float]) -> "LatencyStats":
+    def from_times(cls, batch_size: int, times_ms: Sequence[float], round_runs: int = 0) -> "LatencyStats":
         t = np.asarray(times_ms, np.float64)
         return cls(batch_size, len(t), float(np.median(t)), float(np.percentile(t, 90)), float(t.mean()),
-                   float(t.min()), [float(v) for v in t])
+                   float(t.min()), [float(v) for v in t], round_runs)
+
+    @property
+    def rounds(self) -> int:
+        return len(self.times_ms) // self.round_runs if self.round_runs else 1
 
     def to_json(self) -> dict:
         return {"batch_size": self.batch_size, "runs": self.runs, "median_ms": self.median_ms,
-                "p90_ms": self.p90_ms, "mean_ms": self.mean_ms, "min_ms": self.min_ms}
+                "p90_ms": self.p90_ms, "mean_ms": self.mean_ms, "min_ms": self.min_ms,
+                "rounds": self.rounds, "round_runs": self.round_runs or self.runs}
 
 
 @dataclass
@@ -68,14 +169,21 @@ class LatencyResult:
     batch_sizes: list[int]
     protocol: str
     models: dict[str, dict[int, LatencyStats]]   # label -> batch size -> stats
+    target_spread: float = TARGET_SPREAD
+
+    def speedup_stats(self, label: str, reference: str, batch_size: int) -> SpeedupStats:
+        """Per-round speed-ups of ``label`` over ``reference``: median, spread, stability."""
+        ref, mod = self.models[reference][batch_size], self.models[label][batch_size]
+        round_runs = ref.round_runs or len(ref.times_ms)
+        return SpeedupStats.from_times(ref.times_ms, mod.times_ms, round_runs, self.target_spread)
 
     def speedup(self, label: str, reference: str, batch_size: int) -> float:
-        """How many times faster ``label`` is than ``reference`` (ratio of medians)."""
-        return self.models[reference][batch_size].median_ms / self.models[label][batch_size].median_ms
+        """How many times faster ``label`` is than ``reference`` (median of the per-round ratios)."""
+        return self.speedup_stats(label, reference, batch_size).median
 
     def to_json(self) -> dict:
         return {"provider": self.provider, "threads": self.threads, "warmup": self.warmup, "runs": self.runs,
-                "batch_sizes": self.batch_sizes, "protocol": self.protocol,
+                "batch_sizes": self.batch_sizes, "protocol": self.protocol, "target_spread": self.target_spread,
                 "models": {label: {str(bs): s.to_json() for bs, s in per.items()}
                            for label, per in self.models.items()}}
 
@@ -88,8 +196,10 @@ def _batch(x: np.ndarray, batch_size: int) -> np.ndarray:
 
 def measure_latency(models: dict[str, str | Path], x: model_inputs.Arrays, *, batch_sizes: Sequence[int] = (1, 64),
                     threads: int = 2, runs: int = 50, warmup: int = 5,
-                    providers: Sequence[str] = ("CPUExecutionProvider",)) -> LatencyResult:
-    """Time ``models`` (label -> ONNX path) interleaved on samples from ``x``, in a child process."""
+                    providers: Sequence[str] = ("CPUExecutionProvider",), target_spread: float = TARGET_SPREAD,
+                    max_rounds: int = MAX_ROUNDS, time_cap_s: float = TIME_CAP_S) -> LatencyResult:
+    """Time ``models`` (label -> ONNX path; the first is the speed-up reference) interleaved on
+    samples from ``x``, in a child process."""
     if threads < 1:
         raise OptionError(f"{{threads}} must be at least 1, got {threads}", "threads")
     if runs < 1 or warmup < 0:
@@ -98,6 +208,8 @@ def measure_latency(models: dict[str, str | Path], x: model_inputs.Arrays, *, ba
         raise HawqError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
     if model_inputs.count(x) == 0:
         raise HawqError("no samples to time the models on")
+    min_rounds, round_runs = round_plan(runs)
+    max_rounds = max(max_rounds, min_rounds)
     with tempfile.TemporaryDirectory(prefix="hawq-latency-") as tmp:
         inputs = Path(tmp) / "inputs.npz"
         pool = model_inputs.take(x, slice(0, max(batch_sizes)))
@@ -105,8 +217,9 @@ def measure_latency(models: dict[str, str | Path], x: model_inputs.Arrays, *, ba
         np.savez(inputs, **(pool if isinstance(pool, dict) else
                             {f"arr_{i}": v for i, v in enumerate(model_inputs.leaves(pool))}))
         request = {"models": {k: str(Path(v).resolve()) for k, v in models.items()}, "inputs": str(inputs),
-                   "batch_sizes": list(batch_sizes), "threads": threads, "runs": runs, "warmup": warmup,
-                   "providers": list(providers)}
+                   "batch_sizes": list(batch_sizes), "threads": threads, "warmup": warmup,
+                   "min_rounds": min_rounds, "round_runs": round_runs, "max_rounds": max_rounds,
+                   "target_spread": target_spread, "time_cap_s": time_cap_s, "providers": list(providers)}
         req_path = Path(tmp) / "request.json"
         req_path.write_text(json.dumps(request))
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
@@ -120,13 +233,15 @@ def measure_latency(models: dict[str, str | Path], x: model_inputs.Arrays, *, ba
     if proc.returncode != 0 or reply is None or "error" in reply:
         detail = reply["error"] if reply and "error" in reply else (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise HawqError(f"latency measurement failed: {detail}")
-    per_model = {label: {int(bs): LatencyStats.from_times(int(bs), t) for bs, t in per.items()}
+    per_model = {label: {int(bs): LatencyStats.from_times(int(bs), t, round_runs) for bs, t in per.items()}
                  for label, per in reply["times_ms"].items()}
     order = " ".join(list(models)[:3]) + (" ..." if len(models) > 3 else "") + " repeated"
+    protocol = PROTOCOL.format(threads=threads, warmup=warmup, round_runs=round_runs, order=order,
+                               min_rounds=min_rounds, runs=min_rounds * round_runs, spread=target_spread,
+                               max_rounds=max_rounds, cap=time_cap_s)
     return LatencyResult(provider=providers[0], threads=threads, warmup=warmup, runs=runs,
-                         batch_sizes=list(batch_sizes),
-                         protocol=PROTOCOL.format(threads=threads, warmup=warmup, runs=runs, order=order),
-                         models=per_model)
+                         batch_sizes=list(batch_sizes), protocol=protocol, models=per_model,
+                         target_spread=target_spread)
 
 
 def _worker(request: dict) -> dict:
@@ -158,12 +273,21 @@ def _worker(request: dict) -> dict:
         for _ in range(request["warmup"]):
             for label, (sess, _) in sessions.items():
                 sess.run(None, feeds[label])
-        runs = {label: [] for label in sessions}
-        for _ in range(request["runs"]):
-            for label, (sess, _) in sessions.items():
-                start = time.perf_counter_ns()
-                sess.run(None, feeds[label])
-                runs[label].append((time.perf_counter_ns() - start) / 1e6)
+        runs: dict[str, list[float]] = {label: [] for label in sessions}
+        reference = next(iter(sessions))
+        started, rounds = time.perf_counter(), 0
+        while True:
+            for _ in range(request["round_runs"]):
+                for label, (sess, _) in sessions.items():
+                    start = time.perf_counter_ns()
+                    sess.run(None, feeds[label])
+                    runs[label].append((time.perf_counter_ns() - start) / 1e6)
+            rounds += 1
+            if rounds < request["min_rounds"]:
+                continue
+            if (rounds >= request["max_rounds"] or time.perf_counter() - started > request["time_cap_s"]
+                    or settled(runs, reference, request["round_runs"], request["target_spread"])):
+                break
         for label in sessions:
             times[label][str(bs)] = runs[label]
     return {"times_ms": times}

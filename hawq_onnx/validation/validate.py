@@ -40,7 +40,7 @@ from hawq_onnx.validation.data_spec import (
     default_data,
 )
 from hawq_onnx.validation.kernel_census import KernelCensus, kernel_census
-from hawq_onnx.validation.latency import LatencyResult, LatencyStats, measure_latency
+from hawq_onnx.validation.latency import LatencyResult, LatencyStats, SpeedupStats, measure_latency
 from hawq_onnx.validation.ort_baseline import ort_int8
 from hawq_onnx.validation.ort_eval import (
     EVAL_BATCH_SIZE,
@@ -54,6 +54,7 @@ from hawq_onnx.validation.ort_eval import (
     predict_batches,
     resolve_providers,
 )
+from hawq_onnx.validation.slowdown import slowdown_reasons
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,9 @@ class ModelResult:
     agreement: float | None = None     # fraction of samples where this model and the float one agree
     size_ratio: float | None = None    # file bytes / float file bytes
     latency: dict[int, LatencyStats] = field(default_factory=dict)
-    speedup: dict[int, float] = field(default_factory=dict)   # float median / this median, per batch
+    speedup: dict[int, float] = field(default_factory=dict)   # median per-round float / this, per batch
+    speedup_stats: dict[int, SpeedupStats] = field(default_factory=dict)  # its spread over the rounds
+    slower_because: dict[int, list[str]] = field(default_factory=dict)   # batches where it is slower than float
     # Top-1 agreement of the deployed session with the same file run with graph optimizations off
     # (every Q/DQ as written, the layers in float): below 1, ONNX Runtime's integer kernels compute
     # something else than the file says (int16 saturation of U8S8 kernels on CPUs without VNNI).
@@ -88,6 +91,8 @@ class ModelResult:
                 "accuracy": self.accuracy.to_json(), "drop_points": self.drop_points, "agreement": self.agreement,
                 "latency": {str(b): s.to_json() for b, s in self.latency.items()},
                 "speedup": {str(b): v for b, v in self.speedup.items()},
+                "speedup_spread": {str(b): s.to_json() for b, s in self.speedup_stats.items()},
+                "slower_than_float_because": {str(b): v for b, v in self.slower_because.items()},
                 "kernels": {**{k: census[k] for k in ("optimization_level", "provider", "integer_ops", "integer_kernels",
                                                       "dequantize_nodes", "quantize_nodes", "layers_by_mode")},
                             "agreement_with_unoptimized": self.kernel_agreement}}
@@ -362,7 +367,12 @@ def validate(float_path: str | Path, quant_path: str | Path, data: str | Dataset
             m.kernel_agreement = kernel_agreement.get(m.label)
         if latency is not None:
             m.latency = latency.models[m.label]
-            m.speedup = {b: latency.speedup(m.label, FLOAT, b) for b in latency.batch_sizes}
+            m.speedup_stats = {b: latency.speedup_stats(m.label, FLOAT, b) for b in latency.batch_sizes}
+            m.speedup = {b: st.median for b, st in m.speedup_stats.items()}
+            if m is not ref:
+                m.slower_because = {b: slowdown_reasons(m.census, ref.census, inspections[m.label],
+                                                        ref.latency[b].median_ms, b)
+                                    for b, v in m.speedup.items() if v < 1.0}
 
     fake_quant = None
     if reference is not None:
