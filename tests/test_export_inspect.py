@@ -127,7 +127,7 @@ def test_inspect_counts_macs_where_shape_inference_gives_up():
 
     with warnings.catch_warnings():  # TorchScript says it cannot constant-fold the strided Slice
         warnings.simplefilter("ignore")
-        proto = _export_torchscript(_OptionAShortcut().eval(), torch.randn(2, 3, 8, 8), 21)
+        proto = _export_torchscript(_OptionAShortcut().eval(), torch.randn(2, 3, 8, 8), ["input"], 21)
     static = _infer_shapes_batch1(proto)
     layers = [n for n in proto.graph.node if n.op_type in ("Conv", "Gemm")]
     assert [n.output[0] in static for n in layers] == [True, False, False]

@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from hawq_onnx.core import model_inputs
 from hawq_onnx.core.model_inputs import InputShape
-from hawq_onnx.errors import HawqError
+from hawq_onnx.errors import HawqError, OptionError
 
 QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
@@ -46,11 +46,12 @@ def run_once(model: nn.Module, input_shape: InputShape) -> torch.Tensor:
     except Exception as exc:
         what = f"inputs {model_inputs.describe(input_shape)}" if not model_inputs.is_single(input_shape) \
             else f"an input of shape (1, {', '.join(map(str, input_shape))})"
-        raise HawqError(f"the model does not run on {what} "
-                        f"({exc.__class__.__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}); "
-                        + ("check the input shape and the model's forward" if model_inputs.is_single(input_shape)
-                           else "a dict batch's entries are keyword inputs: pass input_fn to say what the model "
-                                "takes")) from None
+        cause = f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        if model_inputs.is_single(input_shape):
+            raise OptionError(f"the model does not run on {what} ({cause}); check {{input_shape}} and the "
+                              "model's forward", "input_shape") from None
+        raise HawqError(f"the model does not run on {what} ({cause}); a dict batch's entries are keyword inputs: "
+                        "pass input_fn to say what the model takes") from None
 
 
 def describe_layers(model: nn.Module, input_shape: InputShape) -> list[LayerInfo]:

@@ -35,7 +35,7 @@ import torch.nn as nn
 from hawq_onnx.core.progress import progress_bar
 
 from hawq_onnx.core import model_inputs
-from hawq_onnx.errors import HawqError
+from hawq_onnx.errors import HawqError, OptionError
 from hawq_onnx.io.plan import Plan, RegionGrid
 from hawq_onnx.onnx_export.float_onnx import float_onnx
 from hawq_onnx.passes import pipelines
@@ -79,9 +79,9 @@ class QuantizedExport:
 def _check_plan(plan: Plan) -> None:
     uncalibrated = [lp.name for lp in plan.layers if not lp.calibrated]
     if uncalibrated:
-        raise HawqError(f"the plan is not calibrated ({len(uncalibrated)} layer(s) lack weight scales or input "
-                        f"ranges, e.g. {uncalibrated[0]}): run `hawq-onnx finetune` (or `--order ptq`) and export "
-                        "its plan, or pass --quantized quantized.pt")
+        raise OptionError(f"the plan is not calibrated ({len(uncalibrated)} layer(s) lack weight scales or input "
+                          f"ranges, e.g. {uncalibrated[0]}): finetune it first (order ptq only calibrates) and "
+                          "export the plan that writes, or pass {quantized}", "quantized")
     for lp in plan.layers:
         if lp.input_quant is not None and lp.a_bits is not None and lp.input_quant.bits != lp.a_bits:
             raise HawqError(f"plan layer {lp.name}: input_quant has {lp.input_quant.bits} bits "
@@ -311,9 +311,9 @@ def _consistent(plan: Plan, embedded: Plan, where: str) -> None:
     theirs = {lp.name: (lp.w_bits, lp.a_bits) for lp in embedded.layers}
     for name in sorted(set(mine) | set(theirs)):
         if mine.get(name) != theirs.get(name):
-            raise HawqError(f"--plan and {where} disagree on layer {name} (w_bits, a_bits): {mine.get(name)} "
-                            f"vs {theirs.get(name)}; pass the plan the checkpoint was fine-tuned with, "
-                            "or only --quantized")
+            raise OptionError(f"{{plan}} and {where} disagree on layer {name} (w_bits, a_bits): {mine.get(name)} "
+                              f"vs {theirs.get(name)}; pass the plan the checkpoint was fine-tuned with, "
+                              "or only {quantized}", "plan", "quantized")
 
 
 def export_plan(model_ref: str | None, weights: str | None, input_shape: tuple[int, ...] | None,
@@ -333,7 +333,8 @@ def export_plan(model_ref: str | None, weights: str | None, input_shape: tuple[i
     from hawq_onnx.sources.model import load_model, model_fingerprint
 
     if plan_path is None and quantized_path is None:
-        raise HawqError("a quantized export needs --plan plan.json or --quantized quantized.pt")
+        raise OptionError("a quantized export needs {plan} (plan.json) or {quantized} (quantized.pt)", "plan",
+                          "quantized")
     given = load_plan(plan_path) if plan_path is not None else None  # a bad file fails before the model loads
     calibrated_on = (given.calibration or {}).get("data") if given is not None else None
     loaded = load_model(model_ref, weights, input_shape, data_shape=sample_shape(data or calibrated_on))
@@ -347,7 +348,7 @@ def export_plan(model_ref: str | None, weights: str | None, input_shape: tuple[i
     _check_plan(plan)  # before loading data: an uncalibrated plan fails fast
     source = data or (plan.calibration or {}).get("data") or resolve_source(None, loaded.spec)
     if source != "digits" and ":" not in source:
-        raise HawqError(f"export calibrates the tensors between layers on data, and {source!r} names no files: "
-                        f"pass --data ({source}:DIR, npz:FILE or digits)")
+        raise OptionError(f"export calibrates the tensors between layers on data, and {source!r} names no files: "
+                          f"pass {{data}} ({source}:DIR, npz:FILE or digits)", "data")
     dataset = load_data(source, loaded.spec)
     return quantize_onnx(folded, loaded.input_shape, plan, dataset.calib.x, target=target, progress=progress)

@@ -80,7 +80,7 @@ def _read_npz_arrays(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as z:
             if "y" not in z or len(z.files) < 2:
-                raise HawqError(f"data file {path} must hold labels 'y' and inputs ('x', or one array per named "
+                raise HawqError(f"data file {path} must hold arrays 'x' and 'y' (or 'y' and one array per named "
                                 f"input; it has {', '.join(z.files) or 'none'})")
             return {k: np.asarray(z[k]) for k in z.files if k != "y"}, np.asarray(z["y"])
     except HawqError:
