@@ -93,6 +93,7 @@ def test_results_save_and_load(staged, user, tmp_path):
     loaded = hq.ExportedModel.load(tmp_path / "m.onnx")
     assert loaded.plan == exported.plan and loaded.model.SerializeToString() == exported.model.SerializeToString()
     assert json.loads(report.save(tmp_path / "r.json").read_text())["format"] == "hawq-onnx-validation"
+    assert hq.ValidationReport.load(tmp_path / "r.json").to_json() == report.to_json()
 
 
 def test_package_and_inspect_take_objects(staged, tmp_path):

@@ -31,7 +31,8 @@ from hawq_onnx.validation.data_spec import MEAN_KEY, STD_KEY
 from hawq_onnx.validation.kernel_census import is_integer_op, kernel_census
 from hawq_onnx.validation.latency import measure_latency
 from hawq_onnx.validation.ort_baseline import ort_int8
-from hawq_onnx.validation.validate import validate
+from hawq_onnx.validation.ort_eval import model_io, open_session
+from hawq_onnx.validation.validate import ValidationReport, validate
 
 LAYERS = ("stem", "block_conv1", "block_conv2", "down", "conv", "fc")
 INT4_LAYERS = ("block_conv1", "down")
@@ -65,7 +66,8 @@ def pair(tmp_path_factory) -> dict[str, Path]:
     paths = {"float": d / "float.onnx", "int8": d / "ort_int8.onnx", "int4": d / "int4.onnx"}
     save_onnx(float_onnx(loaded.module, loaded.spec.input_shape), paths["float"])
     dataset = load_data("digits", loaded.spec)
-    ort_int8(paths["float"], dataset.calib, paths["int8"], "input")
+    io = model_io(open_session(paths["float"], 1), paths["float"])  # ort_int8 feeds by the model's own inputs
+    ort_int8(paths["float"], dataset.calib, paths["int8"], io)
     save_onnx(_int4_weights(onnx.load(str(paths["int8"])), INT4_LAYERS), paths["int4"])
     return paths
 
@@ -231,6 +233,7 @@ def test_cli_end_to_end_with_baseline_reports(pair, tmp_path):
     assert "ort-int8" in res.stdout and "QLinearConv" in res.stdout
     doc = json.loads(out_json.read_text())
     assert set(doc["models"]) == {"float", "quantized", "ort-int8"}
+    assert ValidationReport.load(out_json).to_json() == doc  # what the CLI wrote reads back whole
     assert doc["models"]["ort-int8"]["kernels"]["integer_kernels"] == 7
     assert doc["models"]["quantized"]["kernels"]["layers_by_mode"]["emulated"] == 2
     assert doc["models"]["quantized"]["latency"]["4"]["runs"] >= 2

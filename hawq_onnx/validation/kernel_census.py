@@ -32,6 +32,7 @@ import onnx
 
 from hawq_onnx.core.onnx_inspect import layer_name
 from hawq_onnx.errors import HawqError
+from hawq_onnx.io.json_fields import get, table, value
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ WEIGHT_PATH_OPS = frozenset({"DequantizeLinear", "QuantizeLinear", "Cast", "Resh
                              "Identity", "Unsqueeze", "Squeeze", "Flatten", "ReorderInput"})
 
 OPTIMIZATION_LEVEL = "extended"
+MODES = ("integer", "emulated", "float", "weight-only", "missing")
 _LEVELS = {"basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 
 def is_integer_op(op_type: str) -> bool:
@@ -114,6 +116,11 @@ class LayerKernel:
     kernel: str       # op ONNX Runtime runs ("" when the layer is gone from the optimized graph)
     mode: str         # integer | emulated | float | weight-only | missing
 
+    @classmethod
+    def from_json(cls, obj: Any) -> "LayerKernel":
+        """One entry of ``KernelCensus.to_json()["layers"]``; ValueError if malformed."""
+        return cls(**{k: get(obj, k, "str") for k in ("layer", "node", "op_type", "weight", "kernel", "mode")})
+
 
 @dataclass
 class KernelCensus:
@@ -136,8 +143,21 @@ class KernelCensus:
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["integer_kernels"] = self.integer_kernels
-        out["layers_by_mode"] = {m: self.count(m) for m in ("integer", "emulated", "float", "weight-only", "missing")}
+        out["layers_by_mode"] = {m: self.count(m) for m in MODES}
         return out
+
+    @classmethod
+    def from_json(cls, obj: Any, path: str = "") -> "KernelCensus":
+        """What ``to_json`` wrote, or the part of it a report keeps (see ``ModelResult.to_json``):
+        ``path`` and ``op_counts`` where absent are ``path`` and empty, ``layers`` where absent
+        (report.json before hawq-onnx wrote them) empty. ValueError if malformed."""
+        obj = value(obj, "dict", "the kernel census")
+        layers = [LayerKernel.from_json(x) for x in get(obj, "layers", "list")] if "layers" in obj else []
+        return cls(path=get(obj, "path", "str") if "path" in obj else path, provider=get(obj, "provider", "str"),
+                   optimization_level=get(obj, "optimization_level", "str"), layers=layers,
+                   integer_ops=table(obj, "integer_ops", "int"), dequantize_nodes=get(obj, "dequantize_nodes", "int"),
+                   quantize_nodes=get(obj, "quantize_nodes", "int"),
+                   op_counts=table(obj, "op_counts", "int") if "op_counts" in obj else {})
 
 
 def optimized_graph(path: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",),

@@ -33,12 +33,13 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from hawq_onnx.core import model_inputs
 from hawq_onnx.errors import HawqError, OptionError
+from hawq_onnx.io.json_fields import get, items, mapping, objects, value
 
 PROTOCOL = ("ONNX Runtime, one process-wide {threads}-thread intra-op pool shared by all sessions, "
             "{warmup} warm-up runs per model, then rounds of {round_runs} timed runs per model interleaved "
@@ -122,6 +123,15 @@ class SpeedupStats:
                 "rounds": self.rounds, "relative_spread": self.relative_spread, "stable": self.stable,
                 "target_spread": self.target_spread}
 
+    @classmethod
+    def from_json(cls, obj: Any) -> "SpeedupStats":
+        """What ``to_json`` wrote (spread and verdict are recomputed); ValueError if malformed."""
+        st = cls(*(get(obj, k, "number") for k in ("median", "q25", "q75", "min", "max")), get(obj, "rounds", "int"),
+                 get(obj, "target_spread", "number"))
+        if st.median <= 0:  # a ratio of times: the spread divides by it
+            raise ValueError(f"a speed-up's median must be positive, got {st.median}")
+        return st
+
 
 def settled(times: dict[str, list[float]], reference: str, round_runs: int, target_spread: float) -> bool:
     """Whether every model's per-round speed-up over ``reference`` is within ``target_spread``."""
@@ -143,6 +153,8 @@ class LatencyStats:
     min_ms: float
     times_ms: list[float] = field(default_factory=list, repr=False)
     round_runs: int = 0          # runs per round (0: one round of all runs)
+    # What report.json said: it keeps the figures, not times_ms, and the rounds are counted from those.
+    recorded_rounds: int | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_times(cls, batch_size: int, times_ms: Sequence[float], round_runs: int = 0) -> "LatencyStats":
@@ -152,12 +164,21 @@ class LatencyStats:
 
     @property
     def rounds(self) -> int:
+        if not self.times_ms and self.recorded_rounds is not None:
+            return self.recorded_rounds
         return len(self.times_ms) // self.round_runs if self.round_runs else 1
 
     def to_json(self) -> dict:
         return {"batch_size": self.batch_size, "runs": self.runs, "median_ms": self.median_ms,
                 "p90_ms": self.p90_ms, "mean_ms": self.mean_ms, "min_ms": self.min_ms,
                 "rounds": self.rounds, "round_runs": self.round_runs or self.runs}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> "LatencyStats":
+        """What ``to_json`` wrote: the figures without the raw ``times_ms`` (empty); ValueError if malformed."""
+        return cls(get(obj, "batch_size", "int"), get(obj, "runs", "int"),
+                   *(get(obj, k, "number") for k in ("median_ms", "p90_ms", "mean_ms", "min_ms")),
+                   round_runs=get(obj, "round_runs", "int"), recorded_rounds=get(obj, "rounds", "int"))
 
 
 @dataclass
@@ -186,6 +207,18 @@ class LatencyResult:
                 "batch_sizes": self.batch_sizes, "protocol": self.protocol, "target_spread": self.target_spread,
                 "models": {label: {str(bs): s.to_json() for bs, s in per.items()}
                            for label, per in self.models.items()}}
+
+    @classmethod
+    def from_json(cls, obj: Any, models: dict[str, dict[int, LatencyStats]] | None = None) -> "LatencyResult":
+        """What ``to_json`` wrote; ``models`` replaces its "models" (report.json keeps them with each
+        model instead). Every ``times_ms`` is empty, so :meth:`speedup_stats` cannot be recomputed:
+        the figures derived from the times are in the stats. ValueError if malformed."""
+        if models is None:
+            models = objects(obj, "models", lambda per: mapping(per, "a model's latency", LatencyStats.from_json,
+                                                                int_keys=True))
+        return cls(get(obj, "provider", "str"), get(obj, "threads", "int"), get(obj, "warmup", "int"),
+                   get(obj, "runs", "int"), items(obj, "batch_sizes", lambda b: value(b, "int", "a batch size")),
+                   get(obj, "protocol", "str"), models, get(obj, "target_spread", "number"))
 
 
 def _batch(x: np.ndarray, batch_size: int) -> np.ndarray:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 from hawq_onnx.core.progress import progress_bar
@@ -17,6 +17,7 @@ from hawq_onnx.core.progress import progress_bar
 from hawq_onnx.core import model_inputs
 from hawq_onnx.core.grid import activation_qparams
 from hawq_onnx.errors import HawqError
+from hawq_onnx.io.json_fields import get
 
 CPU = "CPUExecutionProvider"
 EVAL_BATCH_SIZE = 256
@@ -186,6 +187,14 @@ class Accuracy:
     def to_json(self) -> dict:
         return {"samples": self.samples, "correct_top1": self.correct_top1, "top1": self.top1,
                 "correct_top5": self.correct_top5, "top5": self.top5}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> "Accuracy":
+        """What ``to_json`` wrote (top-1 and top-5 are recomputed from the counts); ValueError if malformed."""
+        samples = get(obj, "samples", "int")
+        if samples < 1:
+            raise ValueError(f"'samples' must be at least 1, got {samples}")  # top1 divides by it
+        return cls(samples, get(obj, "correct_top1", "int"), get(obj, "correct_top5", "int", optional=True))
 
 
 def accuracy(logits: np.ndarray, y: np.ndarray, num_classes: int) -> Accuracy:

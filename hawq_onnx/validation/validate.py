@@ -27,7 +27,7 @@ import numpy as np
 from hawq_onnx.core.onnx_inspect import Inspection, inspect_onnx, layer_name, load_onnx
 from hawq_onnx.core import model_inputs
 from hawq_onnx.errors import GateFailure, HawqError, OptionError
-from hawq_onnx.io.atomic import write_json
+from hawq_onnx.io.atomic import read_json, write_json
 from hawq_onnx.io.sensitivity_report import Sensitivity, load_sensitivity
 from hawq_onnx.options import BASELINES
 from hawq_onnx.sources.data import load_data
@@ -54,13 +54,11 @@ from hawq_onnx.validation.ort_eval import (
     predict_batches,
     resolve_providers,
 )
+from hawq_onnx.validation.report_json import FLOAT, FORMAT, QUANTIZED, VERSION, report_fields
 from hawq_onnx.validation.slowdown import slowdown_reasons
 
 log = logging.getLogger(__name__)
 
-FORMAT = "hawq-onnx-validation"
-VERSION = 1
-FLOAT, QUANTIZED = "float", "quantized"
 KERNEL_AGREEMENT_WARNING = 0.995  # issue 5's bar for the file against its fake-quant model
 
 
@@ -94,7 +92,8 @@ class ModelResult:
                 "speedup_spread": {str(b): s.to_json() for b, s in self.speedup_stats.items()},
                 "slower_than_float_because": {str(b): v for b, v in self.slower_because.items()},
                 "kernels": {**{k: census[k] for k in ("optimization_level", "provider", "integer_ops", "integer_kernels",
-                                                      "dequantize_nodes", "quantize_nodes", "layers_by_mode")},
+                                                      "dequantize_nodes", "quantize_nodes", "layers_by_mode",
+                                                      "layers", "op_counts")},
                             "agreement_with_unoptimized": self.kernel_agreement}}
 
 
@@ -188,6 +187,22 @@ class ValidationReport:
     def save(self, path: str | Path) -> Path:
         """Write report.json atomically (what ``hawq-onnx validate --json`` writes)."""
         return write_json(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ValidationReport":
+        """Read a report.json written by :meth:`save` or ``hawq-onnx validate``; its ``to_json`` is the file's.
+
+        Raw timings are not in the file: every ``times_ms`` is empty; the figures made from them are
+        read. A report.json from before census layers were written loads with none (``layers_by_mode`` 0)."""
+        return cls.from_json(read_json(path, "validation report"), f"validation report file {path}")
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str = "validation report") -> "ValidationReport":
+        """The report ``to_json`` gave ``obj`` (see :meth:`load`); a one-line HawqError for anything else."""
+        kw = report_fields(obj, where)
+        return cls(**{**kw, "models": [ModelResult(**m) for m in kw["models"]],
+                      "layers": [LayerReport(**r) for r in kw["layers"]],
+                      "fake_quant": None if kw["fake_quant"] is None else ReferenceAgreement(**kw["fake_quant"])})
 
 
 # --- the run ------------------------------------------------------------------------------
