@@ -281,7 +281,7 @@ def test_cli_end_to_end(digits, tmp_path):
     res = runner.invoke(cli, ["finetune", "--plan", str(plan_path), "--steps", "6", "--batch-size", "64",
                               "--lr", "0.001", "--distill-weight", "1", "--temperature", "4", "--out", str(out)])
     assert res.exit_code == 0, res.output
-    assert "quantized top-1" in res.output and "6 steps" in res.output
+    assert "fine-tuned (PyTorch, plan grids only) top-1" in res.output and "6 steps" in res.output
     calibrated = load_plan(tmp_path / "q.plan.json")
     assert calibrated.calibrated and calibrated.calibration["steps"] == 6
     assert calibrated.calibration["distill_weight"] == 1.0 and calibrated.calibration["temperature"] == 4.0

@@ -78,7 +78,7 @@ def command(model_ref, weights, input_shape, data, plan_path, sensitivity, order
     result.plan.save(plan_out)
     trained = sum(h["steps"] for h in result.history)
     drop = 100 * (result.quant_accuracy - result.float_accuracy)
-    click.echo(f"float top-1 {100 * result.float_accuracy:.2f} %, quantized top-1 {100 * result.quant_accuracy:.2f} % "
-               f"({drop:+.2f} points) on {result.eval_samples} test samples")
+    click.echo(f"float top-1 {100 * result.float_accuracy:.2f} %, fine-tuned (PyTorch, plan grids only) top-1 "
+               f"{100 * result.quant_accuracy:.2f} % ({drop:+.2f} points) on {result.eval_samples} test samples")
     click.echo(f"{order}: {len(result.history)} stage(s), {trained} steps, {result.seconds:.1f} s on {device}")
     click.echo(f"wrote {out} and {plan_out}")

@@ -168,8 +168,8 @@ def header_lines(result: ValidationReport) -> list[str]:
         per_round = sorted({s.round_runs or s.runs for per in lat.models.values() for s in per.values()})
         rounds_text = str(rounds[0]) if len(rounds) == 1 else f"{rounds[0]}-{rounds[-1]}"
         lines.append(f"latency: ONNX Runtime ({lat.provider}), {lat.threads} thread(s) shared by all models; after "
-                     f"{lat.warmup} warm-up runs the models take turns, {'/'.join(map(str, per_round))} runs each "
-                     f"per round, {rounds_text} rounds per batch size; speed-up = float time / model time, the "
+                     f"{lat.warmup} warm-up runs the models take turns, {'/'.join(map(str, per_round))} "
+                     f"run{'' if per_round == [1] else 's'} each per round, {rounds_text} rounds per batch size; speed-up = float time / model time, the "
                      "median over the rounds")
     else:
         lines.append("latency: not measured")
