@@ -18,7 +18,7 @@ from hawq_onnx.core import model_inputs
 from hawq_onnx.core.model_inputs import InputShape
 from hawq_onnx.core.onnx_inspect import load_onnx
 from hawq_onnx.errors import HawqError
-from hawq_onnx.io.plan import Plan, RegionGrid, load_plan, save_plan
+from hawq_onnx.io.plan import Plan, RegionGrid, exported_plan_path, load_plan, save_plan
 from hawq_onnx.io.quantized_checkpoint import QuantizedCheckpoint
 from hawq_onnx.io.sensitivity_report import Sensitivity
 from hawq_onnx.onnx_export.float_onnx import save_onnx
@@ -130,8 +130,7 @@ class ExportedModel:
     @staticmethod
     def plan_path_for(path: str | Path) -> Path:
         """model.qdq.onnx -> model.qdq.plan.json, beside it (the name ``quantize`` uses)."""
-        p = Path(path)
-        return p.with_name(p.stem + ".plan.json")
+        return exported_plan_path(path)
 
     def save(self, path: str | Path, plan_path: str | Path | None = None) -> Path:
         """Write the .onnx atomically and, for a QDQ export, its plan beside it (``plan_path``,

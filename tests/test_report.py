@@ -255,3 +255,17 @@ def test_report_json_keeps_its_fields_and_adds_the_spread():
     assert q["speedup_spread"]["1"]["stable"] is False
     assert q["slower_than_float_because"]["1"]
     assert np.isfinite(q["speedup_spread"]["1"]["relative_spread"])
+
+
+def test_a_bare_validation_reads_the_plan_its_export_wrote_beside_the_file(tmp_path):
+    from hawq_onnx.io.plan import save_plan
+    from hawq_onnx.validation.report_origin import origin_beside
+
+    quantized = tmp_path / "model.qdq.onnx"
+    assert origin_beside(quantized) is None  # nothing beside it, no analysis: no section
+    save_plan(_origin(tmp_path).plan, tmp_path / "model.qdq.plan.json")
+    origin = origin_beside(quantized)
+    assert origin is not None and origin.plan.budget["text"] == "8x" and origin.finetuned_top1 == 356 / 359
+    assert origin.export_cost_points(0.99, 359) is None  # the fine-tuned figure's samples are unknown here
+    (tmp_path / "model.qdq.plan.json").write_text("{not json")
+    assert origin_beside(quantized) is None  # a plan that does not read is left out, not an error

@@ -77,6 +77,7 @@ def command(float_path, quant_path, data, model_ref, input_shape, threads, batch
     from hawq_onnx.sources.inputs import input_paths
     from hawq_onnx.sources.model import parse_input_shape
     from hawq_onnx.validation.report import format_table, plot_paths, write_markdown
+    from hawq_onnx.validation.report_origin import origin_beside
 
     inputs = input_paths(model_ref, None, data, float_path, quant_path, sensitivity)
     for out in (json_out if json_out != "-" else None, report_out, baseline_out,
@@ -96,7 +97,7 @@ def command(float_path, quant_path, data, model_ref, input_shape, threads, batch
         result.save(json_out)
         click.echo(f"wrote {json_out}", err=True)
     if report_out:
-        written = write_markdown(result, report_out)
+        written = write_markdown(result, report_out, origin_beside(quant_path, sensitivity))
         click.echo(f"wrote {', '.join(str(p) for p in written)}", err=True)
     sys.stdout.flush()
     result.check_gate()

@@ -106,6 +106,13 @@ class Plan:
         return load_plan(path, fingerprint)
 
 
+def exported_plan_path(onnx_path: str | Path) -> Path:
+    """model.qdq.onnx -> model.qdq.plan.json, beside it: where an export writes the plan it
+    exported (the name ``quantize`` uses)."""
+    p = Path(onnx_path)
+    return p.with_name(p.stem + ".plan.json")
+
+
 def save_plan(plan: Plan, path: str | Path) -> Path:
     return write_json(path, plan.to_json())
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hawq_onnx.io.plan import Plan
+from hawq_onnx.io.plan import Plan, exported_plan_path, load_plan
 from hawq_onnx.io.sensitivity_report import Sensitivity
 
 # hawq_onnx.sources.user_data.FLOAT_MODEL_LABELS, the mark of data without labels in its name.
@@ -159,3 +159,24 @@ def origin_rows(origin: ReportOrigin) -> list[list[str]]:
                                               "them as integer kernels")
         rows.append(["4. export", text])
     return rows
+
+
+def origin_beside(quantized_path: str | Path, sensitivity_path: str | Path | None = None) -> ReportOrigin | None:
+    """What a validation of files alone can tell about how the quantized file was made: the plan
+    its export wrote beside it (``<stem>.plan.json``), and the analysis where given. None where
+    neither is there; a plan beside it that does not read is ignored (the report is still
+    written, without the section)."""
+    from hawq_onnx.errors import HawqError
+
+    plan = None
+    candidate = exported_plan_path(quantized_path)
+    if candidate.is_file():
+        try:
+            plan = load_plan(candidate)
+        except HawqError:
+            plan = None
+    sensitivity = Sensitivity.load(sensitivity_path) if sensitivity_path is not None else None
+    if plan is None and sensitivity is None:
+        return None
+    # The fine-tuned top-1's sample count is not in the plan: the export's cost is left unstated.
+    return ReportOrigin(plan=plan, sensitivity=sensitivity)
