@@ -52,6 +52,10 @@ class LayerSensitivity:
     act_trace_std_error: float = 0.0
     act_perturbation: dict[str, float] = field(default_factory=dict)  # a_bits -> mean ||Q(x) - x||^2 per sample
     status: str = "ok"  # ok | zero (numerically zero block) | indefinite (negative top eigenvalue)
+    # How the Hessian products were formed: "exact", "exact with analysis stand-ins: hardsigmoid,
+    # sdpa-math" or "finite differences (...)"; written only where it is not "exact", so that
+    # files of all-exact analyses read as before (and older files read as exact).
+    hessian_product: str = "exact"
 
     @property
     def trace_per_param(self) -> float:
@@ -74,6 +78,8 @@ class Sensitivity:
         out = asdict(self)
         for layer, src in zip(out["layers"], self.layers):
             layer["trace_per_param"] = src.trace_per_param
+            if src.hessian_product == "exact":
+                del layer["hessian_product"]
         return out
 
     def layer(self, name: str) -> LayerSensitivity:
@@ -135,6 +141,7 @@ def _check_layer(layer: LayerSensitivity, where: str) -> None:
         raise HawqError(f"{where}: a layer has no name (a non-empty string)")
     bad = [key for key, ok in (
         ("kind", isinstance(layer.kind, str)), ("status", isinstance(layer.status, str)),
+        ("hessian_product", isinstance(layer.hessian_product, str)),
         ("params", _count(layer.params, 1)), ("out_channels", _count(layer.out_channels, 1)),
         ("macs", _count(layer.macs)), ("eigen_iterations", _count(layer.eigen_iterations)),
         ("trace_probes", _count(layer.trace_probes)), ("act_elements", _count(layer.act_elements)),

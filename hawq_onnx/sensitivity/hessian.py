@@ -28,6 +28,14 @@ create_graph=True and reused (retain_graph) by every product of every layer. A l
 more than once per forward pass feeds its own later input, so o is not linear in W there: its
 block is taken by double backward w.r.t. W itself, from the same graph.
 
+Ops without a double backward. The graphs are built under analysis forms (attention on the math
+backend, hardsigmoid by a stand-in with aten's values and derivative; same Hessian, see
+:mod:`hawq_onnx.sensitivity.analysis_forms`). A layer whose double backward still meets an op
+without one ("derivative for ... is not implemented", once_differentiable) takes central finite
+differences of gradients instead (:mod:`hawq_onnx.sensitivity.finite_differences`), and the
+report says so per layer (``hessian_product``), with the measured error of those products
+against exact ones on one layer where both exist (settings ``finite_difference_check``).
+
 Cost model (F forward, B backward, D_i one double backward from the loss down to layer i,
 which costs about 2-3x (F + B) of the part of the network after layer i):
 - per batch, once: F + B with create_graph (graphs are kept in memory up to
@@ -214,14 +222,17 @@ def analyze(model: nn.Module, batches: Sequence[Batch], *, layers: Sequence[str]
             min_probes: int = DEFAULTS["min_probes"], max_probes: int = DEFAULTS["max_probes"],
             sketch: int = DEFAULTS["sketch"], act_max_probes: int = DEFAULTS["act_max_probes"],
             activations: bool = True, seed: int = 0, device: str | torch.device = "cpu",
-            max_cached_samples: int = 1024, progress: bool = False) -> list[LayerSensitivity]:
+            max_cached_samples: int = 1024, progress: bool = False,
+            notes: dict[str, Any] | None = None) -> list[LayerSensitivity]:
     """Hessian sensitivity of every quantizable layer (or of ``layers``), in network order.
 
     ``batches``: (x, y) pairs; ``loss_fn(output, y)`` must average over the batch (default
     cross-entropy). The model is analysed in eval mode on ``device``; its parameters are not
     changed (a copy is moved when it lives on another device). The input-activation terms are
     cheap but capped at ``act_max_probes`` (their standard error is reported, not converged
-    on); ``activations=False`` skips them and leaves the layers without an activation term."""
+    on); ``activations=False`` skips them and leaves the layers without an activation term.
+    ``notes``, when given, receives what the report's settings say of products that are not
+    plain exact (nothing where all are)."""
     from hawq_onnx.core.progress import progress_bar
 
     _check_settings(eig_tol, max_iter, trace_tol, act_tol, min_probes, max_probes, sketch, act_max_probes)
@@ -278,6 +289,9 @@ def analyze(model: nn.Module, batches: Sequence[Batch], *, layers: Sequence[str]
                         del pending[n]
                         bar.update(1)
                 bar.set_postfix(products=count)  # rounds take seconds: show that work goes on
+        methods = {n: products.product(n) for n in names}
+        if notes is not None:
+            notes.update(_product_notes(methods, products, seed))
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
@@ -296,10 +310,22 @@ def analyze(model: nn.Module, batches: Sequence[Batch], *, layers: Sequence[str]
             perturbation=weight_perturbations(modules[n].weight),
             act_elements=inputs[n].elements if activations else 0, act_trace=act.value,
             act_trace_std_error=_finite(act.std_error),
-            act_perturbation=inputs[n].perturbation if activations else {}, status=status))
+            act_perturbation=inputs[n].perturbation if activations else {}, status=status,
+            hessian_product=methods[n]))
         log.info("%s: eigenvalue %.4g (%d it), trace %.4g +- %.2g (%d probes)", n, eigen.value,
                  eigen.iterations, trace.value, trace.std_error, trace.probes)
     return out
+
+
+def _product_notes(methods: dict[str, str], products: _Products, seed: int) -> dict[str, Any]:
+    if all(m == "exact" for m in methods.values()):
+        return {}  # the settings of an all-exact analysis stay as they always were
+    notes: dict[str, Any] = {"hessian_products": "exact double backward; where an op has none, analysis "
+                             "stand-ins with the same values and derivative, else central finite differences "
+                             "of gradients (per layer: hessian_product)"}
+    if products.fallback:
+        notes["finite_difference_check"] = products.check_finite_differences(seed)
+    return notes
 
 
 def _finite(x: float) -> float:
@@ -338,7 +364,8 @@ def analyze_batches(loaded: LoadedModel, data: Sequence[Batch], data_name: str, 
     start = time.perf_counter()
     model = copy.deepcopy(loaded.module)
     fold_batchnorm(model, loaded.spec.input_shape)
-    layers = analyze(model, data, seed=seed, device=device, progress=progress, **options)
+    notes: dict[str, Any] = {}
+    layers = analyze(model, data, seed=seed, device=device, progress=progress, notes=notes, **options)
     settings = {
         "split": "train", "batches": len(data),
         "batch_size": batch_size if batch_size is not None else max(len(y) for _, y in data),
@@ -351,6 +378,7 @@ def analyze_batches(loaded: LoadedModel, data: Sequence[Batch], data_name: str, 
         "the top Ritz vector of the Hutch++ sketch" if sketched else "a random start")
     settings["trace_method"] = ("Hutch++: Hutchinson (Rademacher) deflated by the sketch" if sketched
                                 else "Hutchinson (Rademacher)") + ", stopped on the standard error"
+    settings.update(notes)
     return Sensitivity(model=loaded.reference, fingerprint=model_fingerprint(model), data=data_name,
                        settings=settings, layers=layers, seconds=time.perf_counter() - start,
                        float_weight_bytes=4 * sum(layer.params for layer in layers))
