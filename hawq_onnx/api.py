@@ -9,7 +9,8 @@
     report = hq.validate(onnx_f, onnx_q, test_loader, reference=qmodel)   # -> ValidationReport
 
 ``model`` is the user's ``nn.Module`` (never modified: the stages work on a copy) or a name the
-CLI takes (a zoo name, ``FILE.py:factory``, ``package.module:factory``, with ``weights=``).
+CLI takes (a zoo name, ``FILE.py:factory``, ``package.module:factory``, ``hf:DIR``,
+``torchvision:NAME``, ``timm:NAME`` or a float ``.onnx`` file; with ``weights=``).
 ``data`` is a DataLoader, a torch Dataset, an iterable of batches, arrays (``x`` or ``(x, y)``)
 or a CLI spec string (``digits``, ``cifar10:DIR``, ``npz:FILE``); see
 :mod:`hawq_onnx.sources.user_data` for batches. Without labels the float model's own top-1

@@ -1,7 +1,10 @@
 """Resolve ``--model`` / ``--weights`` / ``--input-shape`` into a ready PyTorch model.
 
-A model is named three ways: a zoo name (``resnet20-cifar10``), a file and factory
-(``path/to/file.py:make_model``) or a module and factory (``package.module:make_model``).
+A model is named as a zoo name (``resnet20-cifar10``), a file and factory
+(``path/to/file.py:make_model``), a module and factory (``package.module:make_model``), either
+with keyword arguments for the factory (``file.py:make_model,depth=20``), or through a source of
+:mod:`hawq_onnx.sources.model_sources`: ``hf:DIR``, ``torchvision:NAME``, ``timm:NAME`` or a
+float ``.onnx`` file.
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ from hawq_onnx.core.model_inputs import InputShape
 from hawq_onnx.errors import HawqError, OptionError
 from hawq_onnx.models.registry import DEFAULT_MODEL, ZOO
 from hawq_onnx.models.spec import ModelSpec
+from hawq_onnx.sources import model_sources
+from hawq_onnx.sources.hf_model import hf_model
+from hawq_onnx.sources.model_sources import construct, parse_kwargs
+from hawq_onnx.sources.onnx_model import onnx_model
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +75,22 @@ def check_input_shape(shape: InputShape, where: str) -> None:
                         "give the shape of one input without the batch, such as 3,32,32")
 
 
+def _split_factory(ref: str) -> tuple[str, dict]:
+    """``FILE.py:factory,depth=20`` as the factory reference and its keyword arguments (the comma
+    is looked for after the last colon only, so a path may hold commas)."""
+    target, colon, attr = ref.rpartition(":")
+    name, comma, rest = attr.partition(",")
+    if not colon or not comma:
+        return ref, {}
+    return f"{target}:{name}", parse_kwargs(rest, ref)
+
+
 def _import_factory(ref: str):
     target, _, attr = ref.rpartition(":")
     if not target or not attr:
         known = ", ".join(sorted(ZOO))
-        raise HawqError(f"unknown model {ref!r}: use a zoo name ({known}), FILE.py:factory or package.module:factory")
+        raise HawqError(f"unknown model {ref!r}: use a zoo name ({known}), FILE.py:factory, package.module:factory, "
+                        "hf:DIR, torchvision:NAME, timm:NAME or FILE.onnx")
     try:
         if target.endswith(".py") or "/" in target or "\\" in target:
             path = Path(target)
@@ -99,9 +117,11 @@ def _import_factory(ref: str):
     return factory
 
 
-def _build(factory, ref: str) -> nn.Module:
+def _build(factory, ref: str, kwargs: dict | None = None) -> nn.Module:
     try:
-        model = factory()
+        model = construct(factory, kwargs, f"model factory {ref!r}") if kwargs else factory()
+    except HawqError:
+        raise
     except SystemExit as exc:
         raise HawqError(f"model factory {ref!r} called sys.exit({exc.code!r}); hawq-onnx stops here") from None
     except Exception as exc:
@@ -157,6 +177,24 @@ def check_finite(model: nn.Module, source: str) -> None:
             raise HawqError(f"{source}: parameter {name} holds NaN or Inf values; fix or retrain the weights")
 
 
+def load_source(ref: str, input_shape: InputShape | None,
+                data_shape: InputShape | None) -> tuple[nn.Module, ModelSpec, str | None] | None:
+    """The model of a prefixed spec (``hf:``, ``torchvision:``, ``timm:``) or ONNX file, its spec,
+    and the file its weights came from (None where it keeps its random initialisation); None
+    for any other reference."""
+    if model_sources.is_onnx_file(ref):
+        return onnx_model(ref, input_shape, data_shape)
+    parsed = model_sources.split_spec(ref)
+    if parsed is None:
+        return None
+    source, name, kwargs = parsed
+    if source == "hf":
+        return hf_model(ref, name, kwargs, input_shape, data_shape)
+    build = model_sources.torchvision_model if source == "torchvision" else model_sources.timm_model
+    module, spec = build(ref, name, kwargs, input_shape, data_shape)
+    return module, spec, None
+
+
 def load_model(ref: str | None = None, weights: str | None = None,
                input_shape: InputShape | None = None,
                data_shape: InputShape | None = None) -> LoadedModel:
@@ -165,12 +203,17 @@ def load_model(ref: str | None = None, weights: str | None = None,
     The input shape is ``input_shape``, else the model's own, else ``data_shape`` (one sample of
     the data it will see, ``data.sample_shape``)."""
     ref = ref or DEFAULT_MODEL
-    if ref in ZOO:
+    source = None if ref in ZOO else load_source(ref, input_shape, data_shape)
+    own_weights = None  # the file a source's weights came from (a Hugging Face folder's, an ONNX file)
+    if source is not None:
+        model, spec, own_weights = source
+    elif ref in ZOO:
         spec = ZOO[ref]
         model = _build(spec.factory, ref)
     else:
-        factory = _import_factory(ref)
-        model = _build(factory, ref)
+        factory_ref, kwargs = _split_factory(ref)
+        factory = _import_factory(factory_ref)
+        model = _build(factory, factory_ref, kwargs)
         declared = getattr(model, "input_shape", None) or getattr(factory, "input_shape", None)
         shape = input_shape or (tuple(int(d) for d in declared) if declared else None)
         if shape is None and data_shape:
@@ -179,16 +222,19 @@ def load_model(ref: str | None = None, weights: str | None = None,
         if shape is None:
             raise OptionError(f"model {ref!r} declares no input shape: pass {{input_shape}} (C, H, W)", "input_shape")
         classes = getattr(model, "class_names", None)
-        spec = ModelSpec(name=ref.rpartition(":")[2], factory=factory, input_shape=shape,
+        spec = ModelSpec(name=factory_ref.rpartition(":")[2],
+                         factory=(lambda: factory(**kwargs)) if kwargs else factory, input_shape=shape,
                          mean=getattr(model, "input_mean", None), std=getattr(model, "input_std", None),
                          class_names=tuple(classes) if classes else None)
-    if input_shape is not None and input_shape != spec.input_shape:
+    # A source reads input_shape itself (for a text model it is the sequence length).
+    if source is None and input_shape is not None and input_shape != spec.input_shape:
         spec = replace(spec, input_shape=input_shape)
     weights = weights or spec.default_weights
     if weights:
         apply_weights(model, load_state_dict_file(weights), str(weights))
-    else:
+    elif own_weights is None:
         log.warning("model %s: no weights given, so it keeps its random initialisation", ref)
+    weights = weights or own_weights
     check_finite(model, str(weights or ref))
     check_input_shape(spec.input_shape, f"model {ref}")
     model.eval()
