@@ -163,6 +163,8 @@ def test_hf_text_model_takes_its_signature_from_the_data(tmp_path, caplog):
         loaded = load_model(f"hf:{folder}", data_shape=data_shape)
     assert "random initialisation" in caplog.text and loaded.weights is None
     assert loaded.input_shape == data_shape
+    again = load_model(f"hf:{folder}", data_shape=data_shape).module.state_dict()  # every stage: the same model
+    assert all(torch.equal(v, again[k]) for k, v in loaded.module.state_dict().items())
     assert loaded.module.config._attn_implementation == "eager"  # double backward on CPU needs it
     # a sequence length as the input shape, else a default capped by the position embeddings
     assert load_model(f"hf:{folder}", input_shape=(10,)).input_shape.inputs[0].shape == (10,)

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from hawq_onnx.core.model_inputs import InputShape, InputSpec, Signature
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 # computes the same function and exports to the same ONNX ops. attn_implementation=sdpa (or any
 # other kernel transformers knows) overrides it.
 DEFAULT_ATTENTION = "eager"
+RANDOM_INIT_SEED = 0  # a folder without weights: the same random model in every stage
 DEFAULT_SEQ_LEN = 128
 TASKS = {"sequence-classification": "AutoModelForSequenceClassification",
          "image-classification": "AutoModelForImageClassification"}
@@ -171,10 +173,15 @@ def hf_model(ref: str, folder_text: str, kwargs: dict[str, Any], input_shape: In
             if weights is not None:
                 module = cls.from_pretrained(str(folder), config=config, local_files_only=True,
                                              attn_implementation=attention)
-            elif hasattr(cls, "_from_config"):
-                module = cls._from_config(config, attn_implementation=attention)
-            else:  # an AutoModelFor... class
-                module = cls.from_config(config, attn_implementation=attention)
+            else:
+                # Random weights from a fixed seed: every stage (each a separate command) must see
+                # the same model, and the caller's random state is left as it was.
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(RANDOM_INIT_SEED)
+                    if hasattr(cls, "_from_config"):
+                        module = cls._from_config(config, attn_implementation=attention)
+                    else:  # an AutoModelFor... class
+                        module = cls.from_config(config, attn_implementation=attention)
         except Exception as exc:
             raise HawqError(f"model {ref!r}: {cls.__name__} cannot be built from {folder} ({_first_line(exc)})") from None
     if not isinstance(module, nn.Module):
