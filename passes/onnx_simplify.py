@@ -10,7 +10,8 @@ Also preserves every weighted layer as its own standard ONNX node. onnxsim's att
 fusions are skipped: ``fuse_qkv`` (three MatMuls with constant weights reading one tensor, as
 attention's q/k/v projections do, become one MatMul on the concatenated weight and a Split)
 would give three plan layers with their own bits one weight, and ``fuse_attention`` /
-``fuse_gqa`` fold the projections into com.microsoft contrib ops that no QDQ runtime quantizes.
+``fuse_gqa`` fold the projections into com.microsoft contrib ops, outside standard ONNX and
+without a weight per layer for the plan's Q/DQ.
 A result that still brings in an operator domain the input did not use is discarded (logged).
 """
 
