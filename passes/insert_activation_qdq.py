@@ -9,7 +9,9 @@ Two kinds of activation quantization meet here:
 
 Placement, per activation tensor (:func:`place`):
 - one plan grid P on the tensor and nothing else to serve: P, shared by its consumers;
-- an 8-bit P and other consumers: P serves them all (it was calibrated on this tensor);
+- an 8-bit P and other consumers: P serves them all (it was calibrated on this tensor), unless
+  a consumer is a move (Reshape...) on the way to layers with other plan grids: those quantize
+  the float tensor themselves, as the reference does, so P is then P's layers' own (below);
 - a 4-bit P and other consumers that need 8 bits (an Add's identity path, the producing
   Conv's output): an 8-bit grid *nested* on P (step s/k, zero point k*z, k odd <= 17 and as
   large as the tensor's range allows) serves the others, and P's consumers requantize from it.
@@ -19,7 +21,8 @@ Placement, per activation tensor (:func:`place`):
   and the producer still fuses into one integer kernel (the ``ort-cpu`` target runs the
   requantization as an integer table, ``integer_requantize``, and computes a residual
   Add twice instead, ``split_shared_add``, which keeps the identity path's grid finer);
-- several different plan grids: each plan consumer gets its own Q/DQ on the float tensor;
+- several different plan grids (counting those behind moves): each plan consumer gets its own
+  Q/DQ on the float tensor;
 - no plan grid but an integer consumer or producer: a calibrated 8-bit grid.
 Grid-preserving data movement (Reshape, Transpose, Slice, zero Pad, MaxPool...) passes
 grids through unchanged in both directions, so ONNX Runtime keeps those ops in uint8 too.
@@ -145,6 +148,18 @@ def _output_side(node: ir.Node) -> ir.Value | None:
     return None if out.is_graph_output() else out
 
 
+def _grids_behind_moves(v: ir.Value, by_edge: Mapping[tuple[str, int], EdgeQuant]) -> set[QParams]:
+    """The plan grids of the layers reading ``v``, directly or through grid-preserving moves."""
+    grids: set[QParams] = set()
+    for use in v.uses():
+        edge = by_edge.get((use.node.name, use.idx))
+        if edge is not None:
+            grids.add(edge.qparams)
+        elif use.idx == 0 and _is_move(use.node):
+            grids |= _grids_behind_moves(use.node.outputs[0], by_edge)
+    return grids
+
+
 def place(graph: ir.Graph, edges: Sequence[EdgeQuant]) -> dict[str, TensorPlacement]:
     """Decide every activation tensor's grids (see the module docstring). The graph must be sorted."""
     by_edge = {(e.node, e.input): e for e in edges}
@@ -178,7 +193,7 @@ def place(graph: ir.Graph, edges: Sequence[EdgeQuant]) -> dict[str, TensorPlacem
         p = TensorPlacement()
         if not groups:
             p.shared = Calibrated(v.name) if need_shared else None
-        elif len(groups) == 1:
+        elif len(groups) == 1 and _grids_behind_moves(v, by_edge) <= set(groups):
             (qp, group), = groups.items()
             if non_plan == 0 or qp.bits == INTER_LAYER_BITS:
                 p.shared = Fixed(qp)

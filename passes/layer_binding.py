@@ -4,6 +4,8 @@ A plan names layers by PyTorch module path (``layer1.0.conv1``). torch's exporte
 parameter names, so a Conv or Gemm reads the initializer ``layer1.0.conv1.weight``. A Linear
 applied to a tensor of rank > 2 becomes a MatMul whose weight the exporter transposed and
 renamed (``val_6``): that layer is found by value, the transpose of the PyTorch weight.
+A layer found nowhere is an error that says what the graph holds instead (its weight read by
+another op, cut out of a weight fused from several layers, or absent).
 This is analysis, not a pass: it changes nothing in the graph.
 """
 
@@ -75,7 +77,8 @@ def bind_layers(graph: ir.Graph, layers: Sequence[LayerRequest],
     ``weights`` maps layer name -> its (BN-folded) PyTorch weight: with it, a name match is
     checked by value and a renamed MatMul/Gemm weight is found as the transpose. Returns the
     bindings and the names of weighted nodes no plan layer covers. A required layer that is
-    not found, or whose channel count differs, raises HawqError; an optional one is logged.
+    not found (the error says what holds the first one's weight instead), or whose channel
+    count differs, raises HawqError; an optional one is logged.
     """
     candidates = weighted_layer_nodes(graph)
     by_name: dict[str, list[tuple[ir.Node, ir.Value, np.ndarray]]] = {}
@@ -108,9 +111,57 @@ def bind_layers(graph: ir.Graph, layers: Sequence[LayerRequest],
             used.add(value.name)
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        first = missing[0]
+        held = _what_holds(graph, first, None if weights is None else weights.get(first))
         raise HawqError(f"{len(missing)} plan layer(s) not found in the ONNX graph ({shown}): no Conv, Gemm or "
-                        "MatMul reads their weight; is the plan for this model?")
+                        f"MatMul reads their weight as its own; {first}: {held}")
     bound_nodes = {b.node for b in bound}
     unplanned = [f"{node.name} ({node.op_type}, weight {value.name})" for node, value, _ in candidates
                  if node.name not in bound_nodes]
     return bound, unplanned
+
+
+def _readers(value: ir.Value) -> str:
+    readers = [f"{user.op_type} node {user.name} (input {index})" for user, index in value.uses()]
+    return ", ".join(readers[:3]) if readers else "no node"
+
+
+def _constants(graph: ir.Graph) -> list[tuple[ir.Value, np.ndarray]]:
+    values = list(graph.initializers.values()) + [n.outputs[0] for n in graph if n.op_type == "Constant"]
+    arrays = [(v, constant_array(v)) for v in values]
+    return [(v, a) for v, a in arrays if a is not None and a.ndim == 2 and np.issubdtype(a.dtype, np.floating)]
+
+
+def _slice_offset(whole: np.ndarray, part: np.ndarray, axis: int) -> int | None:
+    """Where ``part`` lies in ``whole`` along ``axis`` (the other axis equal), else None."""
+    if whole.shape[1 - axis] != part.shape[1 - axis] or whole.shape[axis] <= part.shape[axis]:
+        return None
+    size = part.shape[axis]
+    first = np.take(part, 0, axis=axis)
+    for start in range(whole.shape[axis] - size + 1):
+        if np.array_equal(np.take(whole, start, axis=axis), first) and \
+                np.array_equal(np.take(whole, range(start, start + size), axis=axis), part):
+            return start
+    return None
+
+
+def _what_holds(graph: ir.Graph, name: str, weight: np.ndarray | None) -> str:
+    """What the graph holds instead of the layer's node, for the one-line error: the layer's
+    weight read by another kind of op, or cut out of a weight the exporter fused, or nothing."""
+    named = graph.initializers.get(f"{name}.weight")
+    if named is not None:
+        return f"its weight {named.name} is read by {_readers(named)}"
+    if weight is None or weight.ndim != 2:
+        return f"the graph has no initializer {name}.weight; is the plan for this model?"
+    weight = weight.astype(np.float32)
+    for value, array in _constants(graph):
+        array = array.astype(np.float32)
+        for form, w, axis in (("its weight", weight, 0), ("its transposed weight", weight.T, 1)):
+            if array.shape == w.shape and np.array_equal(array, w):
+                return f"{form} is {value.name}, read by {_readers(value)}"
+            start = _slice_offset(array, w, axis)
+            if start is not None:
+                lines = "rows" if axis == 0 else "columns"
+                return (f"{form} is {lines} {start}:{start + w.shape[axis]} of {value.name} "
+                        f"{list(array.shape)}, a weight fused from several layers, read by {_readers(value)}")
+    return "no constant of the graph holds its weight; is the plan for this model?"

@@ -178,6 +178,39 @@ def test_a_planned_grid_flows_back_through_pooling_and_reshape():
     assert y.shape == (3, 4)
 
 
+def shared_projections_model() -> onnx.ModelProto:
+    """Attention's projections on one tensor: k reads it directly (a bias-free Linear, MatMul),
+    q and v through the Reshape of onnxsim's batched Gemm (tokens flattened to rows)."""
+    inits = [numpy_helper.from_array(np.array([-1, 8], np.int64), "rows")]
+    nodes = [helper.make_node("Relu", ["x"], ["h"]), helper.make_node("Reshape", ["h", "rows"], ["flat"])]
+    for name, x, op in (("q", "flat", "Gemm"), ("k", "h", "MatMul"), ("v", "flat", "Gemm")):
+        inits += [numpy_helper.from_array(RNG.integers(-127, 128, size=(8, 8)).astype(np.int8), f"{name}.weight"),
+                  numpy_helper.from_array(np.full(8, 0.01, np.float32), f"{name}.weight_scale")]
+        nodes += [helper.make_node("DequantizeLinear", [f"{name}.weight", f"{name}.weight_scale"], [f"{name}_w"], axis=1),
+                  helper.make_node(op, [x, f"{name}_w"], [f"y{name}"], name=name)]
+    outputs = [helper.make_tensor_value_info(f"y{n}", TensorProto.FLOAT, shape)
+               for n, shape in (("q", [None, 8]), ("k", ["N", 4, 8]), ("v", [None, 8]))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 8])],
+                              outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+
+
+def test_layers_behind_a_move_keep_their_own_grid_on_the_float_tensor():
+    """k's 8-bit grid must not round the tensor that q and v, behind a Reshape, quantize to other
+    grids: each would otherwise see a twice-rounded input that the PyTorch reference never sees."""
+    e = [EdgeQuant("q", 0, "q", P8), EdgeQuant("k", 0, "k", IN8), EdgeQuant("v", 0, "v", QParams(8, 0.025, 0))]
+    p = placements(shared_projections_model(), e)
+    assert p["h"].shared is None and p["h"].overrides == {("k", 0): (IN8, "k", False)}
+    out = insert(shared_projections_model(), e, {})
+    made = producers(out)
+    for name in "qkv":
+        node = next(n for n in out.graph.node if n.name == name)
+        q = made[made[node.input[0]].input[0]]
+        assert q.op_type == "QuantizeLinear" and q.input[0] in ("h", "flat")  # straight from the float tensor
+    same = [EdgeQuant(n, 0, n, P8) for n in "qkv"]  # one grid for all three: shared, as before
+    assert placements(shared_projections_model(), same)["h"].shared == Fixed(P8)
+
+
 def test_unknown_edge_node_is_an_error():
     from hawq_onnx.errors import HawqError
 

@@ -76,3 +76,31 @@ def test_weight_that_differs_from_the_model_is_an_error():
 def test_without_weights_the_renamed_matmul_cannot_be_found():
     with pytest.raises(HawqError, match="not found in the ONNX graph"):
         bind_layers(graph(), requests(), None)
+
+
+def test_a_weight_fused_with_others_is_one_line_error_saying_so():
+    """What onnxsim's fuse_qkv made of separate q/k/v projections: one MatMul on [Wq^T | Wk^T | Wv^T]."""
+    w = {name: RNG.normal(size=(4, 4)).astype(np.float32) for name in ("q", "k", "v")}
+    fused = np.concatenate([w[n].T for n in "qkv"], axis=1)
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "qkv"], ["m"], name="fused"),
+                           helper.make_node("Split", ["m"], ["yq", "yk", "yv"], axis=-1, num_outputs=3)], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])],
+                          [helper.make_tensor_value_info(f"y{n}", TensorProto.FLOAT, None) for n in "qkv"],
+                          [numpy_helper.from_array(fused, "qkv")])
+    graph_ = ir.from_proto(helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])).graph
+    with pytest.raises(HawqError) as info:
+        bind_layers(graph_, [LayerRequest(n, 4, True) for n in "qkv"], w)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("3 plan layer(s) not found in the ONNX graph (q, k, v)")
+    assert message.endswith("q: its transposed weight is columns 0:4 of qkv [4, 12], a weight fused from several "
+                            "layers, read by MatMul node fused (input 1)")
+
+
+def test_a_weight_read_by_another_op_is_named():
+    g = helper.make_graph([helper.make_node("Einsum", ["x", "e.weight"], ["y"], equation="btd,ed->bte", name="ein")],
+                          "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(np.ones((5, 4), np.float32), "e.weight")])
+    graph_ = ir.from_proto(helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])).graph
+    with pytest.raises(HawqError, match=r"e: its weight e.weight is read by Einsum node ein \(input 1\)$"):
+        bind_layers(graph_, [LayerRequest("e", 5, True)], {"e": np.ones((5, 4), np.float32)})
