@@ -347,7 +347,9 @@ def _reference(reference: QuantizedModel | Callable | None, quant: OnnxLike) -> 
     if exported is None and not isinstance(quant, onnx.ModelProto):
         exported = ExportedModel.load(quant)  # picks up <stem>.plan.json where export wrote one
     plan = exported.plan if exported is not None and exported.plan is not None else reference.plan
-    module = reference_model(reference.float_module(), plan)
+    shape = reference.input_shape
+    names = shape.names if isinstance(shape, model_inputs.Signature) and shape.form == "keyword" else None
+    module = reference_model(reference.float_module(), plan, names)
     return lambda x: predict_scores(module, x)
 
 

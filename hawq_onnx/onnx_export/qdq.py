@@ -273,7 +273,7 @@ def _region_grids(module: nn.Module, plan: Plan, weights_only: ir.Model, tensors
     for q in fake_quant.quant_layers(qmodel).values():
         q.quantize_input = False
     try:
-        gm = region_grids.trace(qmodel)
+        gm = region_grids.trace(qmodel, list(probe_x) if isinstance(probe_x, dict) else None)
     except HawqError as exc:
         warnings.append(f"{exc}: the PyTorch fake-quant model keeps the {len(tensors)} tensor(s) the exporter "
                         "quantizes between layers float, so it differs slightly from the file")

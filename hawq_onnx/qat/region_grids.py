@@ -42,15 +42,39 @@ class _KeepQuantLayers(fx.Tracer):
         return isinstance(m, QuantLayer) or super().is_leaf_module(m, module_qualified_name)
 
 
-def trace(qmodel: nn.Module) -> fx.GraphModule:
-    """``qmodel`` as a GraphModule whose planned layers are single call_module nodes."""
+def trace(qmodel: nn.Module, input_names: Sequence[str] | None = None) -> fx.GraphModule:
+    """``qmodel`` as a GraphModule whose planned layers are single call_module nodes.
+
+    A Hugging Face model, which plain torch.fx cannot trace (its forward branches on its
+    inputs), is traced with transformers' own tracer, its inputs ``input_names`` (default: the
+    model's main input) and every other argument fixed to its default."""
     tracer = _KeepQuantLayers()
     try:
         graph = tracer.trace(qmodel)
     except Exception as exc:  # fx raises many types on untraceable Python
+        hf = _hf_trace(qmodel, input_names)
+        if hf is not None:
+            return hf
         raise HawqError(f"torch.fx cannot trace the model ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
     name = qmodel.__class__.__name__
     return fx.GraphModule(tracer.root, graph, name)
+
+
+def _hf_trace(qmodel: nn.Module, input_names: Sequence[str] | None) -> fx.GraphModule | None:
+    if not type(qmodel).__module__.startswith("transformers.") or not hasattr(qmodel, "main_input_name"):
+        return None
+    try:
+        from transformers.utils import fx as hf_fx
+
+        class KeepQuantLayers(hf_fx.HFTracer):
+            def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+                return isinstance(m, QuantLayer) or super().is_leaf_module(m, module_qualified_name)
+
+        # disable_check: the architectures transformers lists as traceable are not all that trace.
+        return hf_fx.symbolic_trace(qmodel, input_names=list(input_names or [qmodel.main_input_name]),
+                                    disable_check=True, tracer_cls=KeepQuantLayers)
+    except Exception:  # the caller says that the model could not be traced
+        return None
 
 
 class RegionFakeQuant(nn.Module):
@@ -77,9 +101,11 @@ def _quantizes_own_input(gm: fx.GraphModule, user: fx.Node) -> bool:
     return isinstance(m, QuantLayer) and m.input_quant is not None and m.enabled
 
 
-def apply_region_grids(qmodel: nn.Module, grids: Sequence[RegionGrid]) -> fx.GraphModule:
-    """A GraphModule of ``qmodel`` (which is not modified) with each grid's quantizer inserted."""
-    gm = trace(copy.deepcopy(qmodel))
+def apply_region_grids(qmodel: nn.Module, grids: Sequence[RegionGrid],
+                       input_names: Sequence[str] | None = None) -> fx.GraphModule:
+    """A GraphModule of ``qmodel`` (which is not modified) with each grid's quantizer inserted
+    (``input_names``: the named inputs the export traced it with, see :func:`trace`)."""
+    gm = trace(copy.deepcopy(qmodel), input_names)
     nodes = {n.name: n for n in gm.graph.nodes}
     missing = [g.node for g in grids if g.node not in nodes]
     if missing:
@@ -101,10 +127,10 @@ def apply_region_grids(qmodel: nn.Module, grids: Sequence[RegionGrid]) -> fx.Gra
     return gm
 
 
-def reference_model(model: nn.Module, plan: Plan) -> nn.Module:
+def reference_model(model: nn.Module, plan: Plan, input_names: Sequence[str] | None = None) -> nn.Module:
     """What a file exported from ``plan`` computes, in PyTorch: the fake-quant model of the
     plan's layers (``quantize_model``) with the exporter's grids between layers
     (``plan.region_grids``, from an exported plan) inserted. ``model`` is BN-folded and is
     not modified."""
     qmodel = quantize_model(model, plan)
-    return apply_region_grids(qmodel, plan.region_grids) if plan.region_grids else qmodel
+    return apply_region_grids(qmodel, plan.region_grids, input_names) if plan.region_grids else qmodel
