@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from hawq_onnx.core.bn_fold import fold_copy
 from hawq_onnx.core.grid import (
@@ -329,3 +330,34 @@ def test_a_planned_layer_the_forward_never_calls_is_an_error():
     qmodel = quantize_model(model, Plan("m", model_fingerprint(model), layers))
     with pytest.raises(HawqError, match="never calls layer spare.*keep_float spare"):
         calibrate(qmodel, [torch.randn(4, 1, 5, 5)])
+
+
+class _ReadsWeight(nn.Module):
+    """Reads its layer's weight in forward: for its dtype (allowed), or to compute with (refused)."""
+
+    def __init__(self, compute: bool) -> None:
+        super().__init__()
+        self.compute = compute
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.conv.weight.dtype)  # what Hugging Face's ViT does with its patch projection
+        h = torch.relu(self.conv(x)).mean((2, 3))
+        return F.linear(h, self.fc.weight, self.fc.bias) if self.compute else self.fc(h)
+
+
+def test_a_forward_may_read_a_weight_description_but_not_compute_with_it():
+    import hawq_onnx as hq
+
+    x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,))
+    for compute in (False, True):
+        torch.manual_seed(0)
+        model = _ReadsWeight(compute)
+        sens = hq.analyze(model, (x, y), batches=1, batch_size=32, trace_tol=0.3, max_iter=10, sketch=0)
+        plan = hq.allocate(sens, "4x", a_bits=(8,), pin_ends=False)
+        if not compute:
+            assert hq.finetune(model, plan, (x, y), steps=1).plan.calibrated
+            continue
+        with pytest.raises(hq.HawqError, match=r"computes with fc.weight itself .* keep it float .*keep_float fc"):
+            hq.finetune(model, plan, (x, y), steps=1)

@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from hawq_onnx.core import model_inputs
 from hawq_onnx.core.grid import (
     BIAS_QRANGE,
     activation_qparams,
@@ -40,11 +41,11 @@ from hawq_onnx.core.grid import (
     weight_qrange,
     weight_scale,
 )
-from hawq_onnx.core import model_inputs
 from hawq_onnx.core.layers import QUANTIZABLE
 from hawq_onnx.errors import HawqError, OptionError
 from hawq_onnx.io.plan import ActivationQuant, Plan
 from hawq_onnx.qat.observers import DEFAULT_OBSERVER, Observer, make_observer
+from hawq_onnx.qat.weight_view import WeightView
 
 # A learned step size is kept above this so that it stays a valid ONNX scale.
 MIN_SCALE = 1e-8
@@ -239,10 +240,8 @@ class QuantLayer(nn.Module):
             if name.startswith("_") or "layer" not in modules:
                 raise
         if name in ("weight", "bias"):
-            where = self.path or "a quantized layer"
-            raise OptionError(f"the model's forward reads {where}.{name} itself instead of calling the layer, so "
-                              f"hawq-onnx cannot quantize it: keep it float (allocate with {{keep_float}} "
-                              f"{self.path or 'LAYER'})", "keep_float")
+            tensor = getattr(modules["layer"], name)
+            return None if tensor is None else WeightView(tensor, self.path or "a quantized layer", name)
         return getattr(modules["layer"], name)
 
     def extra_repr(self) -> str:
