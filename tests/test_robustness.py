@@ -447,7 +447,7 @@ CASES = [
     Case("finetune-factory-raises", FT + " --model {b}/models.py:raises", "raised RuntimeError: boom"),
     Case("finetune-layer-weight-read-in-forward",
          "finetune --model {b}/models.py:weight_read_in_forward --plan {b}/weight_read.plan.json --data digits "
-         "--order ptq --out {o}/q.pt", r"reads conv.weight itself.*--keep-float conv"),
+         "--order ptq --out {o}/q.pt", r"computes with conv.weight itself.*--keep-float conv"),
     Case("finetune-lr-inf", "finetune --plan {a}/plan.json --steps 2 --lr inf --out {o}/q.pt", "must be positive"),
     Case("finetune-epochs-inf", "finetune --plan {a}/plan.json --epochs inf --out {o}/q.pt", "finite"),
     Case("finetune-distill-weight-above-1", "finetune --plan {a}/plan.json --steps 2 --distill-weight 1.5 --out {o}/q.pt",
