@@ -35,10 +35,10 @@ from hawq_onnx.sources.model_sources import optional_import
 
 log = logging.getLogger(__name__)
 
-# PyTorch's fused scaled-dot-product attention (transformers' default "sdpa") has no double
-# backward on CPU, and the Hessian needs one; "eager" attention is plain matmuls and softmax,
-# computes the same function and exports to the same ONNX ops. attn_implementation=sdpa (or any
-# other kernel transformers knows) overrides it.
+# "eager" attention is plain matmuls and softmax: the same function as transformers' default
+# "sdpa", the path the export's layer binding and the tests cover, and one whose double backward
+# exists without the analysis having to reroute the fused kernel (which it does, through
+# PyTorch's math backend, when attn_implementation=sdpa overrides this).
 DEFAULT_ATTENTION = "eager"
 RANDOM_INIT_SEED = 0  # a folder without weights: the same random model in every stage
 DEFAULT_SEQ_LEN = 128
