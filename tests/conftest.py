@@ -28,3 +28,12 @@ def resnet20_ckpt() -> Path:
     if not RESNET20_CKPT.is_file():
         pytest.skip("../shared/models/resnet20-12fca82f.th is absent")
     return RESNET20_CKPT
+
+
+@pytest.fixture()
+def one_thread():
+    """One intra-op thread for tiny models: a second only adds spin-waiting on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

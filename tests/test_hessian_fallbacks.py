@@ -16,12 +16,7 @@ from hawq_onnx.sensitivity.analysis_forms import STAND_INS, AnalysisForms, analy
 from hawq_onnx.sensitivity.hessian import analyze
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # --- models: as users write them, and the same by hand in forms with double backward ---------

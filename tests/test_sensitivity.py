@@ -70,13 +70,7 @@ class WithZeroBlock(nn.Module):
         return self.fc(x) + 0.0 * self.side(x)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models: a second intra-op thread only adds spin-waiting on a busy 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _data(model: nn.Module, shape: tuple[int, ...], n: int, classes: int, seed: int = 0, splits=(0.6,)):
