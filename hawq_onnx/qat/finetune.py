@@ -46,7 +46,6 @@ from hawq_onnx.io.plan import Plan
 from hawq_onnx.io.sensitivity_report import Sensitivity
 from hawq_onnx.options import OPTIMIZERS, ORDERS  # the choice lists, defined once
 from hawq_onnx.qat.fake_quant import (
-    DEFAULT_WEIGHT_METHOD,
     calibrate,
     export_plan_scales,
     float_state_dict,
@@ -56,6 +55,7 @@ from hawq_onnx.qat.fake_quant import (
 )
 from hawq_onnx.qat.observers import DEFAULT_OBSERVER, OBSERVERS
 from hawq_onnx.qat.optimizers import LogAdam, StepAdamW
+from hawq_onnx.qat.quantizers import DEFAULT_WEIGHT_METHOD
 from hawq_onnx.qat.schedule import (
     Block,
     LossFn,
@@ -67,6 +67,7 @@ from hawq_onnx.qat.schedule import (
     warmup_cosine,
 )
 from hawq_onnx.sources.model import LoadedModel, model_fingerprint
+from hawq_onnx.sources.user_data import loss_name
 from hawq_onnx.sources.splits import Dataset, Split
 
 log = logging.getLogger(__name__)
@@ -389,7 +390,7 @@ def finetune(loaded: LoadedModel, plan: Plan, dataset: Dataset, *, order: str = 
         "step_lr": step_lr, "scale_lr": scale_lr if learn_scales else None, "distill": distill,
         "distill_weight": distill_weight if distill else None, "temperature": temperature if distill else None,
         "learn_scales": learn_scales, "data_fraction": data_fraction, "seed": seed,
-        "loss": "cross_entropy" if loss_fn is None else f"custom ({getattr(loss_fn, '__qualname__', 'loss_fn')})",
+        "loss": loss_name(loss_fn),
         "blocks": [b.name for b in blocks] if order == "hawq" else None,
         "float_top1": float_accuracy, "quant_top1": quant_accuracy,
     }

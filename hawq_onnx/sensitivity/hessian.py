@@ -339,12 +339,10 @@ def analyze_model(loaded: LoadedModel, dataset: Dataset, *, batches: int = 1, ba
     fill the sensitivity report. ``options`` go to :func:`analyze`."""
     check_settings(batches=batches, batch_size=batch_size)
     _resolve_device(device)  # fail before the work
-    from hawq_onnx.sources.user_data import LOSS_WITHOUT_LABELS
+    from hawq_onnx.sources.user_data import loss_name
 
     data = list(dataset.train.batches(batch_size, shuffle=True, seed=seed, limit=batches))
-    loss = "cross_entropy" if dataset.labels_given else LOSS_WITHOUT_LABELS
-    if options.get("loss_fn") is not None:
-        loss = f"custom ({getattr(options['loss_fn'], '__qualname__', 'loss_fn')})"
+    loss = loss_name(options.get("loss_fn"), dataset.labels_given)
     return analyze_batches(loaded, data, dataset.name, batch_size=batch_size, seed=seed, device=device,
                            progress=progress, loss=loss, **options)
 

@@ -33,6 +33,14 @@ FLOAT_MODEL_LABELS = "labels: the float model's top-1"
 LOSS_WITHOUT_LABELS = "cross_entropy on the float model's top-1 (the data has no labels)"
 
 
+def loss_name(loss_fn: Callable | None, labels_given: bool = True) -> str:
+    """How records name the loss: a caller's ``loss_fn``, else cross-entropy on the given labels
+    or on the float model's top-1."""
+    if loss_fn is not None:
+        return f"custom ({getattr(loss_fn, '__qualname__', 'loss_fn')})"
+    return "cross_entropy" if labels_given else LOSS_WITHOUT_LABELS
+
+
 def describe(data: Any) -> str:
     """A short name for ``data`` in reports: ``python:DataLoader``, ``python:ndarray``."""
     return f"python:{type(data).__name__}"
