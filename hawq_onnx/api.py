@@ -22,7 +22,6 @@ Functions log through ``logging`` (logger ``hawq_onnx``) and show progress bars 
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,11 +36,10 @@ import torch.nn as nn
 from hawq_onnx.allocation.solve import allocate as _allocate
 from hawq_onnx.core import model_inputs
 from hawq_onnx.core.bn_fold import fold_copy
-from hawq_onnx.core.layers import run_once
 from hawq_onnx.core.onnx_inspect import Inspection, inspect_onnx
 from hawq_onnx.deploy.bundle import Bundle, is_bundle, read_bundle
 from hawq_onnx.deploy.package import PackageResult, build_bundle
-from hawq_onnx.errors import HawqError, OptionError
+from hawq_onnx.errors import HawqError
 from hawq_onnx.io.plan import Plan
 from hawq_onnx.io.sensitivity_report import Sensitivity, content_sha256
 from hawq_onnx.onnx_export.float_onnx import float_onnx, save_onnx
@@ -54,6 +52,14 @@ from hawq_onnx.options import (
     ValidateOptions,
     with_overrides,
 )
+from hawq_onnx.preparation import (
+    PathLike,
+    labeler,
+    num_classes,
+    prepare_data,
+    prepare_model,
+    reiterable,
+)
 from hawq_onnx.qat.finetune import check_options as _check_finetune
 from hawq_onnx.qat.finetune import finetune as _finetune
 from hawq_onnx.qat.finetune import predict_scores
@@ -62,102 +68,12 @@ from hawq_onnx.qat.schedule import LossFn
 from hawq_onnx.results import ExportedModel, QuantizedModel
 from hawq_onnx.sensitivity.hessian import analyze_batches, analyze_model, check_settings
 from hawq_onnx.sources import user_data
-from hawq_onnx.sources.data import load_data, resolve_source, sample_shape
-from hawq_onnx.sources.model import LoadedModel, from_module, load_model, model_fingerprint
+from hawq_onnx.sources.model import model_fingerprint
 from hawq_onnx.sources.splits import Dataset, Split
 from hawq_onnx.validation.validate import ValidationReport
 from hawq_onnx.validation.validate import validate as _validate
 
-PathLike = str | os.PathLike
 OnnxLike = PathLike | onnx.ModelProto | ExportedModel
-
-
-# --- models and data as the stages take them ------------------------------------------------
-
-def reiterable(data: Any) -> Any:
-    """A one-shot iterator (a generator) read once into a list, so that every stage sees it all."""
-    if data is not None and not isinstance(data, (str, bytes)) and hasattr(data, "__next__"):
-        return list(data)
-    return data
-
-
-def _user_sample_shape(data: Any, input_fn: Callable | None) -> model_inputs.InputShape | None:
-    if data is None:
-        return None
-    if isinstance(data, str):
-        return sample_shape(data)
-    return model_inputs.shape_of(user_data.first_inputs(data, 1, input_fn))
-
-
-def prepare_model(model: nn.Module | str | LoadedModel | None, *, weights: PathLike | None = None,
-                  input_shape: model_inputs.InputShape | None = None, data: Any = None,
-                  input_fn: Callable | None = None) -> LoadedModel:
-    """``model`` as the stages take it: a private copy in eval mode, its input shape known."""
-    if isinstance(model, LoadedModel):
-        return model
-    shape = input_shape if input_shape is None or isinstance(input_shape, model_inputs.Signature) \
-        else tuple(int(d) for d in input_shape)
-    held = data is not None and not isinstance(data, (str, Dataset))
-    data_shape = _user_sample_shape(data, input_fn) if held else None
-    if model is None or isinstance(model, str):
-        loaded = load_model(model, None if weights is None else str(weights), shape,
-                            data_shape=data_shape or _user_sample_shape(data, input_fn))
-    elif weights is not None:
-        raise OptionError("{weights}: load weights into your nn.Module yourself ({weights} is for a model named by "
-                          "string)", "weights")
-    else:
-        declared = getattr(model, "input_shape", None)
-        loaded = from_module(model, shape, data_shape=None if shape or declared else data_shape)
-    if data_shape is not None:
-        _check_fits(loaded, data_shape)
-    return loaded
-
-
-def _check_fits(loaded: LoadedModel, data_shape: model_inputs.InputShape) -> None:
-    """Data in another form than the model takes (named inputs it has no parameter for, integer
-    inputs where it takes one float tensor) is a one-line error before any stage runs it. One
-    float tensor of another size is left to the model: convolutional models take several."""
-    if model_inputs.is_single(data_shape) and model_inputs.is_single(loaded.input_shape):
-        return
-    if data_shape != loaded.input_shape:
-        raise HawqError(f"the data gives inputs {model_inputs.describe(data_shape)}, but the model takes "
-                        f"{model_inputs.describe(loaded.input_shape)} (pass input_fn to say what the model takes, "
-                        "or input_shape)")
-
-
-def _labeler(loaded: LoadedModel) -> Callable[[model_inputs.Arrays], np.ndarray]:
-    def label(x: model_inputs.Arrays) -> np.ndarray:
-        with torch.no_grad():
-            return predict_scores(loaded.module, x).argmax(axis=1).astype(np.int64)
-    return label
-
-
-def _num_classes(loaded: LoadedModel) -> int:
-    out = run_once(loaded.module, loaded.input_shape)
-    if not isinstance(out, torch.Tensor) or out.ndim != 2:
-        raise HawqError(f"the model's output must be one (batch, classes) tensor of scores, got "
-                        f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
-    return int(out.shape[1])
-
-
-def prepare_data(loaded: LoadedModel, data: Any, eval_data: Any = None, *, input_fn: Callable | None = None,
-                 seed: int = 0) -> Dataset:
-    """Training, calibration and evaluation splits for ``loaded`` from ``data`` (and ``eval_data``)."""
-    if isinstance(data, Dataset):
-        return data
-    if data is None or isinstance(data, str):
-        if eval_data is not None:
-            raise OptionError("{eval_data}: a spec string (digits, cifar10:DIR, npz:FILE) brings its own test "
-                              "split; give {eval_data} only with data held in Python", "eval_data")
-        return load_data(resolve_source(data, loaded.spec), loaded.spec, seed=seed)
-    return user_data.as_dataset(reiterable(data), reiterable(eval_data), num_classes=_num_classes(loaded),
-                                input_fn=input_fn, labeler=_labeler(loaded), seed=seed)
-
-
-def _loss_name(loss_fn: LossFn | None, labels_given: bool) -> str:
-    if loss_fn is not None:
-        return f"custom ({getattr(loss_fn, '__qualname__', 'loss_fn')})"
-    return "cross_entropy" if labels_given else user_data.LOSS_WITHOUT_LABELS
 
 
 def check_analyze_options(opts: AnalyzeOptions) -> dict[str, Any]:
@@ -195,12 +111,12 @@ def analyze(model: nn.Module | str, data: Any = None, *, options: AnalyzeOptions
         dataset = prepare_data(loaded, data, seed=opts.seed)
         return analyze_model(loaded, dataset, batches=opts.batches, batch_size=opts.batch_size, seed=opts.seed,
                              device=opts.device, progress=progress, loss_fn=loss_fn, **settings)
-    split, given, _ = user_data.evaluation_split(data, input_fn=input_fn, labeler=_labeler(loaded),
-                                                 num_classes=_num_classes(loaded))
+    split, given, _ = user_data.evaluation_split(data, input_fn=input_fn, labeler=labeler(loaded),
+                                                 num_classes=num_classes(loaded))
     batches = list(split.batches(opts.batch_size, shuffle=True, seed=opts.seed, limit=opts.batches))
     return analyze_batches(loaded, batches, user_data.describe(data), batch_size=opts.batch_size, seed=opts.seed,
                            device=opts.device, progress=progress,
-                           loss=_loss_name(loss_fn, given), loss_fn=loss_fn, **settings)
+                           loss=user_data.loss_name(loss_fn, given), loss_fn=loss_fn, **settings)
 
 
 def allocate(sensitivity: Sensitivity | PathLike, budget: str | int = "8x", *,

@@ -26,10 +26,7 @@ from hawq_onnx.core.layers import describe_layers
 from hawq_onnx.errors import HawqError
 from hawq_onnx.io.plan import LayerPlan, Plan, load_plan, save_plan
 from hawq_onnx.qat.fake_quant import (
-    ActivationFakeQuant,
-    FakeQuantSTE,
     QuantLayer,
-    WeightFakeQuant,
     calibrate,
     export_plan_scales,
     quant_layers,
@@ -37,7 +34,13 @@ from hawq_onnx.qat.fake_quant import (
     set_scale_learning,
     strip_fake_quant,
 )
-from hawq_onnx.qat.observers import MinMaxObserver, MSEObserver, PercentileObserver, make_observer
+from hawq_onnx.qat.observers import (
+    MinMaxObserver,
+    MSEObserver,
+    PercentileObserver,
+    make_observer,
+)
+from hawq_onnx.qat.quantizers import ActivationFakeQuant, FakeQuantSTE, WeightFakeQuant
 from hawq_onnx.sources.model import load_model, model_fingerprint
 
 

@@ -29,6 +29,7 @@ LEVELS = {
     "validation": 9,
     "deploy": 10,
     "results": 11,
+    "preparation": 11.5,
     "api": 12,
     "pipeline": 13,
     "cli": 14,

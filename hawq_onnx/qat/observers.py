@@ -17,7 +17,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from hawq_onnx.core.grid import MSE_GRID, activation_qparams, activation_qrange, dequantize, quantize
+from hawq_onnx.core.grid import (
+    MSE_GRID,
+    activation_qparams,
+    activation_qrange,
+    dequantize,
+    quantize,
+)
 
 OBSERVERS = ("minmax", "ema", "percentile", "mse")
 DEFAULT_OBSERVER = "mse"

@@ -34,7 +34,8 @@ import torch.nn as nn
 from hawq_onnx.core.grid import activation_qrange
 from hawq_onnx.errors import HawqError
 from hawq_onnx.io.plan import Plan, RegionGrid
-from hawq_onnx.qat.fake_quant import FakeQuantSTE, QuantLayer, quantize_model
+from hawq_onnx.qat.fake_quant import QuantLayer, quantize_model
+from hawq_onnx.qat.quantizers import FakeQuantSTE
 
 
 class _KeepQuantLayers(fx.Tracer):

@@ -24,11 +24,11 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from hawq_onnx.core.onnx_inspect import Inspection, inspect_onnx, layer_name, load_onnx
 from hawq_onnx.core import model_inputs
+from hawq_onnx.core.onnx_inspect import Inspection, inspect_onnx, load_onnx
 from hawq_onnx.errors import GateFailure, HawqError, OptionError
 from hawq_onnx.io.atomic import read_json, write_json
-from hawq_onnx.io.sensitivity_report import Sensitivity, load_sensitivity
+from hawq_onnx.io.sensitivity_report import load_sensitivity
 from hawq_onnx.options import BASELINES
 from hawq_onnx.sources.data import load_data
 from hawq_onnx.sources.splits import Dataset
@@ -40,7 +40,17 @@ from hawq_onnx.validation.data_spec import (
     default_data,
 )
 from hawq_onnx.validation.kernel_census import KernelCensus, kernel_census
-from hawq_onnx.validation.latency import LatencyResult, LatencyStats, SpeedupStats, measure_latency
+from hawq_onnx.validation.latency import (
+    LatencyResult,
+    LatencyStats,
+    SpeedupStats,
+    measure_latency,
+)
+from hawq_onnx.validation.layer_reports import (
+    LayerReport,
+    check_sensitivity_matches,
+    layer_reports,
+)
 from hawq_onnx.validation.ort_baseline import ort_int8
 from hawq_onnx.validation.ort_eval import (
     EVAL_BATCH_SIZE,
@@ -54,7 +64,13 @@ from hawq_onnx.validation.ort_eval import (
     predict_batches,
     resolve_providers,
 )
-from hawq_onnx.validation.report_json import FLOAT, FORMAT, QUANTIZED, VERSION, report_fields
+from hawq_onnx.validation.report_json import (
+    FLOAT,
+    FORMAT,
+    QUANTIZED,
+    VERSION,
+    report_fields,
+)
 from hawq_onnx.validation.slowdown import slowdown_reasons
 
 log = logging.getLogger(__name__)
@@ -95,25 +111,6 @@ class ModelResult:
                                                       "dequantize_nodes", "quantize_nodes", "layers_by_mode",
                                                       "layers", "op_counts")},
                             "agreement_with_unoptimized": self.kernel_agreement}}
-
-
-@dataclass
-class LayerReport:
-    """One layer of the quantized model: what it stores, how it runs, how sensitive it is."""
-
-    layer: str                 # PyTorch module path where the weight is named <layer>.weight
-    node: str
-    op_type: str
-    storage: str               # weight storage type in the file
-    bits: int                  # effective weight bits
-    act_bits: int | None       # input activation bits, None when the input is float
-    bytes: int                 # weight bytes in the quantized file (scales and zero points included)
-    float_bytes: int | None    # the same layer's weight bytes in the float file
-    kernel: str                # the op ONNX Runtime runs
-    mode: str                  # integer | emulated | float | weight-only | missing
-    top_eigenvalue: float | None = None
-    trace: float | None = None
-    trace_per_param: float | None = None
 
 
 @dataclass
@@ -207,31 +204,6 @@ class ValidationReport:
 
 # --- the run ------------------------------------------------------------------------------
 
-def _layer_reports(quant: Inspection, census: KernelCensus, float_ins: Inspection,
-                   sensitivity: Sensitivity | None) -> list[LayerReport]:
-    kernels = {layer.node: layer for layer in census.layers}
-    float_bytes = {layer_name(r.weight, r.node): r.bytes for r in float_ins.layers}
-    sens = {s.name: s for s in sensitivity.layers} if sensitivity is not None else {}
-    rows = []
-    for r in quant.layers:
-        name = layer_name(r.weight, r.node)
-        k = kernels.get(r.node)
-        s = sens.get(name)
-        rows.append(LayerReport(
-            layer=name, node=r.node, op_type=r.op_type, storage=r.storage, bits=r.bits, act_bits=r.act_bits,
-            bytes=r.bytes, float_bytes=float_bytes.get(name), kernel=k.kernel if k else "",
-            mode=k.mode if k else "missing",
-            top_eigenvalue=s.top_eigenvalue if s else None, trace=s.trace if s else None,
-            trace_per_param=s.trace_per_param if s else None))
-    if sens:
-        onnx_names = {row.layer for row in rows}
-        unmatched = [n for n in sens if n not in onnx_names]
-        if unmatched:
-            log.warning("%d sensitivity layer(s) have no weight <layer>.weight in the quantized model: %s",
-                        len(unmatched), ", ".join(unmatched[:5]))
-    return rows
-
-
 def _kernel_agreement(path: Path, io, inputs: Callable[[], Iterator[np.ndarray]], total: int, deployed: np.ndarray,
                       threads: int, providers: Sequence[str], progress: bool, label: str) -> float:
     """Top-1 agreement of ``deployed`` (default session) with ``path`` run without graph optimizations."""
@@ -242,15 +214,6 @@ def _kernel_agreement(path: Path, io, inputs: Callable[[], Iterator[np.ndarray]]
                     "of the samples: its integer kernels do not compute what the file's Q/DQ says (on x86 CPUs "
                     "without VNNI, U8S8 kernels saturate int16 sums of 8-bit products)", label, 100 * same)
     return same
-
-
-def _check_sensitivity_matches(sens: Sensitivity, float_ins: Inspection, float_path: str | Path) -> None:
-    """The report must describe this model: every analysed layer a weight of the same size here."""
-    params = {layer_name(r.weight, r.node): r.params for r in float_ins.layers}
-    alien = [s.name for s in sens.layers if params.get(s.name) != s.params]
-    if alien:
-        raise OptionError(f"{{sensitivity}} was made for another model: {len(alien)} of its {len(sens.layers)} "
-                          f"layers have no weight of the same size in {float_path} (e.g. {alien[0]})", "sensitivity")
 
 
 def check_options(*, baseline: str | None, limit: int | None, max_drop: float | None, runs: int,
@@ -289,7 +252,7 @@ def validate(float_path: str | Path, quant_path: str | Path, data: str | Dataset
     sens = load_sensitivity(sensitivity) if sensitivity is not None else None  # fail before the long part
     float_model = load_onnx(float_path)
     if sens is not None:
-        _check_sensitivity_matches(sens, inspect_onnx(float_model), float_path)
+        check_sensitivity_matches(sens, inspect_onnx(float_model), float_path)
     load_onnx(quant_path)
     providers = resolve_providers(provider)
 
@@ -399,7 +362,7 @@ def validate(float_path: str | Path, quant_path: str | Path, data: str | Dataset
                                         logit_error_steps(logits[QUANTIZED], ref_logits))
 
     quant = models[1]
-    layers = _layer_reports(inspections[QUANTIZED], quant.census, inspections[FLOAT], sens)
+    layers = layer_reports(inspections[QUANTIZED], quant.census, inspections[FLOAT], sens)
     return ValidationReport(data=source, samples=len(test), num_classes=dataset.num_classes,
                             input_name=", ".join(i.name for i in float_io.inputs), input_shape=sample_shape,
                             normalisation=normalisation, models=models, layers=layers, latency=latency,
