@@ -40,6 +40,7 @@ import numpy as np
 from hawq_onnx.core import model_inputs
 from hawq_onnx.errors import HawqError, OptionError
 from hawq_onnx.io.json_fields import get, items, mapping, objects, value
+from hawq_onnx.validation.ort_eval import NUMPY_TYPES
 
 PROTOCOL = ("ONNX Runtime, one process-wide {threads}-thread intra-op pool shared by all sessions, "
             "{warmup} warm-up runs per model, then rounds of {round_runs} timed runs per model interleaved "
@@ -296,12 +297,10 @@ def _worker(request: dict) -> dict:
         sessions[label] = (sess, [(i.name, i.type) for i in sess.get_inputs()])
     with np.load(request["inputs"]) as stored:
         arrays = {k: stored[k] for k in stored.files}
-    dtypes = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-              "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
     times: dict[str, dict[str, list[float]]] = {label: {} for label in sessions}
     for bs in request["batch_sizes"]:
         feeds = {label: {name: _batch(arrays[name] if name in arrays else arrays[f"arr_{k}"], bs)
-                         .astype(dtypes.get(t, np.float32)) for k, (name, t) in enumerate(inputs)}
+                         .astype(NUMPY_TYPES.get(t, np.float32)) for k, (name, t) in enumerate(inputs)}
                  for label, (_, inputs) in sessions.items()}
         for _ in range(request["warmup"]):
             for label, (sess, _) in sessions.items():

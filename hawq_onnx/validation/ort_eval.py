@@ -25,7 +25,7 @@ _SHORT_PROVIDERS = {"cpu": CPU, "cuda": "CUDAExecutionProvider", "tensorrt": "Te
                     "openvino": "OpenVINOExecutionProvider", "dnnl": "DnnlExecutionProvider",
                     "coreml": "CoreMLExecutionProvider", "xnnpack": "XnnpackExecutionProvider",
                     "qnn": "QNNExecutionProvider", "dml": "DmlExecutionProvider"}
-_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
                 "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
 
 
@@ -104,7 +104,7 @@ def model_io(session, path: str | Path) -> ModelIO:
         raise HawqError(f"{path} has no outputs")
     specs = []
     for i in inputs:
-        dtype = _NUMPY_TYPES.get(i.type)
+        dtype = NUMPY_TYPES.get(i.type)
         if dtype is None:
             raise HawqError(f"{path}: input {i.name!r} is {i.type}; validate feeds float, integer and boolean tensors")
         if not list(i.shape):
