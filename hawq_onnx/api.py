@@ -22,6 +22,7 @@ Functions log through ``logging`` (logger ``hawq_onnx``) and show progress bars 
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,18 +34,20 @@ import onnx
 import torch
 import torch.nn as nn
 
+from hawq_onnx.allocation.settling import unsettled_warning
 from hawq_onnx.allocation.solve import allocate as _allocate
 from hawq_onnx.core import model_inputs
 from hawq_onnx.core.bn_fold import fold_copy
 from hawq_onnx.core.onnx_inspect import Inspection, inspect_onnx
 from hawq_onnx.deploy.bundle import Bundle, is_bundle, read_bundle
 from hawq_onnx.deploy.package import PackageResult, build_bundle
-from hawq_onnx.errors import HawqError
+from hawq_onnx.errors import HawqError, OptionError
 from hawq_onnx.io.plan import Plan
 from hawq_onnx.io.sensitivity_report import Sensitivity, content_sha256
 from hawq_onnx.onnx_export.float_onnx import float_onnx, save_onnx
 from hawq_onnx.onnx_export.qdq import quantize_onnx
 from hawq_onnx.options import (
+    STOPPINGS,
     AllocateOptions,
     AnalyzeOptions,
     ExportOptions,
@@ -73,14 +76,36 @@ from hawq_onnx.sources.splits import Dataset, Split
 from hawq_onnx.validation.validate import ValidationReport
 from hawq_onnx.validation.validate import validate as _validate
 
+log = logging.getLogger(__name__)
+
 OnnxLike = PathLike | onnx.ModelProto | ExportedModel
 
 
 def check_analyze_options(opts: AnalyzeOptions) -> dict[str, Any]:
-    """One-line errors for bad analysis options, before any work; the settings ``analyze`` takes."""
-    settings = dict(eig_tol=opts.eig_tol, max_iter=opts.max_iter, trace_tol=opts.trace_tol,
-                    max_probes=opts.max_probes, sketch=opts.sketch)
+    """One-line errors for bad analysis options, before any work; the settings ``analyze`` takes
+    (with the decision rule of decision stopping)."""
+    from hawq_onnx.allocation.settling import PlanSettling
+    from hawq_onnx.allocation.units import check_bits, check_budget_text, parse_bops
+
+    if opts.stopping not in STOPPINGS:
+        raise OptionError(f"{{stopping}} must be one of {', '.join(STOPPINGS)}, got {opts.stopping!r}", "stopping")
+    settings: dict[str, Any] = dict(eig_tol=opts.eig_tol, max_iter=opts.max_iter, trace_tol=opts.trace_tol,
+                                    max_probes=opts.max_probes, sketch=opts.sketch)
     check_settings(batches=opts.batches, batch_size=opts.batch_size, **settings)
+    settings["eigenvalues"] = opts.eigenvalues
+    if opts.stopping == "decision":
+        if not opts.settle_for:
+            raise OptionError("{settle_for} needs at least one budget (13x, 800KB) for decision stopping",
+                              "settle_for")
+        for budget in opts.settle_for:
+            check_budget_text(budget)
+        question = opts.settle_allocation
+        check_bits(question.w_bits, question.a_bits, "settle_allocation")
+        if question.bops is not None:
+            parse_bops(str(question.bops), 1 << 62)
+        # budgets asked for must be reachable; the default ones are left out where they are not
+        settings["settle"] = PlanSettling(opts.settle_for, question,
+                                          required=opts.settle_for != AnalyzeOptions().settle_for)
     return settings
 
 
@@ -96,7 +121,12 @@ def analyze(model: nn.Module | str, data: Any = None, *, options: AnalyzeOptions
             weights: PathLike | None = None, input_shape: model_inputs.InputShape | None = None,
             input_fn: Callable | None = None, loss_fn: LossFn | None = None, progress: bool = False,
             **overrides: Any) -> Sensitivity:
-    """Per-layer Hessian sensitivity (top eigenvalue, Hutch++ trace) of the BN-folded ``model``.
+    """Per-layer Hessian sensitivity (Hutchinson traces, and HAWQ's top eigenvalue with
+    ``eigenvalues=True``) of the BN-folded ``model``.
+
+    By default (``stopping="decision"``) each trace is refined only until more precision cannot
+    change the plans at the ``settle_for`` budgets for the ``settle_allocation`` question, and
+    sensitivity.json says which; ``stopping="precision"`` refines every trace to ``trace_tol``.
 
     ``batches`` seeded random batches of ``batch_size`` samples are analysed: from the training
     split of a spec string (as ``hawq-onnx analyze``), from all of the data held in Python.
@@ -126,10 +156,14 @@ def allocate(sensitivity: Sensitivity | PathLike, budget: str | int = "8x", *,
     opts = with_overrides(options, AllocateOptions, overrides, "allocate")
     if not isinstance(sensitivity, Sensitivity):
         sensitivity = Sensitivity.load(sensitivity)
-    return _allocate(sensitivity, budget, w_bits=opts.w_bits, a_bits=opts.a_bits, metric=opts.metric,
+    plan = _allocate(sensitivity, budget, w_bits=opts.w_bits, a_bits=opts.a_bits, metric=opts.metric,
                      scale_method=opts.scale_method, weight_range=opts.weight_range, bops_limit=opts.bops,
                      ties=list(opts.ties), pinned=dict(opts.pins), pin_ends=opts.pin_ends,
                      keep_float=list(opts.keep_float), sensitivity_sha256=content_sha256(sensitivity))
+    warning = unsettled_warning(sensitivity, budget, opts)
+    if warning:
+        log.warning(warning)
+    return plan
 
 
 def finetune(model: nn.Module | str, plan: Plan | PathLike, data: Any = None, *, eval_data: Any = None,

@@ -27,24 +27,9 @@ ORDERS = ("hawq", "single", "ptq")
 OPTIMIZERS = ("adam", "sgd")
 TARGETS = ("ort-cpu", "compact")
 BASELINES = ("ort-int8",)
+STOPPINGS = ("decision", "precision")
 WEIGHT_BITS = (2, 3, 4, 8)
 ACTIVATION_BITS = (4, 8)
-
-
-@dataclass(frozen=True)
-class AnalyzeOptions:
-    """Hessian sensitivity (``hq.analyze``, ``hawq-onnx analyze``): the loss is averaged over
-    ``batches`` seeded random batches of ``batch_size`` training samples."""
-
-    batches: int = 1
-    batch_size: int = 256
-    eig_tol: float = 1e-3     # power iteration stops when the eigenvalue changes less than this, relatively
-    max_iter: int = 100       # power iterations at most
-    trace_tol: float = 1e-2   # Hutchinson stops when its standard error is below this fraction of the trace
-    max_probes: int = 200     # Hutchinson probes at most per layer
-    sketch: int = 16          # Hutch++ sketch size per layer (0: plain Hutchinson)
-    seed: int = 0
-    device: str = "cpu"
 
 
 @dataclass(frozen=True)
@@ -61,6 +46,32 @@ class AllocateOptions:
     pins: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # layer (glob) -> (w_bits, a_bits)
     pin_ends: bool = True               # first and last layer 8/8, as HAWQ does
     keep_float: tuple[str, ...] = ()    # layers kept float (weights and input)
+
+
+@dataclass(frozen=True)
+class AnalyzeOptions:
+    """Hessian sensitivity (``hq.analyze``, ``hawq-onnx analyze``): the loss is averaged over
+    ``batches`` seeded random batches of ``batch_size`` training samples.
+
+    ``stopping="decision"`` refines each trace only until more precision cannot change the
+    plans at the ``settle_for`` budgets for the allocation ``settle_allocation`` describes
+    (``quantize`` settles for its own budget and allocation); ``"precision"`` refines every
+    trace until its standard error is ``trace_tol`` of it."""
+
+    batches: int = 1
+    batch_size: int = 256
+    stopping: str = "decision"
+    settle_for: tuple[str, ...] = ("8x", "13x")   # size budgets the plan must be settled for
+    settle_allocation: AllocateOptions = AllocateOptions()
+    eigenvalues: bool = False  # HAWQ's top eigenvalue (power iteration) besides the traces
+    eig_tol: float = 1e-3     # power iteration stops when the eigenvalue changes less than this, relatively
+    max_iter: int = 100       # power iterations at most
+    trace_tol: float = 1e-2   # precision stopping: the standard error at most this fraction of the trace
+    max_probes: int = 200     # Hutchinson probes at most per layer
+    sketch: int = 16          # Hutch++ sketch size (0: plain Hutchinson): every layer's under precision
+    #                           stopping; under decision stopping, only for layers that need many probes
+    seed: int = 0
+    device: str = "cpu"
 
 
 @dataclass(frozen=True)
@@ -166,6 +177,8 @@ def _checked(function: str, name: str, value: Any, hint: Any) -> Any:
         return hint(value)  # numpy scalars too
     if hint in (str, bool) and not isinstance(value, hint):
         raise _wrong(function, name, value, "a string" if hint is str else "True or False")
+    if dataclasses.is_dataclass(hint) and not isinstance(value, hint):
+        raise _wrong(function, name, value, f"a {hint.__name__}")
     return value
 
 

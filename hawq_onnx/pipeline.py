@@ -17,7 +17,7 @@ import json
 import logging
 import tempfile
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -137,6 +137,8 @@ def quantize(model: Any = None, data: Any = None, eval_data: Any = None, budget:
     opts = options or QuantizeOptions()
     if not isinstance(opts, QuantizeOptions):
         raise HawqError(f"quantize: options must be a QuantizeOptions, got {type(opts).__name__}")
+    # quantize settles the traces for its own plan: this budget, this allocation
+    opts = replace(opts, analyze=replace(opts.analyze, settle_for=(str(budget),), settle_allocation=opts.allocate))
     check_options(budget, opts)  # every argument before any work: a typo must not cost an analysis
     if out is not None:
         result = _run(model, data, eval_data, budget, Path(out), opts, weights, input_shape, input_fn, loss_fn,
@@ -226,7 +228,10 @@ def _stages(loaded, dataset, data: Any, budget: str, out: Path, files: dict[str,
         report.save(files["sensitivity.json"])
         plot_sensitivity(report, files["sensitivity.png"])
 
-    stage("analyze", stage_key("analyze", **model_id, **asdict(opts.analyze)),
+    analyze_key = asdict(opts.analyze)
+    if opts.analyze.stopping == "precision":  # its traces answer every budget alike
+        del analyze_key["settle_for"], analyze_key["settle_allocation"]
+    stage("analyze", stage_key("analyze", **model_id, **analyze_key),
           [files["sensitivity.json"], files["sensitivity.png"]], analyze_stage)
 
     # 2. Bits per layer under the budget.

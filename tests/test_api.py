@@ -39,7 +39,7 @@ def staged(user, tmp_path_factory):
     """Every stage once, by hand, on tuple batches."""
     model, train, test, _ = user
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    sens = hq.analyze(model, train, **FAST_ANALYSIS)
+    sens = hq.analyze(model, train, **FAST_ANALYSIS, settle_for=("8x",), settle_allocation=hq.AllocateOptions(a_bits=(8,)))
     plan = hq.allocate(sens, budget="8x", a_bits=(8,))
     qmodel = hq.finetune(model, plan, train, eval_data=test, steps=6)
     exported = hq.export(qmodel)
@@ -176,6 +176,11 @@ def test_quantize_in_memory_on_a_module(user):
     assert isinstance(result, hq.QuantizeResult) and result.out_dir is None and result.files == {}
     assert result.weight_ratio >= 8.0 and result.fake_quant_agreement >= 0.995
     assert result.report is not None and result.exported.grids and result.quantized.plan.calibrated
+    # the analysis settled its traces for this run's own plan: 8x with quantize's 4-bit activations
+    settled = result.sensitivity.settings["settled_for"]
+    assert result.sensitivity.settings["stopping"] == "decision"
+    assert settled["budgets"] == ["8x"] and settled["a_bits"] == [4] and settled["w_bits"] == [2, 4, 8]
+    assert all(layer.top_eigenvalue is None for layer in result.sensitivity.layers)
 
 
 def _without(obj, keys):

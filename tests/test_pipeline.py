@@ -74,9 +74,10 @@ def test_second_run_reuses_every_stage_and_force_recomputes_one(first_run):
     assert again.reused == ["analyze", "allocate", "finetune", "export", "validate"] and again.ran == []
     assert any("reused" in line for line in lines)
     assert again.quant_top1 == summary.quant_top1
-    # A changed budget reruns allocation and everything after it, not the analysis.
+    # A changed budget reruns every stage: the traces were settled for the old budget's plan.
     changed = quantize(budget="10x", out=out, options=FAST)
-    assert changed.reused == ["analyze"] and changed.weight_ratio >= 10.0
+    assert changed.reused == [] and changed.weight_ratio >= 10.0
+    assert changed.sensitivity.settings["settled_for"]["budgets"] == ["10x"]
     # An output modified by hand is not trusted.
     stages = json.loads((out / STAGES_FILE).read_text())
     assert "analyze" in stages["stages"]

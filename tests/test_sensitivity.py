@@ -260,7 +260,7 @@ def test_bad_settings_are_hawq_errors():
 def test_cli_on_digits_writes_loadable_json_and_png(tmp_path):
     out, png = tmp_path / "s.json", tmp_path / "s.png"
     res = CliRunner().invoke(cli, ["analyze", "--batches", "1", "--batch-size", "24", "--trace-tol", "0.05",
-                                   "--out", str(out), "--plot", str(png)])
+                                   "--stopping", "precision", "--eigenvalues", "--out", str(out), "--plot", str(png)])
     assert res.exit_code == 0, res.output
     report = load_sensitivity(out)
     assert [layer.name for layer in report.layers] == ["stem", "block_conv1", "block_conv2", "down", "conv", "fc"]
@@ -283,6 +283,28 @@ def test_cli_on_digits_writes_loadable_json_and_png(tmp_path):
     assert json.loads(out.read_text())["layers"][0]["trace_per_param"] > 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     assert "stem" in res.output and f"wrote {out}" in res.output
+    assert report.settings["trace_method"].endswith("stopped on the standard error") and "stopping" not in report.settings
+
+
+def test_cli_default_settles_the_traces_for_its_budgets(tmp_path):
+    out, png = tmp_path / "s.json", tmp_path / "s.png"
+    res = CliRunner().invoke(cli, ["analyze", "--batch-size", "24", "--settle-for", "6x,10x", "--a-bits", "4",
+                                   "--out", str(out), "--plot", str(png)])
+    assert res.exit_code == 0, res.output
+    report = load_sensitivity(out)
+    settled = report.settings["settled_for"]
+    assert report.settings["stopping"] == "decision" and report.settings["settled"] is True
+    assert settled["budgets"] == ["6x", "10x"] and settled["a_bits"] == [4]
+    assert all(layer.top_eigenvalue is None and layer.trace_probes >= 2 for layer in report.layers)
+    assert all(layer.act_elements == 0 for layer in report.layers)  # one activation width: not weighed
+    assert "traces settled for the plans at 6x, 10x (w_bits 2,4,8, a_bits 4)" in res.output
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a budget below the smallest plan is refused before any product; the eigenvalue metric needs eigenvalues
+    res = CliRunner().invoke(cli, ["analyze", "--batch-size", "24", "--settle-for", "40x", "--out", str(out)])
+    assert res.exit_code == 2 and "below the smallest possible weight size" in res.stderr
+    res = CliRunner().invoke(cli, ["allocate", "--sensitivity", str(out), "--budget", "6x", "--metric", "eigenvalue",
+                                   "--out", str(tmp_path / "p.json")])
+    assert res.exit_code == 2 and "--eigenvalues" in res.stderr and "--metric" in res.stderr
 
 
 @pytest.mark.parametrize("args, message", [

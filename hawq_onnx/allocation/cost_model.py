@@ -144,6 +144,9 @@ def build_problem(report: Sensitivity, *, w_bits: Sequence[int] = DEFAULT_W_BITS
     w_bits, a_bits = tuple(sorted(set(w_bits))), tuple(sorted(set(a_bits)))
     check_bits(w_bits, a_bits, "candidates")
     layers = report.layers
+    if metric == "eigenvalue" and any(layer.top_eigenvalue is None for layer in layers):
+        raise OptionError("the sensitivity file has no top eigenvalues (they were not computed); choose the trace "
+                          "{metric} or analyse again with {eigenvalues}", "metric", "eigenvalues")
     names = [layer.name for layer in layers]
     index = {n: i for i, n in enumerate(names)}
 

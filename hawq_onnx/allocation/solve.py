@@ -55,7 +55,7 @@ def _fixed_note(problem: Problem) -> str:
     return f", fixed layers {shown}{', ...' if len(fixed) > 4 else ''}"
 
 
-def _check_feasible(problem: Problem, budget_bytes: int, budget_text: str, w_bits: Sequence[int],
+def check_feasible(problem: Problem, budget_bytes: int, budget_text: str, w_bits: Sequence[int],
                     bops_limit: int | None, bops_text: str | None) -> None:
     float_bytes = problem.float_bytes
     min_bits = sum(int(item.size.min()) for item in problem.items)
@@ -117,7 +117,7 @@ def allocate(report: Sensitivity, budget: int | str, *, w_bits: Sequence[int] = 
         raise OptionError(f"{{bops}} {bops_text} is above the float model's {format_bops(float_bops)} BOPs (32x32 "
                           f"bits), so it limits nothing; give at most {format_bops(float_bops)} or leave {{bops}} out",
                           "bops")
-    _check_feasible(problem, budget_bytes, budget_text, sorted(set(w_bits)), bops_limit, bops_text)
+    check_feasible(problem, budget_bytes, budget_text, sorted(set(w_bits)), bops_limit, bops_text)
     if solver == "auto":
         solver = "dp" if bops_limit is None else "ilp"
     if solver not in ("dp", "ilp"):

@@ -36,7 +36,7 @@ class LayerSensitivity:
     params: int
     out_channels: int
     macs: int
-    top_eigenvalue: float
+    top_eigenvalue: float | None  # None: not computed (decision-settled analyses skip it unless asked)
     eigen_iterations: int
     eigen_converged: bool
     trace: float
@@ -50,6 +50,7 @@ class LayerSensitivity:
     act_elements: int = 0            # elements of the input per sample
     act_trace: float = 0.0           # Hutchinson trace of the loss Hessian w.r.t. the input, per sample
     act_trace_std_error: float = 0.0
+    act_trace_probes: int = 0
     act_perturbation: dict[str, float] = field(default_factory=dict)  # a_bits -> mean ||Q(x) - x||^2 per sample
     status: str = "ok"  # ok | zero (numerically zero block) | indefinite (negative top eigenvalue)
     # How the Hessian products were formed: "exact", "exact with analysis stand-ins: hardsigmoid,
@@ -145,9 +146,11 @@ def _check_layer(layer: LayerSensitivity, where: str) -> None:
         ("params", _count(layer.params, 1)), ("out_channels", _count(layer.out_channels, 1)),
         ("macs", _count(layer.macs)), ("eigen_iterations", _count(layer.eigen_iterations)),
         ("trace_probes", _count(layer.trace_probes)), ("act_elements", _count(layer.act_elements)),
+        ("act_trace_probes", _count(layer.act_trace_probes)),
+        ("top_eigenvalue", layer.top_eigenvalue is None or _finite(layer.top_eigenvalue)),
         ("eigen_converged", isinstance(layer.eigen_converged, bool)),
         ("trace_converged", isinstance(layer.trace_converged, bool)),
-        *((key, _finite(getattr(layer, key))) for key in ("top_eigenvalue", "trace", "trace_std_error", "seconds",
+        *((key, _finite(getattr(layer, key))) for key in ("trace", "trace_std_error", "seconds",
                                                            "act_trace", "act_trace_std_error")),
         ("perturbation", isinstance(layer.perturbation, dict) and all(
             isinstance(k, str) and _bits_table(v) for k, v in layer.perturbation.items())),

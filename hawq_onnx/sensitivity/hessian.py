@@ -56,6 +56,18 @@ Measured on ResNet20 (one batch of 256, folded, CPU; benchmarks/bench_sensitivit
   deviation per probe); after a 16-vector Hutch++ sketch the residual's is 0.01-0.06, and the
   power iteration from the sketch's Ritz vector converges in 2-4 products instead of 6-24.
 
+Stopping (issue 24). What the allocation needs is not 1 % traces but a plan that no longer
+changes. Under decision stopping (the API's and CLI's default) every layer first takes a few
+plain Hutchinson probes (2 where its choice is fixed: pinned ends), then a decision rule
+(:class:`hawq_onnx.allocation.settling.PlanSettling`: each estimate moved across its
+Bonferroni-corrected Student-t interval, the exact plans re-solved) names the layers whose
+precision could still change the plan at the requested budgets; only those get more probes,
+and one that needs more than twice the sketch's size gets a Hutch++ sketch and deflated probes from then on
+(:mod:`hawq_onnx.sensitivity.decision`). The eigenvalue is skipped unless asked for, and input
+traces are measured only where activation bits are a choice (2 probes, their sign being all
+that matters, unless a BOPs limit trades them). Precision stopping (``settle=None``) is the
+fixed-precision mode described above. Measured on ResNet20: BENCHMARKS.md, session 13.
+
 Seeds: every layer draws from its own ``torch.Generator`` seeded from ``seed`` and the layer
 name, so a layer's result does not depend on which other layers are analysed or on the device.
 
@@ -66,12 +78,12 @@ The estimators are in :mod:`hawq_onnx.sensitivity.estimators`, the product engin
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import time
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -79,12 +91,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hawq_onnx.core import grid as quantization
 from hawq_onnx.core import model_inputs
 from hawq_onnx.core.layers import describe_layers, quantizable_modules
 from hawq_onnx.errors import HawqError, OptionError
-from hawq_onnx.io.sensitivity_report import LayerSensitivity, Sensitivity, perturbation_key
-from hawq_onnx.sensitivity.estimators import Eigen, Trace, layer_program
+from hawq_onnx.io.sensitivity_report import LayerSensitivity, Sensitivity
+from hawq_onnx.sensitivity.decision import DecisionRule, settle_results, sketch_after
+from hawq_onnx.sensitivity.estimators import Eigen, LayerState, Trace, layer_program
+from hawq_onnx.sensitivity.perturbations import InputStats, input_perturbation, weight_perturbations
 from hawq_onnx.sensitivity.products import Batch, LossFn, _Products
 
 if TYPE_CHECKING:
@@ -95,85 +108,7 @@ log = logging.getLogger(__name__)
 
 NO_LAYER = "the model has no quantizable layer (Conv1d, Conv2d or Linear): nothing to analyse"
 DEFAULTS: dict[str, Any] = {"eig_tol": 1e-3, "max_iter": 100, "trace_tol": 1e-2, "min_probes": 8, "max_probes": 200,
-                            "sketch": 16, "act_tol": 0.1, "act_max_probes": 32}
-
-
-# --- observers: activation ranges and quantization perturbations ------------------------------
-
-@dataclass
-class _InputStats:
-    calls: int                     # calls per forward pass
-    elements: int                  # input elements per sample, all calls
-    perturbation: dict[str, float]  # a_bits -> mean per-sample ||Q(x) - x||^2
-
-
-def _input_perturbation(model: nn.Module, modules: dict[str, nn.Module], batches: Sequence[Batch],
-                        device: torch.device) -> dict[str, _InputStats]:
-    """Per layer: calls, input elements per sample and the mean per-sample ||Q(x) - x||^2 per a_bits.
-
-    Two no-grad passes: an observer of the input range (min/max), then Q with the per-tensor
-    qparams of that range. A layer called several times counts all its inputs."""
-    lo = {n: math.inf for n in modules}
-    hi = {n: -math.inf for n in modules}
-    elements = {n: 0 for n in modules}
-    calls = {n: 0 for n in modules}
-    squared = {n: {b: 0.0 for b in quantization.ACTIVATION_BITS} for n in modules}
-    qparams: dict[str, dict[int, tuple[float, int]]] = {}
-    first_batch = True
-
-    def observe(name: str):
-        def fn(mod, inputs):
-            x = inputs[0].detach()
-            lo[name], hi[name] = min(lo[name], float(x.min())), max(hi[name], float(x.max()))
-            if first_batch:
-                elements[name] += x[0].numel()
-                calls[name] += 1
-        return fn
-
-    def perturb(name: str):
-        def fn(mod, inputs):
-            x = inputs[0].detach().float().cpu().numpy()
-            for bits, (scale, zero_point) in qparams[name].items():
-                qmin, qmax = quantization.activation_qrange(bits)
-                xq = quantization.dequantize(quantization.quantize(x, scale, zero_point, qmin, qmax), scale, zero_point)
-                squared[name][bits] += float(((xq.astype(np.float64) - x) ** 2).sum())
-        return fn
-
-    def run(hook) -> None:
-        nonlocal first_batch
-        handles = [m.register_forward_pre_hook(hook(n)) for n, m in modules.items()]
-        try:
-            with torch.no_grad():
-                for x, _ in batches:
-                    model_inputs.call(model, model_inputs.to_device(x, device))
-                    first_batch = False
-        finally:
-            for h in handles:
-                h.remove()
-
-    run(observe)
-    qparams.update({n: {b: quantization.activation_qparams(lo[n], hi[n], b) for b in quantization.ACTIVATION_BITS}
-                    for n in modules if elements[n]})
-    run(lambda n: perturb(n) if n in qparams else (lambda mod, inputs: None))
-    total = sum(len(y) for _, y in batches)
-    return {n: _InputStats(calls[n], elements[n], {str(b): v / total for b, v in squared[n].items()} if n in qparams else {})
-            for n in modules}
-
-
-def weight_perturbations(weight: torch.Tensor) -> dict[str, dict[str, float]]:
-    """||Q(W) - W||^2 for every candidate bit width, scale method and weight range (HAWQ-V2's Omega).
-
-    Keyed ``perturbation_key(method, weight_range)``: ``maxabs``, ``mse``, ``maxabs-full``, ``mse-full``.
-    """
-    w = weight.detach().float().cpu().numpy()
-    tables: dict[str, dict[str, float]] = {}
-    for method in ("maxabs", "mse"):
-        for b in quantization.WEIGHT_BITS:
-            scale = quantization.weight_scale(w, b, method)  # one search serves both ranges
-            for wr in quantization.WEIGHT_RANGES:
-                tables.setdefault(perturbation_key(method, wr), {})[str(b)] = \
-                    quantization.weight_perturbation_at(w, scale, b, wr)
-    return tables
+                            "sketch": 16, "act_tol": 0.1, "act_max_probes": 32, "first_probes": 4}
 
 
 # --- public API -------------------------------------------------------------------------------
@@ -188,7 +123,7 @@ def _resolve_device(device: str | torch.device) -> torch.device:
 
 
 def _check_settings(eig_tol: float, max_iter: int, trace_tol: float, act_tol: float, min_probes: int,
-                    max_probes: int, sketch: int, act_max_probes: int) -> None:
+                    max_probes: int, sketch: int, act_max_probes: int, first_probes: int = DEFAULTS["first_probes"]) -> None:
     for label, value in (("eigenvalue tolerance", eig_tol), ("trace tolerance", trace_tol),
                          ("activation trace tolerance", act_tol)):
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -199,6 +134,8 @@ def _check_settings(eig_tol: float, max_iter: int, trace_tol: float, act_tol: fl
         raise HawqError(f"min probes must be at least 2 (a standard error needs two), got {min_probes}")
     if max_probes < min_probes:
         raise HawqError(f"max probes ({max_probes}) must be at least min probes ({min_probes})")
+    if first_probes < 2:
+        raise HawqError(f"first probes must be at least 2 (a standard error needs two), got {first_probes}")
     if sketch < 0 or act_max_probes < 0:
         raise HawqError(f"sketch size and activation probes must be 0 or more, got {sketch} and {act_max_probes}")
 
@@ -221,8 +158,9 @@ def analyze(model: nn.Module, batches: Sequence[Batch], *, layers: Sequence[str]
             trace_tol: float = DEFAULTS["trace_tol"], act_tol: float = DEFAULTS["act_tol"],
             min_probes: int = DEFAULTS["min_probes"], max_probes: int = DEFAULTS["max_probes"],
             sketch: int = DEFAULTS["sketch"], act_max_probes: int = DEFAULTS["act_max_probes"],
-            activations: bool = True, seed: int = 0, device: str | torch.device = "cpu",
-            max_cached_samples: int = 1024, progress: bool = False,
+            first_probes: int = DEFAULTS["first_probes"], eigenvalues: bool = True,
+            settle: DecisionRule | None = None, activations: bool = True, seed: int = 0,
+            device: str | torch.device = "cpu", max_cached_samples: int = 1024, progress: bool = False,
             notes: dict[str, Any] | None = None) -> list[LayerSensitivity]:
     """Hessian sensitivity of every quantizable layer (or of ``layers``), in network order.
 
@@ -231,11 +169,19 @@ def analyze(model: nn.Module, batches: Sequence[Batch], *, layers: Sequence[str]
     changed (a copy is moved when it lives on another device). The input-activation terms are
     cheap but capped at ``act_max_probes`` (their standard error is reported, not converged
     on); ``activations=False`` skips them and leaves the layers without an activation term.
-    ``notes``, when given, receives what the report's settings say of products that are not
-    plain exact (nothing where all are)."""
+    ``eigenvalues=False`` skips the power iteration (``top_eigenvalue`` None).
+
+    Stopping. Without ``settle`` every trace is refined to ``trace_tol`` (the input traces to
+    ``act_tol``), after a Hutch++ sketch of ``sketch`` vectors. With a
+    :class:`~hawq_onnx.sensitivity.decision.DecisionRule`, every estimate takes ``first_probes``
+    plain probes, and then only those the rule names get more (a weight trace that needs many
+    gets the sketch then), until the decision is settled or they reach ``max_probes`` /
+    ``act_max_probes``; the input traces are measured only where the rule weighs them. ``notes``, when given, receives what the
+    report's settings say of the products and of the stopping."""
     from hawq_onnx.core.progress import progress_bar
 
-    _check_settings(eig_tol, max_iter, trace_tol, act_tol, min_probes, max_probes, sketch, act_max_probes)
+    _check_settings(eig_tol, max_iter, trace_tol, act_tol, min_probes, max_probes, sketch, act_max_probes,
+                    first_probes)
     dev = _resolve_device(device)
     batches = list(batches)
     if not batches or any(len(y) == 0 for _, y in batches):
@@ -253,6 +199,9 @@ def analyze(model: nn.Module, batches: Sequence[Batch], *, layers: Sequence[str]
     if not names:
         raise HawqError("no layer to analyse")
     modules = {n: all_modules[n] for n in names}
+    if settle is not None:
+        eigenvalues = eigenvalues or settle.needs_eigenvalues
+        activations = activations and settle.weighs_activations
 
     was_training = model.training
     flags = [(p, p.requires_grad) for p in model.parameters()]
@@ -261,21 +210,43 @@ def analyze(model: nn.Module, batches: Sequence[Batch], *, layers: Sequence[str]
         p.requires_grad_(False)
     try:
         info = {li.name: li for li in describe_layers(model, model_inputs.shape_of(batches[0][0]))}
-        inputs = _input_perturbation(model, modules, batches, dev)
+        inputs = input_perturbation(model, modules, batches, dev)
+        perturbations = {n: weight_perturbations(modules[n].weight) for n in names}
+        seconds = {n: 0.0 for n in names}
+
+        def record(n: str, eigen: Eigen | None, trace: Trace, act: Trace) -> LayerSensitivity:
+            return _record(info[n], eigen, trace, act, inputs[n] if activations else None, perturbations[n],
+                           seconds[n])
+
+        fixed: set[str] = set()
+        if settle is not None:  # the question must be answerable before any product is spent
+            fixed = settle.start([record(n, None, Trace(0.0, 0.0, 0, False), Trace(0.0, 0.0, 0, False))
+                                  for n in names])
         shared = [n for n in names if inputs[n].calls > 1]
         for n in shared:
             modules[n].weight.requires_grad_(True)
         samples = sum(len(y) for _, y in batches)
         products = _Products(model, modules, batches, loss_fn, dev, cache=samples <= max_cached_samples, shared=shared)
         gens = {n: torch.Generator().manual_seed(_layer_seed(seed, n)) for n in names}
-        seconds = {n: 0.0 for n in names}
+
+        def stops(n: str) -> dict[str, Any]:
+            if settle is None:
+                act = act_max_probes
+                out = dict(trace_tol=trace_tol, min_probes=min_probes, max_probes=max_probes, act_tol=act_tol,
+                           act_min_probes=min_probes)
+            else:  # a fixed count; a layer whose choice is fixed takes the fewest that give an error,
+                # and so do input traces that only their sign can make count (no BOPs limit)
+                first = min(2 if n in fixed else first_probes, max_probes)
+                act = min(first if settle.trades_activations else 2, act_max_probes)
+                out = dict(trace_tol=0.0, min_probes=first, max_probes=first, act_tol=0.0, act_min_probes=act)
+            return {**out, "act_max_probes": act if activations and inputs[n].elements else 0}
+
         programs = {n: layer_program(modules[n].weight.numel(), modules[n].weight.detach().flatten(), gens[n],
-                                     sketch=sketch, eig_tol=eig_tol, max_iter=max_iter, trace_tol=trace_tol,
-                                     min_probes=min_probes, max_probes=max_probes, act_tol=act_tol,
-                                     act_max_probes=act_max_probes if activations and inputs[n].elements else 0)
+                                     sketch=0 if settle is not None else sketch, eigenvalues=eigenvalues,
+                                     eig_tol=eig_tol, max_iter=max_iter, **stops(n))
                     for n in names}
         pending = {n: next(programs[n]) for n in names}
-        results: dict[str, tuple[Eigen, Trace, Trace]] = {}
+        results: dict[str, tuple[Eigen | None, Trace, Trace, LayerState]] = {}
         with progress_bar(total=len(names), unit="layer", desc="hessian", enabled=progress) as bar:
             count = 0
             while pending:
@@ -287,11 +258,20 @@ def analyze(model: nn.Module, batches: Sequence[Batch], *, layers: Sequence[str]
                     except StopIteration as stop:
                         results[n] = stop.value
                         del pending[n]
-                        bar.update(1)
+                        if settle is None:
+                            bar.update(1)
                 bar.set_postfix(products=count)  # rounds take seconds: show that work goes on
+            results = {n: results[n] for n in names}  # network order: the rule reads layers by position
+            if settle is not None:
+                left, checks = settle_results(settle, results, record, products, gens, seconds, bar, count,
+                                       max_probes=max_probes, act_max_probes=act_max_probes if activations else 0,
+                                       sketch=sketch)
         methods = {n: products.product(n) for n in names}
         if notes is not None:
             notes.update(_product_notes(methods, products, seed))
+            if settle is not None:
+                notes.update(_stopping_notes(settle, left, checks,
+                                             [n for n in names if results[n][3].weight.sketched]))
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
@@ -299,22 +279,35 @@ def analyze(model: nn.Module, batches: Sequence[Batch], *, layers: Sequence[str]
 
     out = []
     for n in names:
-        eigen, trace, act = results[n]
-        status = "zero" if eigen.zero else "indefinite" if eigen.value < 0 else "ok"
-        li = info[n]
-        out.append(LayerSensitivity(
-            name=n, kind=li.kind, params=li.params, out_channels=li.out_channels, macs=li.macs,
-            top_eigenvalue=eigen.value, eigen_iterations=eigen.iterations, eigen_converged=eigen.converged,
-            trace=trace.value, trace_std_error=_finite(trace.std_error), trace_probes=trace.probes,
-            trace_converged=trace.converged, seconds=seconds[n],
-            perturbation=weight_perturbations(modules[n].weight),
-            act_elements=inputs[n].elements if activations else 0, act_trace=act.value,
-            act_trace_std_error=_finite(act.std_error),
-            act_perturbation=inputs[n].perturbation if activations else {}, status=status,
-            hessian_product=methods[n]))
-        log.info("%s: eigenvalue %.4g (%d it), trace %.4g +- %.2g (%d probes)", n, eigen.value,
-                 eigen.iterations, trace.value, trace.std_error, trace.probes)
+        eigen, trace, act, _ = results[n]
+        layer = dataclasses.replace(record(n, eigen, trace, act), hessian_product=methods[n])
+        out.append(layer)
+        log.info("%s: eigenvalue %s, trace %.4g +- %.2g (%d probes)", n,
+                 "not computed" if eigen is None else f"{eigen.value:.4g} ({eigen.iterations} it)", trace.value,
+                 trace.std_error, trace.probes)
     return out
+
+
+def _record(li, eigen: Eigen | None, trace: Trace, act: Trace, inputs: InputStats | None,
+            perturbation: dict[str, dict[str, float]], seconds: float) -> LayerSensitivity:
+    if eigen is not None:
+        status = "zero" if eigen.zero else "indefinite" if eigen.value < 0 else "ok"
+    else:
+        status = "zero" if trace.value == 0 and trace.std_error == 0 else "ok"
+    return LayerSensitivity(
+        name=li.name, kind=li.kind, params=li.params, out_channels=li.out_channels, macs=li.macs,
+        top_eigenvalue=None if eigen is None else eigen.value, eigen_iterations=0 if eigen is None else eigen.iterations,
+        eigen_converged=eigen is not None and eigen.converged,
+        trace=trace.value, trace_std_error=_finite(trace.std_error), trace_probes=trace.probes,
+        trace_converged=trace.converged, seconds=seconds, perturbation=perturbation,
+        act_elements=inputs.elements if inputs else 0, act_trace=act.value,
+        act_trace_std_error=_finite(act.std_error), act_trace_probes=act.probes,
+        act_perturbation=inputs.perturbation if inputs else {}, status=status)
+
+
+def _stopping_notes(rule: DecisionRule, left: dict[str, str], checks: int, sketched: list[str]) -> dict[str, Any]:
+    return {"stopping": "decision", "settled_for": rule.describe(), "settled": not left,
+            "unsettled": {n: part for n, part in left.items()}, "settling_checks": checks, "sketched": sketched}
 
 
 def _product_notes(methods: dict[str, str], products: _Products, seed: int) -> dict[str, Any]:
@@ -364,18 +357,27 @@ def analyze_batches(loaded: LoadedModel, data: Sequence[Batch], data_name: str, 
     fold_batchnorm(model, loaded.spec.input_shape)
     notes: dict[str, Any] = {}
     layers = analyze(model, data, seed=seed, device=device, progress=progress, notes=notes, **options)
+    settle = options.get("settle")
+    shown = {k: options.get(k, v) for k, v in DEFAULTS.items()}
+    if settle is None:
+        shown.pop("first_probes")
     settings = {
         "split": "train", "batches": len(data),
         "batch_size": batch_size if batch_size is not None else max(len(y) for _, y in data),
         "samples": sum(len(y) for _, y in data),
-        "seed": seed, "device": str(device), "loss": loss, "bn_folded": True,
-        **{k: options.get(k, v) for k, v in DEFAULTS.items()},
+        "seed": seed, "device": str(device), "loss": loss, "bn_folded": True, **shown,
     }
     sketched = settings["sketch"] > 0
-    settings["eigen_method"] = "power iteration from " + (
-        "the top Ritz vector of the Hutch++ sketch" if sketched else "a random start")
-    settings["trace_method"] = ("Hutch++: Hutchinson (Rademacher) deflated by the sketch" if sketched
-                                else "Hutchinson (Rademacher)") + ", stopped on the standard error"
+    computed = any(layer.top_eigenvalue is not None for layer in layers)
+    start_vector = "a random start" if settle is not None or not sketched else "the top Ritz vector of the Hutch++ sketch"
+    settings["eigen_method"] = f"power iteration from {start_vector}" if computed else "not computed"
+    if settle is None:
+        settings["trace_method"] = ("Hutch++: Hutchinson (Rademacher) deflated by the sketch" if sketched
+                                    else "Hutchinson (Rademacher)") + ", stopped on the standard error"
+    else:
+        settings["trace_method"] = ("Hutchinson (Rademacher)" + (
+            f"; a layer still unsettled after {sketch_after(settings['sketch'])} probes gets a Hutch++ sketch "
+            "and deflated probes from then on" if sketched else "") + "; stopped when the plan is settled")
     settings.update(notes)
     return Sensitivity(model=loaded.reference, fingerprint=model_fingerprint(model), data=data_name,
                        settings=settings, layers=layers, seconds=time.perf_counter() - start,
