@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
@@ -81,11 +81,22 @@ log = logging.getLogger(__name__)
 OnnxLike = PathLike | onnx.ModelProto | ExportedModel
 
 
+def check_allocation(budgets: Sequence[str], opts: AllocateOptions, where: str) -> None:
+    """The syntax of budgets and of an allocation's candidates and BOPs limit, before the
+    model's size is known (the sizes against the model come at allocation)."""
+    from hawq_onnx.allocation.units import check_bits, check_budget_text, parse_bops
+
+    for budget in budgets:
+        check_budget_text(str(budget))
+    if opts.bops is not None:
+        parse_bops(str(opts.bops), 1 << 62)
+    check_bits(opts.w_bits, opts.a_bits, where)
+
+
 def check_analyze_options(opts: AnalyzeOptions) -> dict[str, Any]:
     """One-line errors for bad analysis options, before any work; the settings ``analyze`` takes
     (with the decision rule of decision stopping)."""
     from hawq_onnx.allocation.settling import PlanSettling
-    from hawq_onnx.allocation.units import check_bits, check_budget_text, parse_bops
 
     if opts.stopping not in STOPPINGS:
         raise OptionError(f"{{stopping}} must be one of {', '.join(STOPPINGS)}, got {opts.stopping!r}", "stopping")
@@ -97,12 +108,8 @@ def check_analyze_options(opts: AnalyzeOptions) -> dict[str, Any]:
         if not opts.settle_for:
             raise OptionError("{settle_for} needs at least one budget (13x, 800KB) for decision stopping",
                               "settle_for")
-        for budget in opts.settle_for:
-            check_budget_text(budget)
         question = opts.settle_allocation
-        check_bits(question.w_bits, question.a_bits, "settle_allocation")
-        if question.bops is not None:
-            parse_bops(str(question.bops), 1 << 62)
+        check_allocation(opts.settle_for, question, "settle_allocation")
         # budgets asked for must be reachable; the default ones are left out where they are not
         settings["settle"] = PlanSettling(opts.settle_for, question,
                                           required=opts.settle_for != AnalyzeOptions().settle_for)

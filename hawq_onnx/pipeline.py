@@ -106,13 +106,9 @@ def _model_id(loaded, weights: str | Path | None, data: Any, dataset) -> dict[st
 
 def check_options(budget: str, opts: QuantizeOptions) -> None:
     """Every stage's options, checked as that stage would, before the first stage starts."""
-    from hawq_onnx.allocation.units import check_bits, check_budget_text, parse_bops
     from hawq_onnx.validation.validate import check_options as check_validate
 
-    check_budget_text(str(budget))  # the syntax; the size against the model comes at allocation
-    if opts.allocate.bops is not None:
-        parse_bops(str(opts.allocate.bops), 1 << 62)
-    check_bits(opts.allocate.w_bits, opts.allocate.a_bits, "candidates")
+    api.check_allocation([budget], opts.allocate, "candidates")
     api.check_analyze_options(opts.analyze)
     api.check_finetune_options(opts.finetune)
     v = opts.validate

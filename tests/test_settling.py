@@ -142,6 +142,18 @@ def test_refine_grows_only_the_layers_the_rule_names():
     states["b"].weight.samples.samples[:] = [12.0, 12.0]
     left, _ = decision.refine(Rule(), states, records, Products(), {}, {}, max_probes=4, act_max_probes=0)
     assert left == {"b": "weight"} and states["b"].weight.samples.count == 4
+    # a layer still asked for after as many plain probes as a sketch costs gets the sketch, and
+    # its deflated probes replace the plain ones: tr = tr(Q^T H Q) + E[z'^T H z'] = 2 x 2 + 2 x 4
+    states["b"].weight.samples.samples[:] = [12.0] * 3
+    decision.refine(Rule(), states, records, Products(), {}, {}, max_probes=200, act_max_probes=0, sketch=8)
+    assert not states["b"].weight.sketched  # settled at 10 plain probes, before a 16-vector sketch's 32
+    states["b"].weight.samples.samples[:] = [12.0] * 3
+    decision.refine(Rule(), states, records, Products(), {}, {}, max_probes=200, act_max_probes=0, sketch=2)
+    sketched = states["b"].weight
+    assert sketched.sketched and sketched.q.shape == (6, 2) and sketched.samples.exact == pytest.approx(4.0)
+    assert sketched.count >= 10  # the deflated probes alone count
+    assert sketched.samples.estimate()[0] == pytest.approx(12.0, abs=1.0)  # 4 exact + about 2 x 4 sampled
+    assert not states["a"].weight.sketched
 
 
 class Net(nn.Module):

@@ -207,13 +207,9 @@ class PlanSettling:
 
     def describe(self) -> dict[str, Any]:
         """What sensitivity.json records of the question the traces were settled for."""
-        o = self.options
         out: dict[str, Any] = {
             "budgets": [b if isinstance(b, str) else f"{b} bytes" for b, _ in self._limits],
-            "w_bits": sorted(set(o.w_bits)), "a_bits": sorted(set(o.a_bits)), "metric": o.metric,
-            "scale_method": o.scale_method, "weight_range": o.weight_range, "bops": o.bops,
-            "ties": list(o.ties), "pins": {k: list(v) for k, v in o.pins.items()}, "pin_ends": o.pin_ends,
-            "keep_float": list(o.keep_float), "confidence": self.confidence, "tie": self.tie,
+            **_question(self.options), "confidence": self.confidence, "tie": self.tie,
             "rule": "each estimate moved to either end of its Student-t interval (Bonferroni over all estimates) "
                     "changes no plan by more than a tie",
         }

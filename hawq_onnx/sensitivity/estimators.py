@@ -163,7 +163,7 @@ def deflated_hutchinson(probes: DeflatedProbes, tol: float, min_probes: int, max
     """tr(H) = exact + E[z^T H z] over Rademacher z deflated by Q (exact = tr(Q^T H Q));
     stops when the standard error of the estimate is <= tol x |estimate|."""
     if probes.exact:
-        return Trace(probes.samples.exact, 0.0, 0, True)
+        return probes.result(True)
     samples = probes.samples
     while samples.count < max_probes:
         yield from probes.run(1)
