@@ -52,7 +52,7 @@ from hawq_onnx.sources.model import load_model, model_fingerprint
 from hawq_onnx.validation.kernel_census import is_integer_op
 from hawq_onnx.validation.latency import measure_latency
 from hawq_onnx.validation.ort_baseline import ort_int8
-from hawq_onnx.validation.ort_eval import agreement, logit_error_steps
+from hawq_onnx.validation.ort_eval import agreement, file_io, logit_error_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -135,7 +135,7 @@ def main() -> None:
     paths = {"float": out_dir / "model.float.onnx", "ort-int8": out_dir / "model.int8.onnx"}
     save_onnx(float_onnx(folded, shape), paths["float"])
     # ORT's quantizer opens its own sessions: run it before any global thread pool exists.
-    ort_int8(paths["float"], data.calib, paths["ort-int8"], "input")
+    ort_int8(paths["float"], data.calib, paths["ort-int8"], file_io(paths["float"]))
 
     variants: dict[str, tuple[torch.nn.Module, Plan, str]] = {}
     if args.quantized:

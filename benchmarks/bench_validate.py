@@ -23,6 +23,7 @@ from hawq_onnx.sources.data import load_data
 from hawq_onnx.sources.model import load_model
 from hawq_onnx.validation.latency import measure_latency
 from hawq_onnx.validation.ort_baseline import ort_int8
+from hawq_onnx.validation.ort_eval import file_io
 from hawq_onnx.validation.validate import validate
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -33,7 +34,7 @@ def _export(ref: str, weights: str | None, data: str, out: Path) -> tuple[Path, 
     fold_batchnorm(loaded.module, loaded.spec.input_shape)
     f, q = out / f"{ref}.float.onnx", out / f"{ref}.ort-int8.onnx"
     save_onnx(float_onnx(loaded.module, loaded.spec.input_shape), f)
-    ort_int8(f, load_data(data, loaded.spec).calib, q, "input")
+    ort_int8(f, load_data(data, loaded.spec).calib, q, file_io(f))
     return f, q, data
 
 

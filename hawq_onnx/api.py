@@ -336,6 +336,7 @@ def validate(float_model: OnnxLike, quantized_model: OnnxLike, data: Any = None,
             dataset = _eval_dataset(data, fpath, opts.threads, input_fn)
         return _validate(fpath, qpath, dataset, model_ref=model, input_shape=input_shape, threads=opts.threads,
                          batch_sizes=opts.batch_sizes, runs=opts.runs, warmup=opts.warmup, provider=opts.provider,
+                         runtime=opts.runtime or "ort",
                          baseline=opts.baseline, baseline_out=baseline_out, sensitivity=sens_path, limit=opts.limit,
                          eval_batch_size=opts.eval_batch_size, max_drop=opts.max_drop, reference=ref,
                          progress=progress)

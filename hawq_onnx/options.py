@@ -25,8 +25,11 @@ SCALE_METHODS = ("maxabs", "mse")
 WEIGHT_RANGES = ("narrow", "full")
 ORDERS = ("hawq", "single", "ptq")
 OPTIMIZERS = ("adam", "sgd")
-TARGETS = ("ort-cpu", "compact")
+# Export targets; what each writes is hawq_onnx.passes.target_profiles (ort-cpu: the ONNX Runtime
+# profile for the exporting CPU).
+TARGETS = ("ort-cpu", "ort-vnni", "ort-avx2", "openvino", "compact")
 BASELINES = ("ort-int8",)
+RUNTIMES = ("ort", "openvino")   # validate: ONNX Runtime, or OpenVINO's CPU plugin (optional extra)
 STOPPINGS = ("decision", "precision")
 WEIGHT_BITS = (2, 3, 4, 8)
 ACTIVATION_BITS = (4, 8)
@@ -101,18 +104,22 @@ class FinetuneOptions:
 class ExportOptions:
     """ONNX export (``hq.export``, ``hawq-onnx export``)."""
 
-    target: str = "ort-cpu"   # ort-cpu: integer kernels under ONNX Runtime's CPU provider; compact: plain Q/DQ
+    # ort-cpu: ONNX Runtime integer kernels, stored for this CPU (ort-vnni or ort-avx2); openvino; compact: plain Q/DQ
+    target: str = "ort-cpu"
 
 
 @dataclass(frozen=True)
 class ValidateOptions:
-    """ONNX Runtime measurements (``hq.validate``, ``hawq-onnx validate``)."""
+    """Runtime measurements (``hq.validate``, ``hawq-onnx validate``)."""
 
     threads: int = 2
     batch_sizes: tuple[int, ...] = (1, 64)
     runs: int = 50            # timed runs per model and batch size; 0 skips latency
     warmup: int = 5
     provider: str | None = None
+    # "ort" or "openvino"; None: ONNX Runtime, except in quantize, where it is the runtime of the
+    # export target (openvino for target "openvino")
+    runtime: str | None = None
     baseline: str | None = None   # "ort-int8": ONNX Runtime's own quantize_static beside ours
     limit: int | None = None      # evaluate only the first N samples
     eval_batch_size: int = 256

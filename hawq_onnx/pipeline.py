@@ -28,7 +28,7 @@ from hawq_onnx.core import model_inputs
 from hawq_onnx.errors import GateFailure, HawqError, OptionError
 from hawq_onnx.io.atomic import read_json, sha256_file, write_json
 from hawq_onnx.io.folder_lock import locked_folder
-from hawq_onnx.options import QuantizeOptions
+from hawq_onnx.options import QuantizeOptions, ValidateOptions
 from hawq_onnx.results import QuantizeResult
 
 log = logging.getLogger(__name__)
@@ -111,9 +111,22 @@ def check_options(budget: str, opts: QuantizeOptions) -> None:
     api.check_allocation([budget], opts.allocate, "candidates")
     api.check_analyze_options(opts.analyze)
     api.check_finetune_options(opts.finetune)
-    v = opts.validate
+    v = validate_options(opts)
     check_validate(baseline=v.baseline, limit=v.limit, max_drop=v.max_drop, runs=v.runs, threads=v.threads,
-                   batch_sizes=v.batch_sizes)
+                   batch_sizes=v.batch_sizes, runtime=v.runtime, provider=v.provider)
+
+
+def validate_options(opts: QuantizeOptions) -> ValidateOptions:
+    """The validation options with the runtime named: by default the one the export target is for."""
+    if opts.validate.runtime is not None:
+        return opts.validate
+    from hawq_onnx.passes.target_profiles import resolve
+
+    try:
+        runtime = "openvino" if resolve(opts.export.target).runtime == "openvino" else "ort"
+    except ValueError as exc:
+        raise OptionError(f"{{target}}: {exc}", "target") from None
+    return replace(opts.validate, runtime=runtime)
 
 
 def quantize(model: Any = None, data: Any = None, eval_data: Any = None, budget: str = "8x",
@@ -260,8 +273,11 @@ def _stages(loaded, dataset, data: Any, budget: str, out: Path, files: dict[str,
         exported = api.export(quantized, data=dataset, options=opts.export, progress=progress)
         exported.save(files["model.qdq.onnx"], files["model.qdq.plan.json"])
 
+    # The profile ort-cpu stands for on this CPU: a folder exported for another CPU is exported again.
+    from hawq_onnx.passes.target_profiles import resolve
+
     stage("export", stage_key("export", **model_id, quantized=_file_id(files["quantized.pt"]),
-                              **asdict(opts.export)),
+                              **asdict(replace(opts.export, target=resolve(opts.export.target).name))),
           [files["model.float.onnx"], files["model.qdq.onnx"], files["model.qdq.plan.json"]], export_stage)
     exported = ExportedModel.load(files["model.qdq.onnx"], files["model.qdq.plan.json"])
 
@@ -269,20 +285,21 @@ def _stages(loaded, dataset, data: Any, budget: str, out: Path, files: dict[str,
     def validate_stage() -> None:
         # The file by its path (its plan beside it), so that the reports name it and not a temporary copy.
         result = api.validate(files["model.float.onnx"], files["model.qdq.onnx"], dataset, reference=quantized,
-                              sensitivity=files["sensitivity.json"], options=opts.validate, progress=progress)
+                              sensitivity=files["sensitivity.json"], options=validate_options(opts),
+                              progress=progress)
         result.save(files["report.json"])
         epochs = None if opts.finetune.steps is not None else (
             DEFAULT_EPOCHS if opts.finetune.epochs is None else opts.finetune.epochs)
         origin = ReportOrigin(plan=exported.plan, sensitivity=Sensitivity.load(files["sensitivity.json"]),
                               epochs=epochs,
-                              target=opts.export.target, finetuned_samples=len(dataset.test),
+                              target=exported.target, finetuned_samples=len(dataset.test),
                               sensitivity_png=files["sensitivity.png"], pareto_png=files["pareto.png"])
         write_reports(result, files["report.md"], origin)
         objects["report"] = result
 
     stage("validate", stage_key("validate", float=_file_id(files["model.float.onnx"]),
                                 quant=_file_id(files["model.qdq.onnx"]), plan=_file_id(files["model.qdq.plan.json"]),
-                                data=model_id.get("data"), **asdict(opts.validate)),
+                                data=model_id.get("data"), **asdict(validate_options(opts))),
           [files["report.json"], files["report.md"], files["report.html"]], validate_stage)
 
     report_json = read_json(files["report.json"], "report")
@@ -302,4 +319,4 @@ def _stages(loaded, dataset, data: Any, budget: str, out: Path, files: dict[str,
         export_cost_points=100.0 * (tuned - q["accuracy"]["top1"]) if tuned is not None and same_samples else None,
         seconds=time.perf_counter() - start, gate_passed=(report_json.get("gate") or {}).get("passed"),
         sensitivity=Sensitivity.load(files["sensitivity.json"]), plan=plan, quantized=quantized,
-        exported=exported, report=objects.get("report"))
+        exported=exported, report=objects.get("report"), runtime=report_json.get("runtime") or "ONNX Runtime")

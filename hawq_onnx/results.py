@@ -145,7 +145,10 @@ class ExportedModel:
         """Read an .onnx and, where it exists, its exported plan (``<stem>.plan.json``)."""
         plan_file = Path(plan_path) if plan_path is not None else cls.plan_path_for(path)
         plan = load_plan(plan_file) if plan_path is not None or plan_file.is_file() else None
-        return cls(load_onnx(path), plan, target=None if plan is None else "unknown")
+        model = load_onnx(path)
+        # The profile the exporter wrote into the file (hawq_onnx.onnx_export.qdq.TARGET_KEY).
+        target = {p.key: p.value for p in model.metadata_props}.get("hawq_onnx.target")
+        return cls(model, plan, target=target or (None if plan is None else "unknown"))
 
 
 @dataclass
@@ -175,6 +178,7 @@ class QuantizeResult:
     quantized: QuantizedModel | None = None
     exported: ExportedModel | None = None
     report: ValidationReport | None = None  # None where validation was reused from the folder
+    runtime: str = "ONNX Runtime"      # what the figures were measured under
 
     def to_json(self) -> dict[str, Any]:
         return {"out_dir": None if self.out_dir is None else str(self.out_dir), "reused": self.reused,
@@ -185,4 +189,4 @@ class QuantizeResult:
                 "latency_spread": {str(k): v for k, v in self.latency_spread.items()},
                 "fake_quant_agreement": self.fake_quant_agreement, "finetuned_top1": self.finetuned_top1,
                 "export_cost_points": self.export_cost_points, "seconds": self.seconds,
-                "gate_passed": self.gate_passed}
+                "gate_passed": self.gate_passed, "runtime": self.runtime}

@@ -1,20 +1,15 @@
 """The pass lists behind each export target: which passes run, in which order.
 
-Targets:
-- ``ort-cpu``: what ONNX Runtime's CPU provider runs as integer kernels. Sub-byte weights stay
-  packed on disk and are widened by a Cast that ORT folds at load; 4-bit activations are
-  uint8 Q -> Clip(0, 15) -> DQ; a requantization between grids gets an identity LeakyRelu
-  (alpha 1) that ORT fuses into a QLinearLeakyRelu table, and a zero Pad between Q/DQ runs
-  on the integers, so neither leaves uint8; 8-bit weights of
-  layers with full-range 8-bit inputs are stored uint8 (zero point 128), which x86 CPUs
-  without VNNI run without int16 saturation.
-- ``compact``: plain ONNX sub-byte types (INT4/INT2 weights, uint4 activations) behind direct
-  DequantizeLinear, for runtimes that take them (ORT 1.32 rejects an INT2 weight beside
-  fused uint8 activations and runs INT4 weights in float).
+What each target needs is data (``target_profiles``): ``ort-vnni`` / ``ort-avx2`` (ONNX
+Runtime's CPU integer kernels; ``ort-cpu`` picks one for this CPU), ``openvino`` and
+``compact``. Sub-byte weights stay packed on disk, widened by a Cast the runtime folds at load;
+4-bit activations are uint8 Q -> Clip(0, 15) -> DQ (ONNX Runtime) or a float Clip before an
+8-bit Q (OpenVINO); a requantization between grids gets an identity LeakyRelu (alpha 1) that
+both runtimes run on the integers, and a zero Pad between Q/DQ runs on the integers.
 
 Stages: ``float_stage`` prepares the exported float graph (names, onnxsim, BatchNorm folding,
 pooling canonical form, the opset the weights need); ``weight_stage`` quantizes the planned
-weights; ``region_stage`` shapes the graph for the target's integer regions (``ort-cpu``: a
+weights; ``region_stage`` shapes the graph for the target's integer regions (ONNX Runtime: a
 residual Add shared by a sub-8-bit layer and others is computed twice); ``activation_stage``
 inserts activation Q/DQ and the target's rewrites;
 ``cleanup_stage`` removes what became unused, deduplicates small constants, sorts, runs
@@ -40,19 +35,21 @@ from hawq_onnx.passes.integer_requantize import IntegerRequantizePass
 from hawq_onnx.passes.onnx_simplify import OnnxSimplifyPass
 from hawq_onnx.passes.quantize_weights import QuantizeWeightsPass, WeightQuantSpec
 from hawq_onnx.passes.split_shared_add import SplitSharedAddPass
+from hawq_onnx.passes.target_profiles import AUTO, TARGETS, TargetProfile, resolve
+from hawq_onnx.passes.two_bit_as_int4 import TwoBitAsInt4Pass
 from hawq_onnx.passes.unsigned_wide_input_weights import UnsignedWideInputWeightsPass
 from hawq_onnx.passes.widen_sub_byte_weights import WidenSubByteWeightsPass
 
-from hawq_onnx.options import TARGETS  # the choice lists, defined once
+__all__ = ["TARGETS", "DEFAULT_TARGET", "resolve", "float_stage", "weight_stage", "region_stage",
+           "activation_stage", "cleanup_stage", "quantize_pipeline"]
 
-DEFAULT_TARGET = "ort-cpu"
+DEFAULT_TARGET = AUTO
 # Constants up to this many elements are merged when equal (zero points, Clip bounds, scales).
 DEDUP_SIZE_LIMIT = 1024
 
 
-def _check_target(target: str) -> None:
-    if target not in TARGETS:
-        raise ValueError(f"unknown target {target!r}; one of {', '.join(TARGETS)}")
+def _profile(target: str | TargetProfile) -> TargetProfile:
+    return target if isinstance(target, TargetProfile) else resolve(target)
 
 
 def float_stage(target_opset: int) -> ir.passes.PassManager:
@@ -70,26 +67,30 @@ def weight_stage(specs: Sequence[WeightQuantSpec]) -> ir.passes.PassManager:
     return ir.passes.PassManager([QuantizeWeightsPass(specs)])
 
 
-def region_stage(target: str, edges: Sequence[EdgeQuant]) -> ir.passes.PassManager:
+def region_stage(target: str | TargetProfile, edges: Sequence[EdgeQuant]) -> ir.passes.PassManager:
     """Structure for the target's integer regions, before calibration (it changes which tensors exist)."""
-    _check_target(target)
     passes: list[ir.passes.PassBase] = [common.TopologicalSortPass()]
-    if target == "ort-cpu":
+    if _profile(target).split_shared_adds:
         passes.insert(0, SplitSharedAddPass(edges))
     return ir.passes.PassManager(passes)
 
 
-def activation_stage(target: str, edges: Sequence[EdgeQuant],
+def activation_stage(target: str | TargetProfile, edges: Sequence[EdgeQuant],
                      ranges: Mapping[str, tuple[float, float]] | None) -> ir.passes.PassManager:
-    _check_target(target)
+    profile = _profile(target)
     passes: list[ir.passes.PassBase] = [InsertActivationQDQPass(edges, ranges)]
-    if target == "ort-cpu":
-        passes.append(ClipSubByteActivationsPass())
-        if ranges is not None:
-            # Not on the calibration model: a padded tensor would turn uint8 where the
-            # calibration reads floats.
-            passes += [IntegerRequantizePass(), IntegerPadPass()]
-        passes += [WidenSubByteWeightsPass(), UnsignedWideInputWeightsPass()]
+    if profile.sub_byte_activations != "native":
+        passes.append(ClipSubByteActivationsPass(on_integers=profile.sub_byte_activations == "integer-clip"))
+    if profile.integer_rewrites and ranges is not None:
+        # Not on the calibration model: a padded tensor would turn uint8 where the
+        # calibration reads floats.
+        passes += [IntegerRequantizePass(), IntegerPadPass()]
+    if profile.two_bit_as_int4:
+        passes.append(TwoBitAsInt4Pass())
+    if profile.widen_sub_byte_weights:
+        passes.append(WidenSubByteWeightsPass())
+    if profile.unsigned_wide_input_weights:
+        passes.append(UnsignedWideInputWeightsPass())
     return ir.passes.PassManager(passes)
 
 
@@ -107,7 +108,7 @@ def cleanup_stage() -> ir.passes.PassManager:
     ])
 
 
-def quantize_pipeline(target: str, specs: Sequence[WeightQuantSpec], edges: Sequence[EdgeQuant],
+def quantize_pipeline(target: str | TargetProfile, specs: Sequence[WeightQuantSpec], edges: Sequence[EdgeQuant],
                       ranges: Mapping[str, tuple[float, float]] | None) -> ir.passes.PassManager:
     """Weights, activations, target rewrites and clean-up in one manager (ranges already known)."""
     return ir.passes.PassManager([weight_stage(specs), region_stage(target, edges),

@@ -349,3 +349,44 @@ def test_old_flag_spellings_and_the_model_own_data_by_default(pair):
     given = validate(pair["float"], pair["int8"], "digits", model_ref="digits-cnn", runs=0, limit=40)
     assert default.quantized.accuracy.correct_top1 == given.quantized.accuracy.correct_top1
     assert default.normalisation == given.normalisation
+
+
+def test_openvino_runtime_measures_the_same_files(pair, digits, tmp_path):
+    """--runtime openvino: accuracy, kernels and latency under OpenVINO's CPU plugin, read back whole."""
+    pytest.importorskip("openvino", reason="OpenVINO is an optional extra (pip install hawq-onnx[openvino])")
+    out_json, report = tmp_path / "r.json", tmp_path / "report.md"
+    res = CliRunner().invoke(cli, [
+        "validate", "--float-onnx", str(pair["float"]), "--quantized-onnx", str(pair["int8"]), "--data", "digits",
+        "--model", "digits-cnn", "--runtime", "openvino", "--runs", "2", "--warmup", "1", "--batch-sizes", "1,4",
+        "--threads", "1", "--json", str(out_json), "--report", str(report)])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(out_json.read_text())
+    assert doc["runtime"].startswith("OpenVINO") and doc["latency"]["provider"].startswith("OpenVINO")
+    assert ValidationReport.load(out_json).to_json() == doc
+    quant = doc["models"]["quantized"]["kernels"]
+    assert quant["layers_by_mode"]["integer"] == 6 and quant["optimization_level"] == "openvino"
+    assert doc["models"]["float"]["kernels"]["layers_by_mode"]["float"] == 6
+    assert {row["kernel"] for row in doc["layers"]} == {"Convolution (u8)", "FullyConnected (u8)"}
+    # The same file under ONNX Runtime: same samples, nearly the same answers (OpenVINO rounds elsewhere).
+    ort_report = validate(pair["float"], pair["int8"], "digits", model_ref="digits-cnn", runs=0)
+    assert abs(doc["models"]["quantized"]["accuracy"]["correct_top1"]
+               - ort_report.quantized.accuracy.correct_top1) <= 0.01 * len(digits.test)
+    assert doc["models"]["float"]["accuracy"]["correct_top1"] == ort_report.float.accuracy.correct_top1
+    assert "under OpenVINO" in report.read_text()
+
+
+def test_openvino_runtime_refuses_what_it_cannot_do(pair, tmp_path):
+    bad = _run_error(["--float-onnx", str(pair["float"]), "--quantized-onnx", str(pair["int8"]),
+                      "--data", "digits", "--runtime", "openvino", "--provider", "cuda"])
+    assert "--provider" in bad and "openvino" in bad
+    pytest.importorskip("openvino", reason="OpenVINO is an optional extra (pip install hawq-onnx[openvino])")
+    int2 = tmp_path / "int2.onnx"
+    save_onnx(_int4_weights(onnx.load(str(pair["int8"])), INT4_LAYERS), int2)
+    model = onnx.load(str(int2))
+    for init in model.graph.initializer:  # the INT4 weights and their zero points become INT2
+        if init.data_type == TensorProto.INT4:
+            values = numpy_helper.to_array(init).astype(np.int8).clip(-2, 1)
+            init.CopyFrom(helper.make_tensor(init.name, TensorProto.INT2, values.shape, values.flatten().tolist()))
+    onnx.save(model, str(int2))
+    with pytest.raises(HawqError, match="INT2.*target 'openvino'"):
+        validate(pair["float"], int2, "digits", model_ref="digits-cnn", runs=0, runtime="openvino")

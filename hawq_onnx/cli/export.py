@@ -24,8 +24,9 @@ from hawq_onnx.options import TARGETS
               help="quantized.pt from finetune: its fine-tuned weights and calibrated plan (--plan optional).")
 @renamed("--quantized", "--quantized-pt", "quantized_path", type=click.Path(dir_okay=False))
 @click.option("--target", type=click.Choice(TARGETS), default="ort-cpu", show_default=True,
-              help="ort-cpu: integer kernels under ONNX Runtime CPU, sub-byte weights packed and widened by Cast; "
-                   "compact: plain INT4/INT2/uint4 Q/DQ.")
+              help="ort-cpu: integer kernels under ONNX Runtime CPU, stored for this CPU (ort-vnni: VNNI or ARM; "
+                   "ort-avx2: x86 without VNNI), sub-byte weights packed and widened by Cast; openvino: OpenVINO's "
+                   "CPU plugin (no INT2); compact: plain INT4/INT2/uint4 Q/DQ.")
 @data_option
 @image_options
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .onnx file.")

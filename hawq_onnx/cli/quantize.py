@@ -17,7 +17,7 @@ from hawq_onnx.cli._options import (
     step_lr_option,
     weight_range_option,
 )
-from hawq_onnx.options import BASELINES, ORDERS, TARGETS, QuantizeOptions
+from hawq_onnx.options import BASELINES, ORDERS, RUNTIMES, TARGETS, QuantizeOptions
 
 # The CLI's defaults are the library's (QuantizeOptions), shown in --help as such.
 DEFAULTS = QuantizeOptions()
@@ -63,7 +63,10 @@ def _bits(value: str, allowed: tuple[int, ...], option: str) -> tuple[int, ...]:
 @click.option("--analysis-batch-size", "batch_size", type=int, default=DEFAULTS.analyze.batch_size,
               show_default=True, help="Batch size of the Hessian analysis (analyze's --batch-size).")
 @renamed("--batch-size", "--analysis-batch-size", "batch_size", type=int)
-@click.option("--target", type=click.Choice(TARGETS), default="ort-cpu", show_default=True)
+@click.option("--target", type=click.Choice(TARGETS), default="ort-cpu", show_default=True,
+              help="ort-cpu: ONNX Runtime, stored for this CPU (ort-vnni or ort-avx2); openvino; compact.")
+@click.option("--runtime", type=click.Choice(RUNTIMES), default=None,
+              help="Validate under this runtime [default: the target's: openvino for --target openvino, else ort].")
 @click.option("--baseline", type=click.Choice(BASELINES), default=None, help="Also validate ONNX Runtime's own int8.")
 @click.option("--runs", type=int, default=50, show_default=True, help="Latency runs per model and batch size (0: skip).")
 @click.option("--max-drop", type=float, default=None, help="Exit 1 when top-1 drops by more points than this.")
@@ -72,7 +75,7 @@ def _bits(value: str, allowed: tuple[int, ...], option: str) -> tuple[int, ...]:
 @click.option("--force", is_flag=True, help="Recompute every stage even when its inputs did not change.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 def command(model_ref, weights, input_shape, data, budget, w_bits, a_bits, weight_range, epochs, order, lr, step_lr,
-            batches, batch_size, target, baseline, runs, max_drop, device, seed, force, out):
+            batches, batch_size, target, runtime, baseline, runs, max_drop, device, seed, force, out):
     """Analyze, allocate, fine-tune, export and validate: every artefact in OUT.
 
     Without --model and --data it runs the embedded default: the zoo's digits CNN on
@@ -96,11 +99,11 @@ def command(model_ref, weights, input_shape, data, budget, w_bits, a_bits, weigh
                                  a_bits=_bits(a_bits, ACTIVATION_BITS, "--a-bits"), weight_range=weight_range),
         finetune=FinetuneOptions(order=order, epochs=epochs, lr=lr, step_lr=step_lr, seed=seed, device=device),
         export=ExportOptions(target=target),
-        validate=ValidateOptions(runs=runs, baseline=baseline, max_drop=max_drop))
+        validate=ValidateOptions(runs=runs, runtime=runtime, baseline=baseline, max_drop=max_drop))
     s = quantize(model_ref, data, budget=budget, out=out, options=options, weights=weights,
                  input_shape=parse_input_shape(input_shape), force=force, progress=show_progress(), say=say)
     click.echo("")
-    click.echo(f"top-1: float {100 * s.float_top1:.2f} %, exported (ONNX Runtime) {100 * s.quant_top1:.2f} % "
+    click.echo(f"top-1: float {100 * s.float_top1:.2f} %, exported ({s.runtime}) {100 * s.quant_top1:.2f} % "
                f"({100 * (s.quant_top1 - s.float_top1) + 0.0:+.2f} points)")
     if s.finetuned_top1 is not None:
         cost = ("" if s.export_cost_points is None else
@@ -116,8 +119,8 @@ def command(model_ref, weights, input_shape, data, budget, w_bits, a_bits, weigh
                 part += (f" (middle half {st['q25']:.2f}-{st['q75']:.2f}x over {st['rounds']} rounds"
                          f"{', unstable' if st.get('stable') is False else ''})")
             parts.append(part)
-        click.echo("latency (ONNX Runtime CPU, against float): " + ", ".join(parts))
+        click.echo(f"latency ({s.runtime}, against float): " + ", ".join(parts))
     if s.fake_quant_agreement is not None:
-        click.echo(f"exported (ONNX Runtime) against its PyTorch reference (plan + export grids): same top-1 on "
+        click.echo(f"exported ({s.runtime}) against its PyTorch reference (plan + export grids): same top-1 on "
                    f"{100 * s.fake_quant_agreement:.2f} % of the test samples")
     click.echo(f"report: {s.files['report.md']} ({s.seconds:.0f} s; reused: {', '.join(s.reused) or 'nothing'})")

@@ -15,7 +15,7 @@ from hawq_onnx.cli._options import (
     renamed,
     show_progress,
 )
-from hawq_onnx.options import BASELINES
+from hawq_onnx.options import BASELINES, RUNTIMES
 
 
 def _batch_sizes(ctx, param, value: str) -> tuple[int, ...]:
@@ -52,6 +52,8 @@ ONNX_FILE = click.Path(dir_okay=False)
 @click.option("--warmup", type=int, default=5, show_default=True, help="Warm-up runs per model and batch size.")
 @click.option("--provider", default="cpu", show_default=True,
               help="ONNX Runtime execution provider (cpu, cuda, ... or a full name); must be installed.")
+@click.option("--runtime", type=click.Choice(RUNTIMES), default="ort", show_default=True,
+              help="Measure under ONNX Runtime, or OpenVINO's CPU plugin (pip install 'hawq-onnx[openvino]').")
 @click.option("--baseline", type=click.Choice(BASELINES), default=None,
               help="Also quantize the float model with ONNX Runtime's quantize_static (QDQ, u8/s8 per channel, MinMax).")
 @click.option("--baseline-out", type=click.Path(dir_okay=False), default=None, help="Keep the baseline model here.")
@@ -65,8 +67,8 @@ ONNX_FILE = click.Path(dir_okay=False)
 @click.option("--max-drop", type=float, default=None, metavar="P",
               help="Exit with status 1 when the top-1 drop exceeds P percentage points (after writing the reports).")
 def command(float_path, quant_path, data, model_ref, input_shape, threads, batch_sizes, runs, warmup, provider,
-            baseline, baseline_out, sensitivity, limit, eval_batch_size, json_out, report_out, max_drop):
-    """Measure a quantized ONNX model against its float original under ONNX Runtime.
+            runtime, baseline, baseline_out, sensitivity, limit, eval_batch_size, json_out, report_out, max_drop):
+    """Measure a quantized ONNX model against its float original under ONNX Runtime or OpenVINO.
 
     The test split of --data is evaluated. Without --model and --data: the default model's data
     (digits), normalised as the file's metadata says, else as the default model (digits-cnn).
@@ -85,7 +87,7 @@ def command(float_path, quant_path, data, model_ref, input_shape, threads, batch
         if out is not None:
             check_output_path(out, inputs)
     options = ValidateOptions(threads=threads, batch_sizes=batch_sizes, runs=runs, warmup=warmup, provider=provider,
-                              baseline=baseline, limit=limit, eval_batch_size=eval_batch_size, max_drop=max_drop)
+                              runtime=runtime, baseline=baseline, limit=limit, eval_batch_size=eval_batch_size, max_drop=max_drop)
     result = validate(float_path, quant_path, data, options=options, model=model_ref,
                       input_shape=parse_input_shape(input_shape), sensitivity=sensitivity, baseline_out=baseline_out,
                       progress=show_progress())

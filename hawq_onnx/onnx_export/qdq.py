@@ -6,7 +6,7 @@ Steps (each an ONNX-to-ONNX pass list from ``hawq_onnx.passes.pipelines``):
 2. plan layers bound to nodes by parameter name (``passes.layer_binding``): a quantized plan
    layer that is not found is an error, a weighted node the plan does not cover a warning;
 3. weights and biases quantized with the plan's scales;
-4. the target's region structure (``ort-cpu``: shared residual Adds computed twice);
+4. the target's region structure (ONNX Runtime: shared residual Adds computed twice);
 5. calibration: the tensors between layers that ONNX Runtime's integer kernels need quantized
    (conv outputs, residual Add inputs and outputs, pooling) get 8-bit ranges observed by
    running ONNX Runtime on the partially quantized model (the plan's own Q/DQ in place), so
@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 CALIBRATION_BATCH = 64
 REGION_PROBE_SAMPLES = 8  # inputs on which ONNX tensors and PyTorch nodes are matched by value
 PRODUCER = "hawq-onnx"
+TARGET_KEY = "hawq_onnx.target"  # metadata: the profile the file was written for (ort-vnni, openvino, ...)
 
 
 @dataclass
@@ -231,27 +232,29 @@ def quantize_onnx(module: nn.Module, input_shape: model_inputs.InputShape, plan:
     """
     if target not in pipelines.TARGETS:
         raise HawqError(f"unknown target {target!r}: use {' or '.join(pipelines.TARGETS)}")
+    profile = pipelines.resolve(target)
     prepared = prepare(module, input_shape, plan, float_model)
     warnings = [f"layer {u} is not in the plan: it stays float" for u in prepared.unplanned]
     for w in warnings:
         log.warning(w)
 
-    model = pipelines.region_stage(target, prepared.edges)(prepared.model).model
+    model = pipelines.region_stage(profile, prepared.edges)(prepared.model).model
 
     # Calibrate the inter-layer grids on the model with the plan's own Q/DQ in place.
     placements = place(model.graph, prepared.edges)
     sites = calibration_sites(placements)
-    partial = pipelines.activation_stage(target, prepared.edges, None)(_copy(model)).model
+    partial = pipelines.activation_stage(profile, prepared.edges, None)(_copy(model)).model
     ranges = observe_ranges(partial, sites, calibration_x, progress=progress)
     plan = replace(plan, region_grids=[])  # grids come from this calibration, not from an earlier export
     off_plan = off_plan_grids(model.graph, placements, prepared.edges, ranges)
     grids = _region_grids(module, plan, model, off_plan,
                           model_inputs.take(calibration_x, slice(0, REGION_PROBE_SAMPLES)), warnings)
 
-    model = pipelines.activation_stage(target, prepared.edges, ranges)(model).model
+    model = pipelines.activation_stage(profile, prepared.edges, ranges)(model).model
     proto = _finish(model)
+    onnx.helper.set_model_props(proto, {TARGET_KEY: profile.name})
     bits = {b.layer: (plan.layer(b.layer).w_bits, plan.layer(b.layer).a_bits) for b in prepared.bound}
-    return QuantizedExport(proto, target, prepared.opset, prepared.bound, bits, prepared.unplanned, len(sites),
+    return QuantizedExport(proto, profile.name, prepared.opset, prepared.bound, bits, prepared.unplanned, len(sites),
                            model_inputs.count(calibration_x), warnings, replace(plan, region_grids=grids))
 
 

@@ -40,9 +40,10 @@ import numpy as np
 from hawq_onnx.core import model_inputs
 from hawq_onnx.errors import HawqError, OptionError
 from hawq_onnx.io.json_fields import get, items, mapping, objects, value
+from hawq_onnx.options import RUNTIMES
 from hawq_onnx.validation.ort_eval import NUMPY_TYPES
 
-PROTOCOL = ("ONNX Runtime, one process-wide {threads}-thread intra-op pool shared by all sessions, "
+PROTOCOL = ("{runtime}, "
             "{warmup} warm-up runs per model, then rounds of {round_runs} timed runs per model interleaved "
             "({order}), at least {min_rounds} rounds ({runs} runs) per batch size and more until the speed-ups' "
             "interquartile range is within {spread:.0%} of their median (at most {max_rounds} rounds or "
@@ -231,9 +232,12 @@ def _batch(x: np.ndarray, batch_size: int) -> np.ndarray:
 def measure_latency(models: dict[str, str | Path], x: model_inputs.Arrays, *, batch_sizes: Sequence[int] = (1, 64),
                     threads: int = 2, runs: int = 50, warmup: int = 5,
                     providers: Sequence[str] = ("CPUExecutionProvider",), target_spread: float = TARGET_SPREAD,
-                    max_rounds: int = MAX_ROUNDS, time_cap_s: float = TIME_CAP_S) -> LatencyResult:
+                    max_rounds: int = MAX_ROUNDS, time_cap_s: float = TIME_CAP_S,
+                    runtime: str = "ort") -> LatencyResult:
     """Time ``models`` (label -> ONNX path; the first is the speed-up reference) interleaved on
-    samples from ``x``, in a child process."""
+    samples from ``x``, in a child process, under ONNX Runtime (``providers``) or OpenVINO's CPU plugin."""
+    if runtime not in RUNTIMES:
+        raise OptionError(f"unknown {{runtime}} {runtime!r}: use {', '.join(RUNTIMES)}", "runtime")
     if threads < 1:
         raise OptionError(f"{{threads}} must be at least 1, got {threads}", "threads")
     if runs < 1 or warmup < 0:
@@ -253,7 +257,8 @@ def measure_latency(models: dict[str, str | Path], x: model_inputs.Arrays, *, ba
         request = {"models": {k: str(Path(v).resolve()) for k, v in models.items()}, "inputs": str(inputs),
                    "batch_sizes": list(batch_sizes), "threads": threads, "warmup": warmup,
                    "min_rounds": min_rounds, "round_runs": round_runs, "max_rounds": max_rounds,
-                   "target_spread": target_spread, "time_cap_s": time_cap_s, "providers": list(providers)}
+                   "target_spread": target_spread, "time_cap_s": time_cap_s, "providers": list(providers),
+                   "runtime": runtime}
         req_path = Path(tmp) / "request.json"
         req_path.write_text(json.dumps(request))
         env = dict(os.environ, OMP_NUM_THREADS=str(threads))
@@ -270,17 +275,22 @@ def measure_latency(models: dict[str, str | Path], x: model_inputs.Arrays, *, ba
     per_model = {label: {int(bs): LatencyStats.from_times(int(bs), t, round_runs) for bs, t in per.items()}
                  for label, per in reply["times_ms"].items()}
     order = " ".join(list(models)[:3]) + (" ..." if len(models) > 3 else "") + " repeated"
-    protocol = PROTOCOL.format(threads=threads, warmup=warmup, round_runs=round_runs, order=order,
+    if runtime == "openvino":
+        from hawq_onnx.validation.openvino_runtime import describe
+
+        provider, runtime_words = describe(), f"{describe()}, {threads} inference threads per compiled model"
+    else:
+        provider = providers[0]
+        runtime_words = f"ONNX Runtime, one process-wide {threads}-thread intra-op pool shared by all sessions"
+    protocol = PROTOCOL.format(runtime=runtime_words, threads=threads, warmup=warmup, round_runs=round_runs, order=order,
                                min_rounds=min_rounds, runs=min_rounds * round_runs, spread=target_spread,
                                max_rounds=max_rounds, cap=time_cap_s)
-    return LatencyResult(provider=providers[0], threads=threads, warmup=warmup, runs=runs,
+    return LatencyResult(provider=provider, threads=threads, warmup=warmup, runs=runs,
                          batch_sizes=list(batch_sizes), protocol=protocol, models=per_model,
                          target_spread=target_spread)
 
 
-def _worker(request: dict) -> dict:
-    import time
-
+def _ort_sessions(request: dict) -> dict:
     import onnxruntime as ort
 
     # Before any session exists: every session below uses this one pool.
@@ -291,10 +301,27 @@ def _worker(request: dict) -> dict:
         so.use_per_session_threads = False
         so.log_severity_level = 4  # failures reach the user as our one-line message
         try:
-            sess = ort.InferenceSession(path, so, providers=request["providers"])
+            sessions[label] = ort.InferenceSession(path, so, providers=request["providers"])
         except Exception as exc:
-            return {"error": f"ONNX Runtime cannot load {path}: {str(exc).strip().splitlines()[0]}"}
-        sessions[label] = (sess, [(i.name, i.type) for i in sess.get_inputs()])
+            raise HawqError(f"ONNX Runtime cannot load {path}: {str(exc).strip().splitlines()[0]}") from None
+    return sessions
+
+
+def _openvino_sessions(request: dict) -> dict:
+    # OpenVINO's CPU threads sleep when idle, so a pool per compiled model does not steal from the next.
+    from hawq_onnx.validation.openvino_runtime import open_session
+
+    return {label: open_session(path, request["threads"]) for label, path in request["models"].items()}
+
+
+def _worker(request: dict) -> dict:
+    import time
+
+    try:
+        opened = (_openvino_sessions if request.get("runtime") == "openvino" else _ort_sessions)(request)
+    except HawqError as exc:
+        return {"error": str(exc)}
+    sessions = {label: (sess, [(i.name, i.type) for i in sess.get_inputs()]) for label, sess in opened.items()}
     with np.load(request["inputs"]) as stored:
         arrays = {k: stored[k] for k in stored.files}
     times: dict[str, dict[str, list[float]]] = {label: {} for label in sessions}

@@ -113,6 +113,11 @@ def model_io(session, path: str | Path) -> ModelIO:
     return ModelIO(tuple(specs), outputs[0].name, _dims(list(outputs[0].shape)[1:]))
 
 
+def file_io(path: str | Path) -> ModelIO:
+    """The inputs and output of the ONNX file at ``path``, read through an ONNX Runtime session."""
+    return model_io(open_session(path, threads=1), path)
+
+
 def check_input_fits(io: ModelIO, sample_shape: model_inputs.InputShape, path: str | Path) -> None:
     """The data's sample shape must fit every static dimension of the model's inputs."""
     if model_inputs.is_single(sample_shape):

@@ -57,7 +57,7 @@ def _accuracy_section(result: ValidationReport, origin: ReportOrigin | None) -> 
     grids = len(origin.plan.region_grids) if origin and origin.plan else None
     extra = (f"plus {grids} extra 8-bit grids the export adds where regions meet" if grids
              else "plus whatever grids the export added" if grids is None else "and no extra grids")
-    rows = [["float (ONNX Runtime)", "the float model as exported (BatchNorm folded into the convolutions)",
+    rows = [[f"float ({result.runtime})", "the float model as exported (BatchNorm folded into the convolutions)",
              pct(f.accuracy.top1), "-"]]
     tuned = origin.finetuned_top1 if origin else None
     if tuned is not None:
@@ -106,7 +106,7 @@ def _speed_section(result: ValidationReport) -> list[Block]:
             reasons = m.slower_because.get(b)
             items.append((text + "; slower than float because:", reasons) if reasons else text)
     lat = result.latency
-    protocol = (f"Timed under ONNX Runtime with {lat.threads} thread(s) that all models share, the models taking "
+    protocol = (f"Timed under {result.runtime} with {lat.threads} thread(s), the models taking "
                 "turns so that anything else slowing the machine slows them alike. The runs are grouped into "
                 "rounds; each round gives its own speed-up, and rounds are added (up to a time limit) until the "
                 f"middle half of them lies within {100 * lat.target_spread:.0f} % of their median.")
@@ -138,13 +138,13 @@ def build_document(result: ValidationReport, origin: ReportOrigin | None, images
                   "never trained or measured, so their accuracy is unknown.")]
     doc += _speed_section(result)
     doc += [Heading("Size: weight bytes by storage type"), Bullets(fig.bytes_by_type(result))]
-    doc += [Heading("Deployment: integer kernels in ONNX Runtime's optimized graph"),
+    doc += [Heading(f"Deployment: integer kernels under {result.runtime}"),
             Bullets(fig.kernel_lines(result))]
     head, rows = fig.layer_rows(result)
     doc += [Heading("Layers of the exported model"),
             Table(head, rows, fig.LAYER_TEXT_COLUMNS, [(k, v) for k, v in fig.LAYER_LEGEND if k in head
                                                        or k.split(",")[0] in head]),
-            Image(images["layers"], "bits per layer", "Weight bits per layer, coloured by how ONNX Runtime runs it, "
+            Image(images["layers"], "bits per layer", f"Weight bits per layer, coloured by how {result.runtime} runs it, "
                                                       "beside the layer's Hessian sensitivity where known.")]
     extra = []
     if origin is not None and origin.sensitivity_png is not None and origin.sensitivity_png.is_file():

@@ -167,15 +167,20 @@ def header_lines(result: ValidationReport) -> list[str]:
         rounds = sorted({s.rounds for per in lat.models.values() for s in per.values()})
         per_round = sorted({s.round_runs or s.runs for per in lat.models.values() for s in per.values()})
         rounds_text = str(rounds[0]) if len(rounds) == 1 else f"{rounds[0]}-{rounds[-1]}"
-        lines.append(f"latency: ONNX Runtime ({lat.provider}), {lat.threads} thread(s) shared by all models; after "
+        shared = "shared by all models" if lat.provider.startswith("CPU") or "ExecutionProvider" in lat.provider \
+            else "per model"
+        lines.append(f"latency: {lat.provider}, {lat.threads} thread(s) {shared}; after "
                      f"{lat.warmup} warm-up runs the models take turns, {'/'.join(map(str, per_round))} "
                      f"run{'' if per_round == [1] else 's'} each per round, {rounds_text} rounds per batch size; speed-up = float time / model time, the "
                      "median over the rounds")
     else:
         lines.append("latency: not measured")
     c = result.quantized.census
-    lines.append(f"kernels: as ONNX Runtime runs them, read from its optimized graph ({c.provider}, optimization "
-                 f"level {c.optimization_level})")
+    if c.optimization_level == "openvino":
+        lines.append(f"kernels: as {c.provider} runs them, read from its runtime model")
+    else:
+        lines.append(f"kernels: as ONNX Runtime runs them, read from its optimized graph ({c.provider}, optimization "
+                     f"level {c.optimization_level})")
     ref = reference_line(result)
     if ref:
         lines.append(ref)
@@ -192,5 +197,5 @@ def verdict(result: ValidationReport) -> str:
         speeds = ", ".join(f"{s.median:.2f}x at batch {b}" + (" (slower)" if s.median < 1 else "")
                            + (" (unstable)" if s.stable is False else "")
                            for b, s in sorted(q.speedup_stats.items()))
-        text += f"; its speed against the float model under ONNX Runtime on this machine: {speeds}"
+        text += f"; its speed against the float model under {result.runtime} on this machine: {speeds}"
     return text + "."

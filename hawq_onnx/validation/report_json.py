@@ -89,7 +89,9 @@ def _report_fields(obj: dict[str, Any]) -> dict[str, Any]:
             "models": models, "layers": items(obj, "layers", layer_fields), "latency": latency,
             "max_drop": get(get(obj, "gate", "dict"), "max_drop", "number", optional=True),
             "sensitivity": get(obj, "sensitivity", "str", optional=True),
-            "fake_quant": None if fake is None else reference_fields(fake)}
+            "fake_quant": None if fake is None else reference_fields(fake),
+            # Reports from before OpenVINO was a runtime were all measured under ONNX Runtime.
+            "runtime": get(obj, "runtime", "str") if "runtime" in obj else "ONNX Runtime"}
 
 
 def report_fields(obj: Any, where: str = "validation report") -> dict[str, Any]:

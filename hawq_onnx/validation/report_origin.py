@@ -14,6 +14,7 @@ from typing import Any
 
 from hawq_onnx.io.plan import Plan, exported_plan_path, load_plan
 from hawq_onnx.io.sensitivity_report import Sensitivity
+from hawq_onnx.passes.target_profiles import PROFILES
 
 # hawq_onnx.sources.user_data.FLOAT_MODEL_LABELS, the mark of data without labels in its name.
 NO_LABELS_MARK = "labels: the float model's top-1"
@@ -21,9 +22,7 @@ NO_LABELS_MARK = "labels: the float model's top-1"
 ORDER_WORDS = {"hawq": "block by block, the most sensitive blocks first (HAWQ's order)",
                "single": "all layers quantized at once from the first step",
                "ptq": "calibration only (no training)"}
-TARGET_WORDS = {"ort-cpu": "for ONNX Runtime on CPUs: 4- and 2-bit weights stored packed and widened to int8 "
-                           "at load, so that every layer runs as an integer kernel",
-                "compact": "compact: plain QuantizeLinear/DequantizeLinear around every layer"}
+TARGET_WORDS = {name: p.summary for name, p in PROFILES.items()}
 
 
 @dataclass
