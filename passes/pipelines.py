@@ -12,7 +12,8 @@ pooling canonical form, the opset the weights need); ``weight_stage`` quantizes 
 weights; ``region_stage`` shapes the graph for the target's integer regions (ONNX Runtime: a
 residual Add shared by a sub-8-bit layer and others is computed twice); ``activation_stage``
 inserts activation Q/DQ and the target's rewrites;
-``cleanup_stage`` removes what became unused, deduplicates small constants, sorts, runs
+``cleanup_stage`` removes what became unused, deduplicates small constants, sorts, gives the
+added Q/DQ tensors short names, runs
 the full checker (which infers and checks every type and shape) and drops the intermediate
 shapes from the file. The exporter calibrates between the region and activation
 stages (see ``hawq_onnx.onnx_export.qdq``).
@@ -25,7 +26,10 @@ from typing import Mapping, Sequence
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 from hawq_onnx.passes.clip_sub_byte_activations import ClipSubByteActivationsPass
+from hawq_onnx.passes.compact_names import CompactNamesPass
+from hawq_onnx.passes.computed_bias_scale import ComputedBiasScalePass
 from hawq_onnx.passes.convert_opset import ConvertOpsetPass
+from hawq_onnx.passes.drop_default_attributes import DropDefaultAttributesPass
 from hawq_onnx.passes.drop_intermediate_shapes import DropIntermediateShapesPass
 from hawq_onnx.passes.fold_batchnorm import FoldBatchNormPass
 from hawq_onnx.passes.global_average_pool import ReduceMeanToGlobalAveragePoolPass
@@ -91,6 +95,8 @@ def activation_stage(target: str | TargetProfile, edges: Sequence[EdgeQuant],
         passes.append(WidenSubByteWeightsPass())
     if profile.unsigned_wide_input_weights:
         passes.append(UnsignedWideInputWeightsPass())
+    if ranges is not None:
+        passes.append(ComputedBiasScalePass())  # the deployed file only: the bytes, not the values, change
     return ir.passes.PassManager(passes)
 
 
@@ -100,6 +106,8 @@ def cleanup_stage() -> ir.passes.PassManager:
         common.DeduplicateInitializersPass(size_limit=DEDUP_SIZE_LIMIT),
         common.RemoveUnusedOpsetsPass(),
         common.TopologicalSortPass(),
+        CompactNamesPass(),  # in graph order, after the sort: the same names every time
+        DropDefaultAttributesPass(),
         common.ClearMetadataAndDocStringPass(),
         # The full check runs strict shape and type inference over the whole graph (and writes
         # what it inferred back into it): the shapes are checked, then dropped from the file.
