@@ -132,6 +132,11 @@ def _set_first(model: onnx.ModelProto, suffix: str, value: float) -> None:
     raise AssertionError(f"no float initializer ending in {suffix}")
 
 
+def _first_dequantize_scale(model: onnx.ModelProto) -> str:
+    """The scale of the file's first weight DequantizeLinear (the exporter names scales short)."""
+    return next(n.input[1] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0].endswith(".weight"))
+
+
 def _json_variant(src: Path, dst: Path, fn) -> None:
     obj = json.loads(src.read_text())
     fn(obj)
@@ -150,7 +155,7 @@ def make_bad_inputs(b: Path, a: Artifacts) -> None:
         m.graph.node[0].input[0] = "nowhere"
     _edit_onnx(a.float_onnx, b / "checker.onnx", dangling)
     _edit_onnx(a.float_onnx, b / "nan.onnx", lambda m: _set_first(m, "weight", float("nan")))
-    _edit_onnx(a.qdq_onnx, b / "inf_scale.onnx", lambda m: _set_first(m, "scale", float("inf")))
+    _edit_onnx(a.qdq_onnx, b / "inf_scale.onnx", lambda m: _set_first(m, _first_dequantize_scale(m), float("inf")))
 
     def dynamic(m):
         for d in m.graph.input[0].type.tensor_type.shape.dim[2:]:
@@ -473,7 +478,7 @@ CASES = [
     Case("validate-float-nan-weight", VAL + " --float-onnx {b}/nan.onnx --quantized-onnx {a}/model.qdq.onnx --data digits",
          "holds NaN or Inf"),
     Case("validate-quant-inf-scale", VAL + " --float-onnx {a}/model.float.onnx --quantized-onnx {b}/inf_scale.onnx --data digits",
-         "stem.weight_scale' holds NaN or Inf"),
+         r"\(the scale of 'stem.weight'\) holds NaN or Inf"),
     Case("validate-dynamic-input-shape", VAL + " --float-onnx {b}/dynamic.onnx --quantized-onnx {a}/model.qdq.onnx --data digits",
          r"dynamic input shape \(N, 1, \?, \?\): pass --input-shape"),
     Case("validate-input-without-shape", VAL + " --float-onnx {b}/no_shape.onnx --quantized-onnx {a}/model.qdq.onnx --data digits",

@@ -206,8 +206,24 @@ def check_initializers(model: onnx.ModelProto, where: str) -> None:
         if t.data_type in FLOAT_TYPES and count:
             values = numpy_helper.to_array(t)
             if not np.isfinite(values if values.dtype.kind == "f" else values.astype(np.float32)).all():
-                raise HawqError(f"{where}: initializer {t.name!r} holds NaN or Inf values; fix the weights and "
-                                "export the model again")
+                raise HawqError(f"{where}: initializer {t.name!r}{_role(model.graph, t.name)} holds NaN or Inf "
+                                "values; fix the weights and export the model again")
+
+
+_PARAMETER_ROLES = {"QuantizeLinear": ("", "scale", "zero point"), "DequantizeLinear": ("", "scale", "zero point")}
+
+
+def _role(graph: onnx.GraphProto, name: str) -> str:
+    """" (the scale of 'stem.weight')" where a Q/DQ reads ``name`` as its scale or zero point: the
+    exporter gives those short names, and the tensor they quantize says where to look."""
+    for node in graph.node:
+        roles = _PARAMETER_ROLES.get(node.op_type)
+        if roles is None:
+            continue
+        for index, used in enumerate(node.input):
+            if used == name and 0 < index < len(roles):
+                return f" (the {roles[index]} of {node.input[0]!r})"
+    return ""
 
 
 def _effective_bits(values: np.ndarray, storage_bits: int, signed: bool) -> int:
