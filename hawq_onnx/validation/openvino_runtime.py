@@ -33,7 +33,8 @@ LAYER_TYPES = frozenset({"Convolution", "FullyConnected", "MatMul", "Deconvoluti
 PLUMBING = frozenset({"Const", "Input", "Output", "Parameter", "Result", "Reorder", "Reshape", "Convert"})
 _ONNX_TYPES = {np.dtype(np.float32): "tensor(float)", np.dtype(np.float16): "tensor(float16)",
                np.dtype(np.float64): "tensor(double)", np.dtype(np.int64): "tensor(int64)",
-               np.dtype(np.int32): "tensor(int32)", np.dtype(np.bool_): "tensor(bool)"}
+               np.dtype(np.int32): "tensor(int32)", np.dtype(np.bool_): "tensor(bool)",
+               np.dtype(np.uint8): "tensor(uint8)"}
 
 
 def openvino_module():
