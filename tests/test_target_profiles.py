@@ -14,6 +14,7 @@ from onnx import TensorProto, numpy_helper
 from hawq_onnx.core.bn_fold import fold_copy
 from hawq_onnx.core.cpu_features import int8_sums_exact
 from hawq_onnx.core.layers import describe_layers
+from hawq_onnx.core.onnx_inspect import inspect_onnx
 from hawq_onnx.io.plan import LayerPlan, Plan
 from hawq_onnx.onnx_export.float_onnx import float_onnx
 from hawq_onnx.onnx_export.qdq import TARGET_KEY, quantize_onnx
@@ -129,6 +130,14 @@ def test_openvino_file_has_no_int2_and_computes_its_exported_plan(digits, export
     for optimized in (True, False):
         got = logits(result.model, x, optimized)
         assert ort_eval.agreement(got, ref) >= 0.995 and ort_eval.logit_error_steps(got, ref) <= 1.0
+
+
+def test_inspect_reads_the_plan_back_from_every_profile(digits, exports):
+    plan = digits[3]
+    for name, result in exports.items():
+        rows = {row.layer: row for row in inspect_onnx(result.model).layers}
+        for lp in plan.layers:
+            assert (rows[lp.name].bits, rows[lp.name].act_bits) == (lp.w_bits, lp.a_bits), (name, lp.name)
 
 
 def test_openvino_runs_its_file_and_agrees_with_onnx_runtime(digits, exports, tmp_path):

@@ -296,8 +296,24 @@ def inspect_onnx(source: str | os.PathLike | onnx.ModelProto) -> Inspection:
             return STORAGE_BITS.get(inits[src].data_type)
         if src_node is not None and src_node.op_type == "QuantizeLinear":
             zp = inits.get(src_node.input[2]) if len(src_node.input) > 2 else None
-            return STORAGE_BITS.get(zp.data_type, 8) if zp is not None else 8
+            bits = STORAGE_BITS.get(zp.data_type, 8) if zp is not None else 8
+            return min(bits, _float_clamp_bits(src_node) or bits)
         return None
+
+    def _float_clamp_bits(q: onnx.NodeProto) -> int | None:
+        """Bits of the levels a float Clip before ``q`` leaves (OpenVINO's form of a 4-bit grid)."""
+        clamp = producer.get(q.input[0])
+        scale = inits.get(q.input[1]) if len(q.input) > 1 else None
+        if clamp is None or clamp.op_type != "Clip" or len(clamp.input) < 3 or scale is None:
+            return None
+        bounds = [inits.get(clamp.input[i]) for i in (1, 2)]
+        if any(b is None for b in bounds):
+            return None
+        lo, hi, s = (float(numpy_helper.to_array(t).reshape(-1)[0]) for t in (*bounds, scale))
+        if not (np.isfinite([lo, hi, s]).all() and s > 0 and hi > lo):
+            return None
+        levels = round((hi - lo) / s) + 1
+        return max(1, math.ceil(math.log2(levels)))
 
     used_bytes_names: set[str] = set()
     rows: list[LayerRow] = []
