@@ -79,7 +79,7 @@ class WeightPath:
     through_dequantize: bool      # a DequantizeLinear sits on the weight path
 
 
-def _weight_paths(graph: onnx.GraphProto) -> list[WeightPath]:
+def weight_paths(graph: onnx.GraphProto) -> list[WeightPath]:
     constants = {t.name for t in graph.initializer}
     constants.update(n.output[0] for n in graph.node if n.op_type == "Constant" and n.output)
     producer = {out: n for n in graph.node for out in n.output}
@@ -179,13 +179,19 @@ def optimized_graph(path: str | Path, providers: Sequence[str] = ("CPUExecutionP
         return onnx.load(str(out), load_external_data=False)
 
 
+def warn_missing(layers: list[LayerKernel], path: str | Path, where: str) -> None:
+    missing = [layer.layer for layer in layers if layer.mode == "missing"]
+    if missing:
+        log.warning("%s: %d layer(s) not found in %s (%s)", path, len(missing), where, ", ".join(missing[:5]))
+
+
 def kernel_census(path: str | Path, providers: Sequence[str] = ("CPUExecutionProvider",),
                   level: str = OPTIMIZATION_LEVEL, model: onnx.ModelProto | None = None) -> KernelCensus:
     """Per layer of ``path``, the kernel ONNX Runtime runs it with, and the integer-op counts."""
     original = model if model is not None else onnx.load(str(path), load_external_data=False)
     optimized = optimized_graph(path, providers, level).graph
 
-    opt_paths = _weight_paths(optimized)
+    opt_paths = weight_paths(optimized)
     by_name: dict[str, WeightPath] = {}
     for wp in opt_paths:
         for name in wp.names:
@@ -193,7 +199,7 @@ def kernel_census(path: str | Path, providers: Sequence[str] = ("CPUExecutionPro
     by_node = {node_key(wp.node): wp for wp in opt_paths}
 
     layers = []
-    for wp in _weight_paths(original.graph):
+    for wp in weight_paths(original.graph):
         key = node_key(wp.node)
         match = next((by_name[n] for n in wp.names if n in by_name), None) or by_node.get(key)
         if match is None:
@@ -210,10 +216,7 @@ def kernel_census(path: str | Path, providers: Sequence[str] = ("CPUExecutionPro
                 mode = "float"
         layers.append(LayerKernel(layer=layer_name(wp.root, key), node=key, op_type=wp.node.op_type,
                                   weight=wp.root or "", kernel=kernel, mode=mode))
-    missing = [layer.layer for layer in layers if layer.mode == "missing"]
-    if missing:
-        log.warning("%s: %d layer(s) not found in ONNX Runtime's optimized graph (%s)", path, len(missing),
-                    ", ".join(missing[:5]))
+    warn_missing(layers, path, "ONNX Runtime's optimized graph")
 
     op_counts: dict[str, int] = {}
     for n in optimized.node:

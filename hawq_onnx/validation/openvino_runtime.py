@@ -13,7 +13,6 @@ The census reads the runtime model (``get_runtime_model``): every executed node'
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,8 +22,6 @@ import onnx
 
 from hawq_onnx.core.onnx_inspect import layer_name
 from hawq_onnx.errors import HawqError
-
-log = logging.getLogger(__name__)
 
 INSTALL_HINT = "OpenVINO is not installed: pip install 'hawq-onnx[openvino]'"
 CONFIG_BASE = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
@@ -135,7 +132,7 @@ def _tokens(names: str) -> set[str]:
 
 def kernel_census(path: str | Path, model: onnx.ModelProto | None = None):
     """Per layer of ``path``, the OpenVINO node that runs it and whether it computes on integers."""
-    from hawq_onnx.validation.kernel_census import KernelCensus, LayerKernel, _weight_paths, node_key
+    from hawq_onnx.validation.kernel_census import KernelCensus, LayerKernel, node_key, warn_missing, weight_paths
 
     original = model if model is not None else onnx.load(str(path), load_external_data=False)
     executed = []
@@ -144,7 +141,7 @@ def kernel_census(path: str | Path, model: onnx.ModelProto | None = None):
         executed.append((str(info["layerType"].astype(str)), str(info["runtimePrecision"].astype(str)),
                          _tokens(str(info["originalLayersNames"].astype(str)))))
     layers = []
-    for wp in _weight_paths(original.graph):
+    for wp in weight_paths(original.graph):
         key = node_key(wp.node)
         names = {key, *wp.node.output}
         match = next((e for e in executed if e[0] in LAYER_TYPES and e[2] & names), None)
@@ -155,10 +152,7 @@ def kernel_census(path: str | Path, model: onnx.ModelProto | None = None):
             mode = "integer" if match[1] in INTEGER_PRECISIONS else "emulated" if wp.through_dequantize else "float"
         layers.append(LayerKernel(layer=layer_name(wp.root, key), node=key, op_type=wp.node.op_type,
                                   weight=wp.root or "", kernel=kernel, mode=mode))
-    missing = [layer.layer for layer in layers if layer.mode == "missing"]
-    if missing:
-        log.warning("%s: %d layer(s) not found in OpenVINO's runtime model (%s)", path, len(missing),
-                    ", ".join(missing[:5]))
+    warn_missing(layers, path, "OpenVINO's runtime model")
     op_counts: dict[str, int] = {}
     integer_ops: dict[str, int] = {}
     for layer_type, precision, _ in executed:
