@@ -30,6 +30,7 @@ from hawq_onnx.core.cpu_features import int8_sums_exact
 from hawq_onnx.options import TARGETS  # the choice list; a test checks it names every profile
 
 AUTO = "ort-cpu"
+METADATA_KEY = "hawq_onnx.target"  # the file's metadata entry naming the profile it was written for
 
 
 @dataclass(frozen=True)

@@ -158,3 +158,20 @@ def test_openvino_runs_its_file_and_agrees_with_onnx_runtime(digits, exports, tm
     path.write_bytes(exports["ort-vnni"].model.SerializeToString())
     with pytest.raises(Exception):
         ov.Core().compile_model(str(path), "CPU")
+
+
+def test_validate_says_when_the_profile_does_not_fit_the_runtime_or_cpu(exports):
+    from hawq_onnx.validation.profile_fit import profile_mismatch
+
+    vnni, avx2, ov = (exports[t].model for t in ("ort-vnni", "ort-avx2", "openvino"))
+    assert profile_mismatch(vnni, "ort", exact=True) is None
+    assert "saturate" in profile_mismatch(vnni, "ort", exact=False) and "'ort-avx2'" in profile_mismatch(vnni, "ort", exact=False)
+    assert profile_mismatch(avx2, "ort", exact=False) is None
+    assert "U8U8" in profile_mismatch(avx2, "ort", exact=True)  # its stem and fc weights are uint8
+    assert "OpenVINO" in profile_mismatch(ov, "ort", exact=True)
+    assert profile_mismatch(ov, "openvino") is None
+    assert "'openvino'" in profile_mismatch(vnni, "openvino")
+    unmarked = onnx.ModelProto()
+    unmarked.CopyFrom(vnni)
+    del unmarked.metadata_props[:]
+    assert profile_mismatch(unmarked, "ort", exact=False) is None  # not ours: nothing to say

@@ -40,6 +40,7 @@ from hawq_onnx.io.plan import Plan, RegionGrid
 from hawq_onnx.onnx_export.float_onnx import float_onnx
 from hawq_onnx.passes import pipelines
 from hawq_onnx.passes.convert_opset import required_opset
+from hawq_onnx.passes.target_profiles import METADATA_KEY
 from hawq_onnx.passes.insert_activation_qdq import EdgeQuant, QParams, calibration_sites, off_plan_grids, place
 from hawq_onnx.passes.layer_binding import BoundLayer, LayerRequest, bind_layers
 from hawq_onnx.passes.quantize_weights import WeightQuantSpec
@@ -49,7 +50,7 @@ log = logging.getLogger(__name__)
 CALIBRATION_BATCH = 64
 REGION_PROBE_SAMPLES = 8  # inputs on which ONNX tensors and PyTorch nodes are matched by value
 PRODUCER = "hawq-onnx"
-TARGET_KEY = "hawq_onnx.target"  # metadata: the profile the file was written for (ort-vnni, openvino, ...)
+TARGET_KEY = METADATA_KEY  # metadata: the profile the file was written for (ort-vnni, openvino, ...)
 
 
 @dataclass

@@ -73,6 +73,7 @@ from hawq_onnx.validation.report_json import (
     VERSION,
     report_fields,
 )
+from hawq_onnx.validation.profile_fit import profile_mismatch
 from hawq_onnx.validation.slowdown import slowdown_reasons
 
 log = logging.getLogger(__name__)
@@ -271,7 +272,9 @@ def validate(float_path: str | Path, quant_path: str | Path, data: str | Dataset
     float_model = load_onnx(float_path)
     if sens is not None:
         check_sensitivity_matches(sens, inspect_onnx(float_model), float_path)
-    load_onnx(quant_path)
+    mismatch = profile_mismatch(load_onnx(quant_path), runtime)
+    if mismatch:
+        log.warning("%s: %s", quant_path, mismatch)
     providers = resolve_providers(provider if runtime == "ort" else None)
 
     def deployed_session(path: str | Path):
