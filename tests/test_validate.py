@@ -390,3 +390,12 @@ def test_openvino_runtime_refuses_what_it_cannot_do(pair, tmp_path):
     onnx.save(model, str(int2))
     with pytest.raises(HawqError, match="INT2.*target 'openvino'"):
         validate(pair["float"], int2, "digits", model_ref="digits-cnn", runs=0, runtime="openvino")
+
+
+def test_census_finds_float_layers_at_level_all_by_their_bias(pair):
+    """Level "all" re-lays float weights for NCHWc under new names: the bias still names the layer."""
+    for path in (pair["float"], pair["int8"]):
+        extended, every = kernel_census(path), kernel_census(path, level="all")
+        assert [layer.layer for layer in every.layers] == [layer.layer for layer in extended.layers]
+        assert every.count("missing") == 0
+        assert [layer.mode for layer in every.layers] == [layer.mode for layer in extended.layers]

@@ -179,6 +179,26 @@ def optimized_graph(path: str | Path, providers: Sequence[str] = ("CPUExecutionP
         return onnx.load(str(out), load_external_data=False)
 
 
+# op type -> index of the bias input (the integer kernels take an int32 bias directly).
+BIAS_INPUT = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2, "FusedConv": 2, "NhwcFusedConv": 2, "FusedGemm": 2,
+              "QLinearConv": 8, "QGemm": 8}
+
+
+def bias_root(graph: onnx.GraphProto, node: onnx.NodeProto) -> str | None:
+    """The initializer a layer's bias comes from (through a DequantizeLinear), or None."""
+    idx = BIAS_INPUT.get(node.op_type)
+    if idx is None or len(node.input) <= idx or not node.input[idx]:
+        return None
+    name = node.input[idx]
+    constants = {t.name for t in graph.initializer}
+    if name in constants:
+        return name
+    producer = next((n for n in graph.node if name in n.output), None)
+    if producer is not None and producer.op_type == "DequantizeLinear" and producer.input[0] in constants:
+        return producer.input[0]
+    return None
+
+
 def warn_missing(layers: list[LayerKernel], path: str | Path, where: str) -> None:
     missing = [layer.layer for layer in layers if layer.mode == "missing"]
     if missing:
@@ -197,11 +217,14 @@ def kernel_census(path: str | Path, providers: Sequence[str] = ("CPUExecutionPro
         for name in wp.names:
             by_name.setdefault(name, wp)
     by_node = {node_key(wp.node): wp for wp in opt_paths}
+    # At level "all" the NCHWc transformer re-lays float weights under new names; the bias keeps its own.
+    by_bias = {b: wp for wp in opt_paths if (b := bias_root(optimized, wp.node)) is not None}
 
     layers = []
     for wp in weight_paths(original.graph):
         key = node_key(wp.node)
-        match = next((by_name[n] for n in wp.names if n in by_name), None) or by_node.get(key)
+        match = next((by_name[n] for n in wp.names if n in by_name), None) or by_node.get(key) \
+            or by_bias.get(bias_root(original.graph, wp.node) or "")
         if match is None:
             kernel, mode = "", "missing"
         else:
