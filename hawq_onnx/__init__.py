@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, Any
 # Where each public name lives. They are imported on first use, so that `import hawq_onnx.cli`
 # (every command line) does not pay for torch and onnx before it needs them.
 _PUBLIC = {
-    **dict.fromkeys(["analyze", "allocate", "finetune", "export", "validate", "package", "inspect"], "hawq_onnx.api"),
+    **dict.fromkeys(["analyze", "allocate", "finetune", "export", "validate", "package", "inspect", "latency_tables"],
+                    "hawq_onnx.api"),
+    "LatencyTable": "hawq_onnx.io.latency_table",
     "quantize": "hawq_onnx.pipeline",
     "Sensitivity": "hawq_onnx.io.sensitivity_report",
     "Plan": "hawq_onnx.io.plan",
@@ -32,7 +34,17 @@ _PUBLIC = {
 }
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ imports them
-    from hawq_onnx.api import allocate, analyze, export, finetune, inspect, package, validate  # noqa: F401
+    from hawq_onnx.api import (  # noqa: F401
+        allocate,
+        analyze,
+        export,
+        finetune,
+        inspect,
+        latency_tables,
+        package,
+        validate,
+    )
+    from hawq_onnx.io.latency_table import LatencyTable  # noqa: F401
     from hawq_onnx.core.onnx_inspect import Inspection  # noqa: F401
     from hawq_onnx.deploy.bundle import Bundle  # noqa: F401
     from hawq_onnx.deploy.package import PackageResult  # noqa: F401

@@ -42,6 +42,7 @@ from hawq_onnx.core.onnx_inspect import Inspection, inspect_onnx
 from hawq_onnx.deploy.bundle import Bundle, is_bundle, read_bundle
 from hawq_onnx.deploy.package import PackageResult, build_bundle
 from hawq_onnx.errors import HawqError, OptionError
+from hawq_onnx.io.latency_table import LatencyTable
 from hawq_onnx.io.plan import Plan
 from hawq_onnx.io.sensitivity_report import Sensitivity, content_sha256
 from hawq_onnx.onnx_export.float_onnx import float_onnx, save_onnx
@@ -157,20 +158,42 @@ def analyze(model: nn.Module | str, data: Any = None, *, options: AnalyzeOptions
 
 
 def allocate(sensitivity: Sensitivity | PathLike, budget: str | int = "8x", *,
-             options: AllocateOptions | None = None, **overrides: Any) -> Plan:
+             options: AllocateOptions | None = None, latency: Sequence[LatencyTable | PathLike] = (),
+             **overrides: Any) -> Plan:
     """The bits of every layer with the lowest total Omega within ``budget`` (``13x``, ``800KB``,
-    or bytes), solved exactly, with the Pareto frontier in the plan."""
+    or bytes), solved exactly, with the Pareto frontier in the plan. ``max_latency`` holds the
+    plan's predicted time under every table of ``latency`` (from :func:`latency_tables`)."""
     opts = with_overrides(options, AllocateOptions, overrides, "allocate")
     if not isinstance(sensitivity, Sensitivity):
         sensitivity = Sensitivity.load(sensitivity)
+    tables = [t if isinstance(t, LatencyTable) else LatencyTable.load(t) for t in latency]
     plan = _allocate(sensitivity, budget, w_bits=opts.w_bits, a_bits=opts.a_bits, metric=opts.metric,
                      scale_method=opts.scale_method, weight_range=opts.weight_range, bops_limit=opts.bops,
                      ties=list(opts.ties), pinned=dict(opts.pins), pin_ends=opts.pin_ends,
-                     keep_float=list(opts.keep_float), sensitivity_sha256=content_sha256(sensitivity))
+                     keep_float=list(opts.keep_float), sensitivity_sha256=content_sha256(sensitivity),
+                     latency_tables=tables, max_latency=opts.max_latency)
     warning = unsettled_warning(sensitivity, budget, opts)
     if warning:
         log.warning(warning)
     return plan
+
+
+def latency_tables(model: nn.Module | str, data: Any = None, *, target: str = "ort-cpu",
+                   batch_sizes: Sequence[int] = (1, 64), threads: int = 2, w_bits: Sequence[int] = (2, 4, 8),
+                   a_bits: Sequence[int] = (4, 8), weights: PathLike | None = None,
+                   input_shape: model_inputs.InputShape | None = None, input_fn: Callable | None = None,
+                   seed: int = 0) -> list[LatencyTable]:
+    """HAWQ-V3's latency table of ``model`` per batch size: each layer's time in float and at each
+    precision, inside the network exported for ``target`` (ONNX Runtime), cached per machine.
+    ``data`` (its calibration split) calibrates the integer networks that are timed."""
+    from hawq_onnx.validation.layer_latency import latency_tables as measure
+
+    data = reiterable(data)
+    loaded = prepare_model(model, weights=weights, input_shape=input_shape, data=data, input_fn=input_fn)
+    dataset = prepare_data(loaded, data, None, input_fn=input_fn, seed=seed)
+    folded = fold_copy(loaded.module, loaded.input_shape)
+    return measure(folded, loaded.input_shape, dataset.calib.x, target=target, batch_sizes=batch_sizes,
+                   threads=threads, w_bits=w_bits, a_bits=a_bits)
 
 
 def finetune(model: nn.Module | str, plan: Plan | PathLike, data: Any = None, *, eval_data: Any = None,

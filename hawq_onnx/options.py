@@ -49,6 +49,11 @@ class AllocateOptions:
     pins: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # layer (glob) -> (w_bits, a_bits)
     pin_ends: bool = True               # first and last layer 8/8, as HAWQ does
     keep_float: tuple[str, ...] = ()    # layers kept float (weights and input)
+    # A latency limit (0.8x of the float layers' time, 2ms), held at every latency batch size on
+    # the export target's runtime (hq.latency_tables measures the layers there); free layers may
+    # then stay float where that is faster.
+    max_latency: str | None = None
+    latency_batch_sizes: tuple[int, ...] = (1, 64)
 
 
 @dataclass(frozen=True)

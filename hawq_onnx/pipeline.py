@@ -28,7 +28,9 @@ from hawq_onnx.core import model_inputs
 from hawq_onnx.errors import GateFailure, HawqError, OptionError
 from hawq_onnx.io.atomic import read_json, sha256_file, write_json
 from hawq_onnx.io.folder_lock import locked_folder
+from hawq_onnx.core.bn_fold import fold_copy
 from hawq_onnx.options import QuantizeOptions, ValidateOptions
+from hawq_onnx.passes.target_profiles import resolve
 from hawq_onnx.results import QuantizeResult
 
 log = logging.getLogger(__name__)
@@ -120,8 +122,6 @@ def validate_options(opts: QuantizeOptions) -> ValidateOptions:
     """The validation options with the runtime named: by default the one the export target is for."""
     if opts.validate.runtime is not None:
         return opts.validate
-    from hawq_onnx.passes.target_profiles import resolve
-
     try:
         runtime = "openvino" if resolve(opts.export.target).runtime == "openvino" else "ort"
     except ValueError as exc:
@@ -245,12 +245,23 @@ def _stages(loaded, dataset, data: Any, budget: str, out: Path, files: dict[str,
 
     # 2. Bits per layer under the budget.
     def allocate_stage() -> None:
-        plan = api.allocate(files["sensitivity.json"], budget, options=opts.allocate)
+        tables = []
+        if opts.allocate.max_latency is not None:
+            from hawq_onnx.validation.layer_latency import latency_tables
+
+            log.info("allocate: timing the layers on this machine (cached per machine)")
+            tables = latency_tables(fold_copy(loaded.module, loaded.input_shape), loaded.input_shape,
+                                    dataset.calib.x, target=opts.export.target,
+                                    batch_sizes=opts.allocate.latency_batch_sizes, threads=opts.validate.threads,
+                                    w_bits=opts.allocate.w_bits, a_bits=opts.allocate.a_bits)
+        plan = api.allocate(files["sensitivity.json"], budget, options=opts.allocate, latency=tables)
         plan.save(files["plan.json"])
         plot_pareto(plan, files["pareto.png"])
 
     stage("allocate", stage_key("allocate", sensitivity=_file_id(files["sensitivity.json"]), budget=budget,
-                                **asdict(opts.allocate)),
+                                **asdict(opts.allocate),
+                                **({"latency_target": resolve(opts.export.target).name}
+                                   if opts.allocate.max_latency is not None else {})),
           [files["plan.json"], files["pareto.png"]], allocate_stage)
 
     # 3. Fine-tuning (or calibration only) of the plan.
@@ -274,8 +285,6 @@ def _stages(loaded, dataset, data: Any, budget: str, out: Path, files: dict[str,
         exported.save(files["model.qdq.onnx"], files["model.qdq.plan.json"])
 
     # The profile ort-cpu stands for on this CPU: a folder exported for another CPU is exported again.
-    from hawq_onnx.passes.target_profiles import resolve
-
     stage("export", stage_key("export", **model_id, quantized=_file_id(files["quantized.pt"]),
                               **asdict(replace(opts.export, target=resolve(opts.export.target).name))),
           [files["model.float.onnx"], files["model.qdq.onnx"], files["model.qdq.plan.json"]], export_stage)

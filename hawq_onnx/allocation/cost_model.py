@@ -25,6 +25,7 @@ from hawq_onnx.allocation.pareto import Item
 from hawq_onnx.allocation.units import Bits, check_bits, format_bits
 from hawq_onnx.core.grid import FLOAT_BITS, WEIGHT_RANGES
 from hawq_onnx.errors import HawqError, OptionError
+from hawq_onnx.io.latency_table import LatencyTable
 from hawq_onnx.io.sensitivity_report import LayerSensitivity, Sensitivity, perturbation_key
 from hawq_onnx.options import METRICS, SCALE_METHODS  # the choice lists, defined once
 
@@ -133,8 +134,13 @@ def build_problem(report: Sensitivity, *, w_bits: Sequence[int] = DEFAULT_W_BITS
                   a_bits: Sequence[int] = DEFAULT_A_BITS, metric: str = "trace", scale_method: str = "maxabs",
                   weight_range: str = "narrow",
                   ties: Sequence[str | Sequence[str]] = (), pinned: Mapping[str, tuple[int, int]] | None = None,
-                  pin_ends: bool = True, keep_float: Sequence[str] = ()) -> Problem:
-    """Resolve layer patterns, fixed layers and tie groups; price every option of every item."""
+                  pin_ends: bool = True, keep_float: Sequence[str] = (),
+                  latency_tables: Sequence[LatencyTable] = ()) -> Problem:
+    """Resolve layer patterns, fixed layers and tie groups; price every option of every item.
+
+    With ``latency_tables`` every option also carries its milliseconds per table, and a free
+    layer, or an end layer pinned by ``pin_ends``, may also stay float (its inputs and weights),
+    which a latency budget can prefer where the layer's integer kernel is the slower one."""
     if metric not in METRICS:
         raise HawqError(f"metric {metric!r} is not one of {', '.join(METRICS)}")
     if scale_method not in SCALE_METHODS:
@@ -161,9 +167,12 @@ def build_problem(report: Sensitivity, *, w_bits: Sequence[int] = DEFAULT_W_BITS
                 raise OptionError(f"layer {n} is both {format_bits(fixed[n])} and {format_bits(tuple(bits))} "
                                   "by {pins}/{keep_float}; give it one precision", "pins", "keep_float")
             fixed[n] = (int(bits[0]), int(bits[1]))
+    ends: set[str] = set()
     if pin_ends:
         for n in (names[0], names[-1]):
-            fixed.setdefault(n, END_BITS)
+            if n not in fixed:
+                fixed[n] = END_BITS
+                ends.add(n)
 
     # union-find over tied layers
     parent = list(range(len(layers)))
@@ -184,7 +193,9 @@ def build_problem(report: Sensitivity, *, w_bits: Sequence[int] = DEFAULT_W_BITS
         by_root.setdefault(root(i), []).append(i)
     groups = sorted(by_root.values(), key=lambda g: g[0])
 
-    candidates = [(w, a) for w in w_bits for a in a_bits]
+    candidates: list[Bits] = [(w, a) for w in w_bits for a in a_bits]
+    if latency_tables:
+        candidates.append((None, None))
     options: list[list[Bits]] = []
     items: list[Item] = []
     for group in groups:
@@ -194,6 +205,10 @@ def build_problem(report: Sensitivity, *, w_bits: Sequence[int] = DEFAULT_W_BITS
             raise OptionError(f"tied layers are fixed to different precisions ({shown}); untie them or change "
                               "{pins}/{keep_float}/{pin_ends}", "pins", "keep_float", "pin_ends")
         opts = list(fixed_here) if fixed_here else candidates
+        if latency_tables and fixed_here == {END_BITS} and all(names[i] in ends for i in group if names[i] in fixed):
+            # At least 8 bits, as HAWQ keeps the ends: float is more precise still, and under a
+            # latency budget often faster (a first conv of 1-3 channels is slow as an int8 kernel).
+            opts = [END_BITS, (None, None)]
         size, bops, cost = [], [], []
         for w, a in opts:
             size.append(sum(layers[i].params * (FLOAT_BITS if w is None else w) for i in group))
@@ -203,8 +218,9 @@ def build_problem(report: Sensitivity, *, w_bits: Sequence[int] = DEFAULT_W_BITS
             for i in group:
                 omega += choice_cost(layers[i], (w, a), metric, scale_method, weight_range)
             cost.append(omega)
+        latency = [[sum(table.ms(names[i], w, a) for i in group) for w, a in opts] for table in latency_tables]
         options.append(list(opts))
-        items.append(Item.of(size, bops, cost))
+        items.append(Item.of(size, bops, cost, latency if latency_tables else None))
 
     clamped = [layer.name for layer in layers
                if (layer.trace_per_param if metric == "trace" else layer.top_eigenvalue) <= 0

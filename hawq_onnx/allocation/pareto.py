@@ -22,7 +22,7 @@ import contextlib
 import ctypes
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,18 +39,23 @@ ILP_COST_RANGE = 1e6
 
 @dataclass(frozen=True)
 class Item:
-    """One item's options: size in bits, BOPs and cost, index-aligned."""
+    """One item's options: size in bits, BOPs, cost and latencies, index-aligned."""
 
     size: np.ndarray  # int64
     bops: np.ndarray  # int64
     cost: np.ndarray  # float64, >= 0
+    latency: np.ndarray | None = None  # float64 (tables, options): ms per latency table, where budgeted
 
     @staticmethod
-    def of(size, bops, cost) -> Item:
-        item = Item(np.asarray(size, np.int64), np.asarray(bops, np.int64), np.asarray(cost, np.float64))
+    def of(size, bops, cost, latency=None) -> Item:
+        lat = None if latency is None else np.asarray(latency, np.float64).reshape(-1, len(size))
+        item = Item(np.asarray(size, np.int64), np.asarray(bops, np.int64), np.asarray(cost, np.float64), lat)
         if not (item.size.shape == item.bops.shape == item.cost.shape and item.size.ndim == 1 and item.size.size):
             raise ValueError("an item needs one or more options with size, bops and cost each")
         return item
+
+    def latency_at(self, option: int) -> np.ndarray:
+        return np.zeros(0) if self.latency is None else self.latency[:, option]
 
 
 @dataclass
@@ -109,8 +114,11 @@ def canonical_ties(items: list[Item], choice: list[int]) -> list[int]:
     """Move each item to the option of exactly equal cost with the smallest (size, BOPs)."""
     out = []
     for item, j in zip(items, choice):
-        # only options that use no more of either resource, so the limits still hold
-        same = np.flatnonzero((item.cost == item.cost[j]) & (item.size <= item.size[j]) & (item.bops <= item.bops[j]))
+        # only options that use no more of any resource, so the limits still hold
+        same = (item.cost == item.cost[j]) & (item.size <= item.size[j]) & (item.bops <= item.bops[j])
+        if item.latency is not None:
+            same &= (item.latency <= item.latency[:, [j]]).all(axis=0)
+        same = np.flatnonzero(same)
         out.append(int(min(same, key=lambda o: (int(item.size[o]), int(item.bops[o]), int(o)))))
     return out
 
@@ -139,8 +147,9 @@ def _native_stdout_silenced() -> Iterator[None]:
 
 
 def solve_ilp(items: list[Item], size_limit: int | None, bops_limit: int | None,
-              *, time_limit: float = ILP_TIME_LIMIT_S) -> list[int] | None:
-    """Lowest-cost option per item with total size <= size_limit and BOPs <= bops_limit.
+              *, latency_limits: Sequence[float] = (), time_limit: float = ILP_TIME_LIMIT_S) -> list[int] | None:
+    """Lowest-cost option per item with total size <= size_limit, BOPs <= bops_limit and, per
+    latency table k, total latency <= latency_limits[k] (each item's ``latency[k]``).
 
     Returns the options, or None when no allocation meets the limits. Binary x[i, o], one per
     item; costs shifted per item (a constant) and scaled to a range of ILP_COST_RANGE so HiGHS's
@@ -160,6 +169,11 @@ def solve_ilp(items: list[Item], size_limit: int | None, bops_limit: int | None,
     rows = np.repeat(np.arange(len(items)), np.diff(offsets))
     one_each = LinearConstraint(csr_array((np.ones(n), (rows, np.arange(n))), shape=(len(items), n)), 1, 1)
 
+    latency = (np.concatenate([item.latency for item in items], axis=1) if latency_limits
+               else np.zeros((0, n)))
+    if latency.shape[0] != len(latency_limits):
+        raise ValueError(f"{len(latency_limits)} latency limit(s) for {latency.shape[0]} latency table(s)")
+    tightened = np.asarray(latency_limits, np.float64).copy()
     slack = {"size": 0, "bops": 0}
     for _ in range(4):
         constraints = [one_each]
@@ -169,6 +183,8 @@ def solve_ilp(items: list[Item], size_limit: int | None, bops_limit: int | None,
         if bops_limit is not None:
             constraints.append(LinearConstraint(bops[None, :] / bops_limit, -np.inf,
                                                 (bops_limit - slack["bops"]) / bops_limit))
+        for k, limit in enumerate(latency_limits):
+            constraints.append(LinearConstraint(latency[k][None, :] / limit, -np.inf, tightened[k] / limit))
         with _native_stdout_silenced():
             res = milp(c, integrality=np.ones(n), bounds=Bounds(0, 1), constraints=constraints,
                        options={"mip_rel_gap": 0.0, "time_limit": time_limit, "disp": False})
@@ -182,8 +198,10 @@ def solve_ilp(items: list[Item], size_limit: int | None, bops_limit: int | None,
         picked = offsets[:-1] + np.array(choice)
         over_size = int(size[picked].sum()) - size_limit if size_limit is not None else 0
         over_bops = int(bops[picked].sum()) - bops_limit if bops_limit is not None else 0
-        if over_size <= 0 and over_bops <= 0:
+        over_latency = latency[:, picked].sum(axis=1) - np.asarray(latency_limits, np.float64)
+        if over_size <= 0 and over_bops <= 0 and (over_latency <= 0).all():
             return canonical_ties(items, choice)
+        tightened = np.where(over_latency > 0, tightened - 2 * over_latency, tightened)
         # HiGHS met the rows within its tolerance only; tighten the violated one and solve again
         if over_size > 0:
             slack["size"] = max(2 * slack["size"], over_size)

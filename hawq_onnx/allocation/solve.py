@@ -37,6 +37,7 @@ from hawq_onnx.allocation.units import (
 )
 from hawq_onnx.core.grid import storage_bytes
 from hawq_onnx.errors import HawqError, OptionError
+from hawq_onnx.io.latency_table import LatencyTable
 from hawq_onnx.io.plan import LayerPlan, Plan
 from hawq_onnx.io.sensitivity_report import Sensitivity
 
@@ -85,7 +86,8 @@ def allocate(report: Sensitivity, budget: int | str, *, w_bits: Sequence[int] = 
              ties: Sequence[str | Sequence[str]] = (),
              pinned: Mapping[str, tuple[int, int]] | None = None, pin_ends: bool = True,
              keep_float: Sequence[str] = (), solver: str = "auto",
-             sensitivity_sha256: str | None = None) -> Plan:
+             sensitivity_sha256: str | None = None, latency_tables: Sequence[LatencyTable] = (),
+             max_latency: str | None = None) -> Plan:
     """The lowest-Omega plan whose nominal weight bytes fit ``budget`` (and BOPs ``bops_limit``).
 
     ``budget``: bytes, or text for :func:`parse_budget` (``13x``, ``800KB``); ``bops_limit``:
@@ -94,11 +96,27 @@ def allocate(report: Sensitivity, budget: int | str, *, w_bits: Sequence[int] = 
     or kept float; ``keep_float`` layers keep float weights and inputs; each ``ties`` entry
     (``"a,b"`` or a list, globs allowed) shares one choice, and a tie with a fixed layer takes
     its bits. ``solver``: ``dp`` (exact frontier, size only), ``ilp`` (HiGHS), or ``auto``
-    (``dp`` unless a BOPs limit is given). Calibration fields stay empty.
+    (``dp`` unless a BOPs or latency limit is given). ``max_latency`` (``0.8x`` of the float
+    layers' time, or ``2ms``, ``800us``) holds under every one of ``latency_tables`` (one per
+    batch size, say), and lets free layers stay float. Calibration fields stay empty.
     """
+    if max_latency is not None and not latency_tables:
+        raise OptionError("{max_latency} needs a latency table of the model on its runtime (measured by "
+                          "hawq_onnx.api.latency_tables)", "max_latency")
+    if max_latency is None:
+        latency_tables = ()
     problem = build_problem(report, w_bits=w_bits, a_bits=a_bits, metric=metric, scale_method=scale_method,
                             weight_range=weight_range,
-                            ties=ties, pinned=pinned, pin_ends=pin_ends, keep_float=keep_float)
+                            ties=ties, pinned=pinned, pin_ends=pin_ends, keep_float=keep_float,
+                            latency_tables=latency_tables)
+    latency_limits = [parse_latency(max_latency, t.float_ms, len(latency_tables)) for t in latency_tables] \
+        if max_latency is not None else []
+    for k, (table, limit) in enumerate(zip(latency_tables, latency_limits)):
+        fastest = sum(float(item.latency[k].min()) for item in problem.items)
+        if fastest > limit:
+            raise HawqError(f"latency limit {max_latency} ({limit:.4f} ms at batch {table.batch_size}) is below the "
+                            f"fastest allocation's {fastest:.4f} ms (every free layer at its fastest precision"
+                            f"{_fixed_note(problem)}; the float layers take {table.float_ms:.4f} ms)")
     float_bytes, float_bops = problem.float_bytes, problem.float_bops
     if isinstance(budget, str):
         budget_text, budget_bytes = budget.strip(), parse_budget(budget, float_bytes)
@@ -119,11 +137,12 @@ def allocate(report: Sensitivity, budget: int | str, *, w_bits: Sequence[int] = 
                           "bops")
     check_feasible(problem, budget_bytes, budget_text, sorted(set(w_bits)), bops_limit, bops_text)
     if solver == "auto":
-        solver = "dp" if bops_limit is None else "ilp"
+        solver = "dp" if bops_limit is None and not latency_limits else "ilp"
     if solver not in ("dp", "ilp"):
         raise ValueError(f"solver must be auto, dp or ilp, not {solver!r}")
-    if solver == "dp" and bops_limit is not None:
-        raise ValueError("the frontier solver handles the size budget only; use solver='ilp' with a BOPs limit")
+    if solver == "dp" and (bops_limit is not None or latency_limits):
+        raise ValueError("the frontier solver handles the size budget only; use solver='ilp' with a BOPs or "
+                         "latency limit")
 
     frontier = pareto_frontier(problem.items)
     budget_bits = 8 * budget_bytes
@@ -132,8 +151,11 @@ def allocate(report: Sensitivity, budget: int | str, *, w_bits: Sequence[int] = 
         assert j is not None  # the smallest allocation fits (checked above) and is on the frontier
         choice = frontier.choices(j)
     else:
-        found = solve_ilp(problem.items, budget_bits, bops_limit)
+        found = solve_ilp(problem.items, budget_bits, bops_limit, latency_limits=latency_limits)
         if found is None:
+            if latency_limits:  # size and time pull apart: the fastest allocations may be the largest
+                raise HawqError(f"no allocation meets budget {budget_text} and latency limit {max_latency} at once "
+                                "(the layers that are faster in float are too large for the budget); loosen one")
             # unreachable: every item's smallest option also has its fewest BOPs (both grow with the
             # bits), so when each limit admits the all-smallest allocation, both do at once
             raise RuntimeError("HiGHS found no allocation although the smallest one meets both limits")
@@ -142,9 +164,43 @@ def allocate(report: Sensitivity, budget: int | str, *, w_bits: Sequence[int] = 
     if "activation" not in problem.terms and len(set(a_bits)) > 1 and any(len(o) > 1 for o in problem.options):
         log.warning(f"the sensitivity file has no activation Hessian, so activation bits do not change Omega: free "
                     f"layers take {min(a_bits)}-bit inputs (the fewer BOPs); allow 8 in a_bits to keep 8-bit inputs")
-    return _plan(problem, choice, frontier, budget_bytes=budget_bytes, budget_text=budget_text,
+    plan = _plan(problem, choice, frontier, budget_bytes=budget_bytes, budget_text=budget_text,
                  bops_limit=bops_limit, bops_text=bops_text, method="dp" if solver == "dp" else "ilp-highs",
                  w_bits=sorted(set(w_bits)), a_bits=sorted(set(a_bits)), sensitivity_sha256=sensitivity_sha256)
+    if latency_limits:
+        predicted = [float(sum(item.latency[k][j] for item, j in zip(problem.items, choice)))
+                     for k in range(len(latency_tables))]
+        plan.budget["latency"] = {"text": max_latency, "tables": [
+            {"batch_size": t.batch_size, "runtime": t.runtime, "target": t.target, "machine": t.machine,
+             "threads": t.threads, "limit_ms": limit, "float_ms": t.float_ms, "predicted_ms": ms}
+            for t, limit, ms in zip(latency_tables, latency_limits, predicted)],
+            "note": "the layers' kernel times inside the network; what runs no layer is not counted"}
+        plan.totals["latency_ms"] = {str(t.batch_size): ms for t, ms in zip(latency_tables, predicted)}
+        plan.allocation["pareto_note"] = "size vs Omega under the pins and ties; it ignores the latency limit"
+    return plan
+
+
+def parse_latency(text: str, float_ms: float, tables: int) -> float:
+    """``0.8x`` (of ``float_ms``), ``2ms`` or ``800us`` -> milliseconds."""
+    t = str(text).strip().lower()
+    try:
+        if t.endswith("x"):
+            value = float(t[:-1]) * float_ms
+        elif t.endswith("ms"):
+            value = float(t[:-2])
+        elif t.endswith("us"):
+            value = float(t[:-2]) / 1000.0
+        else:
+            raise ValueError
+    except ValueError:
+        raise OptionError(f"{{max_latency}} {text!r}: give a fraction of the float model's time (0.8x) or a time "
+                          "(2ms, 800us)", "max_latency") from None
+    if not (value > 0 and np.isfinite(value)):
+        raise OptionError(f"{{max_latency}} {text!r} must be positive", "max_latency")
+    if tables > 1 and not t.endswith("x"):
+        raise OptionError(f"{{max_latency}} {text!r}: with latency tables at several batch sizes give a fraction "
+                          "of the float time (0.8x)", "max_latency")
+    return value
 
 
 # --- the plan -------------------------------------------------------------------------------

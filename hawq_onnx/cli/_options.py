@@ -26,6 +26,17 @@ class OneLineHandler(logging.Handler):
         click.echo(text if record.name == PROGRESS_LOGGER else f"{record.levelname.lower()}: {text}", err=True)
 
 
+def batch_sizes_option(ctx, param, value: str) -> tuple[int, ...]:
+    """A comma-separated list of positive batch sizes (``1,64``)."""
+    try:
+        sizes = tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers such as 1,64") from None
+    if not sizes or any(s < 1 for s in sizes):
+        raise click.BadParameter(f"{value!r}: batch sizes must be positive integers such as 1,64")
+    return sizes
+
+
 def _remember(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
     if value:
         ctx.find_root().meta.setdefault(VERBOSITY, set()).add(param.name)

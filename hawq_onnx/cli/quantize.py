@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from hawq_onnx.cli._options import (
+    batch_sizes_option,
     data_option,
     device_option,
     example,
@@ -65,6 +66,11 @@ def _bits(value: str, allowed: tuple[int, ...], option: str) -> tuple[int, ...]:
 @renamed("--batch-size", "--analysis-batch-size", "batch_size", type=int)
 @click.option("--target", type=click.Choice(TARGETS), default="ort-cpu", show_default=True,
               help="ort-cpu: ONNX Runtime, stored for this CPU (ort-vnni or ort-avx2); openvino; compact.")
+@click.option("--max-latency", default=None, metavar="L",
+              help="Latency limit of the layers on the target's runtime, at every --latency-batch-sizes: a fraction "
+                   "of the float layers' time (0.8x) or a time (2ms); layers faster in float may stay float.")
+@click.option("--latency-batch-sizes", default="1,64", show_default=True, callback=batch_sizes_option,
+              help="Batch sizes the latency limit holds at.")
 @click.option("--runtime", type=click.Choice(RUNTIMES), default=None,
               help="Validate under this runtime [default: the target's: openvino for --target openvino, else ort].")
 @click.option("--baseline", type=click.Choice(BASELINES), default=None, help="Also validate ONNX Runtime's own int8.")
@@ -75,7 +81,7 @@ def _bits(value: str, allowed: tuple[int, ...], option: str) -> tuple[int, ...]:
 @click.option("--force", is_flag=True, help="Recompute every stage even when its inputs did not change.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 def command(model_ref, weights, input_shape, data, budget, w_bits, a_bits, weight_range, epochs, order, lr, step_lr,
-            batches, batch_size, target, runtime, baseline, runs, max_drop, device, seed, force, out):
+            batches, batch_size, target, max_latency, latency_batch_sizes, runtime, baseline, runs, max_drop, device, seed, force, out):
     """Analyze, allocate, fine-tune, export and validate: every artefact in OUT.
 
     Without --model and --data it runs the embedded default: the zoo's digits CNN on
@@ -96,7 +102,8 @@ def command(model_ref, weights, input_shape, data, budget, w_bits, a_bits, weigh
     options = QuantizeOptions(
         analyze=AnalyzeOptions(batches=batches, batch_size=batch_size, seed=seed, device=device),
         allocate=AllocateOptions(w_bits=_bits(w_bits, WEIGHT_BITS, "--w-bits"),
-                                 a_bits=_bits(a_bits, ACTIVATION_BITS, "--a-bits"), weight_range=weight_range),
+                                 a_bits=_bits(a_bits, ACTIVATION_BITS, "--a-bits"), weight_range=weight_range,
+                                 max_latency=max_latency, latency_batch_sizes=latency_batch_sizes),
         finetune=FinetuneOptions(order=order, epochs=epochs, lr=lr, step_lr=step_lr, seed=seed, device=device),
         export=ExportOptions(target=target),
         validate=ValidateOptions(runs=runs, runtime=runtime, baseline=baseline, max_drop=max_drop))

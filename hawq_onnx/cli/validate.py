@@ -8,6 +8,7 @@ import sys
 import click
 
 from hawq_onnx.cli._options import (
+    batch_sizes_option,
     data_option,
     example,
     image_options,
@@ -16,16 +17,6 @@ from hawq_onnx.cli._options import (
     show_progress,
 )
 from hawq_onnx.options import BASELINES, RUNTIMES
-
-
-def _batch_sizes(ctx, param, value: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a comma-separated list of integers such as 1,64") from None
-    if not sizes or any(s < 1 for s in sizes):
-        raise click.BadParameter(f"{value!r}: batch sizes must be positive integers such as 1,64")
-    return sizes
 
 
 ONNX_FILE = click.Path(dir_okay=False)
@@ -47,7 +38,7 @@ ONNX_FILE = click.Path(dir_okay=False)
                    "instead of the float ONNX file.")
 @input_shape_option
 @click.option("--threads", type=int, default=2, show_default=True, help="ONNX Runtime intra-op threads.")
-@click.option("--batch-sizes", default="1,64", show_default=True, callback=_batch_sizes, help="Latency batch sizes.")
+@click.option("--batch-sizes", default="1,64", show_default=True, callback=batch_sizes_option, help="Latency batch sizes.")
 @click.option("--runs", type=int, default=50, show_default=True, help="Timed runs per model and batch size (0: no latency).")
 @click.option("--warmup", type=int, default=5, show_default=True, help="Warm-up runs per model and batch size.")
 @click.option("--provider", default="cpu", show_default=True,

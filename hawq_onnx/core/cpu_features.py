@@ -13,6 +13,9 @@ from functools import lru_cache
 from pathlib import Path
 
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+# Flags that decide which int8/float kernels ONNX Runtime and OpenVINO dispatch to.
+KERNEL_FLAGS = frozenset({"avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16",
+                          "avx512_bf16", "asimd", "asimddp", "i8mm"})
 X86 = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})
 
 
@@ -45,6 +48,20 @@ def int8_sums_exact(machine: str | None = None, cpuinfo: str | None = None) -> b
     if not flags:
         return None
     return bool(flags & VNNI_FLAGS)
+
+
+def fingerprint() -> str:
+    """The CPU model and the instruction-set flags int8 kernels dispatch on: equal on machines
+    that time int8 layers alike (a cache key, not an identity)."""
+    machine, cpuinfo = _this_cpu()
+    model = ""
+    for line in (cpuinfo or "").splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("model name", "CPU part"):
+            model = value.strip()
+            break
+    flags = sorted(_cpu_flags(cpuinfo or "") & KERNEL_FLAGS)
+    return f"{machine}|{model}|{','.join(flags)}"
 
 
 def describe() -> str:

@@ -1,0 +1,136 @@
+"""HAWQ-V3's latency table, measured inside the network on the runtime the model is exported for.
+
+The model is exported whole, once in float and once per input width with every layer at 8-bit
+weights (and, where the target stores wide-input 8-bit weights as uint8, once more at 4-bit
+weights), post-training calibrated on ``calib_x``; each export runs under ONNX Runtime with its
+profiler (:func:`hawq_onnx.validation.layer_profile.layer_times`). A layer's entry is its kernel
+time in that network, plus, for 4-bit inputs, the integer Clip and requantization that make its
+input's grid. Timed in isolation the same layers mislead (BENCHMARKS.md, session 14).
+
+Tables are cached per machine (``$HAWQ_ONNX_CACHE`` or ``~/.cache/hawq-onnx``), keyed by the
+model's fingerprint, the target, ONNX Runtime's version, the CPU, the threads and the batch size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import torch.nn as nn
+
+from hawq_onnx.core import cpu_features, model_inputs
+from hawq_onnx.core.layers import describe_layers
+from hawq_onnx.errors import HawqError, OptionError
+from hawq_onnx.io.latency_table import LatencyTable, choice_key
+from hawq_onnx.io.plan import LayerPlan, Plan
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "HAWQ_ONNX_CACHE"
+RUNS = 100
+CALIBRATION_SAMPLES = 256
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "hawq-onnx") / "latency"
+
+
+def _uniform_plan(module: nn.Module, input_shape, w_bits: int, a_bits: int, calib_x) -> Plan:
+    """Every layer at (w_bits, a_bits), post-training calibrated: a network to time, not to ship."""
+    from hawq_onnx.qat import fake_quant
+    from hawq_onnx.sources.model import model_fingerprint
+
+    infos = describe_layers(module, input_shape)
+    plan = Plan("latency-table", model_fingerprint(module),
+                [LayerPlan(i.name, i.kind, i.params, i.out_channels, i.macs, w_bits, a_bits) for i in infos])
+    qmodel = fake_quant.quantize_model(module, plan)
+    n = model_inputs.count(calib_x)
+    fake_quant.calibrate(qmodel, [model_inputs.as_torch(model_inputs.take(calib_x, slice(i, i + 64)))
+                                  for i in range(0, n, 64)])
+    return fake_quant.export_plan_scales(qmodel, plan)
+
+
+def _key(fingerprint: str, target: str, threads: int, batch_size: int, entries: Sequence[str]) -> str:
+    import onnxruntime as ort
+
+    blob = json.dumps({"model": fingerprint, "target": target, "ort": ort.__version__, "threads": threads,
+                       "batch": batch_size, "entries": list(entries), "cpu": cpu_features.fingerprint()},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def latency_tables(module: nn.Module, input_shape: model_inputs.InputShape, calib_x: model_inputs.Arrays, *,
+                   target: str = "ort-cpu", batch_sizes: Sequence[int] = (1, 64), threads: int = 2,
+                   w_bits: Sequence[int] = (2, 4, 8), a_bits: Sequence[int] = (4, 8), runs: int = RUNS,
+                   use_cache: bool = True) -> list[LatencyTable]:
+    """One latency table per batch size for the BN-folded ``module`` exported for ``target``."""
+    from hawq_onnx.onnx_export.float_onnx import float_onnx, save_onnx
+    from hawq_onnx.onnx_export.qdq import quantize_onnx
+    from hawq_onnx.passes.target_profiles import resolve
+    from hawq_onnx.sources.model import model_fingerprint
+    from hawq_onnx.validation.layer_profile import layer_times
+
+    profile = resolve(target)
+    if profile.runtime != "onnxruntime":
+        raise OptionError(f"latency tables are measured under ONNX Runtime for now; {{target}} {target!r} is for "
+                          f"{profile.runtime}", "target")
+    if not batch_sizes or any(b < 1 for b in batch_sizes) or threads < 1 or runs < 1:
+        raise OptionError(f"{{latency_batch_sizes}} must be positive and {{threads}}, {{runs}} at least 1 (got "
+                          f"{list(batch_sizes)}, {threads}, {runs})", "latency_batch_sizes", "threads", "runs")
+    # 8/8 always: the first and last layer are pinned there whatever the candidates.
+    entries = list(dict.fromkeys(["float"] + [choice_key(w, a) for w in sorted({*w_bits, 8})
+                                              for a in sorted({*a_bits, 8})]))
+    variants = {e: (8 if e.startswith("w8") else 4, 8 if e.endswith("a8") else 4) for e in entries if e != "float"}
+    if not profile.unsigned_wide_input_weights:  # sub-byte weights run as int8: the same kernels
+        variants = {e: bits for e, bits in variants.items() if e.startswith("w8")}
+    fingerprint = model_fingerprint(module)
+    cached: dict[int, LatencyTable] = {}
+    for bs in batch_sizes:
+        path = cache_dir() / f"{_key(fingerprint, profile.name, threads, bs, entries)}.json"
+        if use_cache and path.is_file():
+            try:
+                cached[bs] = LatencyTable.load(path)
+            except HawqError:
+                log.warning("the latency table cache %s does not read; measuring again", path)
+    missing = [bs for bs in batch_sizes if bs not in cached]
+    if missing:
+        calib = model_inputs.take(calib_x, slice(0, CALIBRATION_SAMPLES))
+        with tempfile.TemporaryDirectory(prefix="hawq-latency-table-") as tmp:
+            files = {"float": Path(tmp) / "float.onnx"}
+            save_onnx(float_onnx(module, input_shape), files["float"])
+            for entry, (w, a) in variants.items():
+                plan = _uniform_plan(module, input_shape, w, a, calib)
+                files[entry] = Path(tmp) / f"{entry}.onnx"
+                save_onnx(quantize_onnx(module, input_shape, plan, calib, target=profile.name).model, files[entry])
+            for bs in missing:
+                times = {e: layer_times(p, batch_size=bs, threads=threads, runs=runs) for e, p in files.items()}
+                layers = {}
+                for layer in times["float"].layers:
+                    entry_ms = {}
+                    for e in entries:
+                        source = e if e in times else "w8" + e[2:]  # ws = w8 where the kernels are the same
+                        t = times[source]
+                        if layer not in t.layers:
+                            raise HawqError(f"layer {layer} was not found in the {source} network's profile")
+                        entry_ms[e] = t.layers[layer] + (t.inputs.get(layer, 0.0) if e != "float" else 0.0)
+                    layers[layer] = entry_ms
+                table = LatencyTable(runtime=f"ONNX Runtime {_ort_version()} CPU", target=profile.name,
+                                     machine=cpu_features.describe(), threads=threads, batch_size=bs, layers=layers)
+                cached[bs] = table
+                if use_cache:
+                    try:
+                        table.save(cache_dir() / f"{_key(fingerprint, profile.name, threads, bs, entries)}.json")
+                    except OSError as exc:
+                        log.warning("could not cache the latency table (%s)", exc)
+    return [cached[bs] for bs in batch_sizes]
+
+
+def _ort_version() -> str:
+    import onnxruntime as ort
+
+    return ort.__version__
