@@ -199,6 +199,21 @@ def bias_root(graph: onnx.GraphProto, node: onnx.NodeProto) -> str | None:
     return None
 
 
+def match_layers(original: onnx.GraphProto, optimized: onnx.GraphProto) -> list[tuple[WeightPath, WeightPath | None]]:
+    """Every layer of ``original`` with the node of ``optimized`` that runs it (None where gone):
+    by a name on the weight path, else the node's name, else the bias's initializer (at level
+    "all" the NCHWc transformer re-lays float weights under new names; the bias keeps its own)."""
+    opt_paths = weight_paths(optimized)
+    by_name: dict[str, WeightPath] = {}
+    for wp in opt_paths:
+        for name in wp.names:
+            by_name.setdefault(name, wp)
+    by_node = {node_key(wp.node): wp for wp in opt_paths}
+    by_bias = {b: wp for wp in opt_paths if (b := bias_root(optimized, wp.node)) is not None}
+    return [(wp, next((by_name[n] for n in wp.names if n in by_name), None) or by_node.get(node_key(wp.node))
+             or by_bias.get(bias_root(original, wp.node) or "")) for wp in weight_paths(original)]
+
+
 def warn_missing(layers: list[LayerKernel], path: str | Path, where: str) -> None:
     missing = [layer.layer for layer in layers if layer.mode == "missing"]
     if missing:
@@ -211,20 +226,9 @@ def kernel_census(path: str | Path, providers: Sequence[str] = ("CPUExecutionPro
     original = model if model is not None else onnx.load(str(path), load_external_data=False)
     optimized = optimized_graph(path, providers, level).graph
 
-    opt_paths = weight_paths(optimized)
-    by_name: dict[str, WeightPath] = {}
-    for wp in opt_paths:
-        for name in wp.names:
-            by_name.setdefault(name, wp)
-    by_node = {node_key(wp.node): wp for wp in opt_paths}
-    # At level "all" the NCHWc transformer re-lays float weights under new names; the bias keeps its own.
-    by_bias = {b: wp for wp in opt_paths if (b := bias_root(optimized, wp.node)) is not None}
-
     layers = []
-    for wp in weight_paths(original.graph):
+    for wp, match in match_layers(original.graph, optimized):
         key = node_key(wp.node)
-        match = next((by_name[n] for n in wp.names if n in by_name), None) or by_node.get(key) \
-            or by_bias.get(bias_root(original.graph, wp.node) or "")
         if match is None:
             kernel, mode = "", "missing"
         else:
