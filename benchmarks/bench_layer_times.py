@@ -7,7 +7,8 @@ The float export, and the model with every layer at 8-bit weights and 8-bit inpu
 inputs (first and last layer 8/8), post-training calibrated on the calibration split, exported
 for --target. Per batch size: each layer's median kernel time in each network
 (``hawq_onnx.validation.layer_profile.layer_times``), the nodes that run no layer summed by
-operator, and the profiled run's median wall time. The groundwork of a latency budget: which
+operator, the 4-bit inputs' Clips and requantizations (attributed to the layer they feed), and the
+profiled run's median wall time. The groundwork of a latency budget: which
 layers are faster as integer kernels, and what the rest of the graph adds.
 """
 
@@ -89,7 +90,8 @@ def main() -> None:
         print("| all layers | " + " | ".join(f"{t.layers_ms:.4f}" for t in times.values()) + " | |")
         for k, t in times.items():
             other = ", ".join(f"{op} {ms:.4f}" for op, ms in sorted(t.other.items(), key=lambda kv: -kv[1]))
-            print(f"\n{k}: other nodes {sum(t.other.values()):.4f} ms ({other}); nodes {t.nodes_ms:.4f} ms; "
+            inputs = f"; 4-bit input grids (Clips, requantizations) {sum(t.inputs.values()):.4f} ms" if t.inputs else ""
+            print(f"\n{k}: other nodes {sum(t.other.values()):.4f} ms ({other}){inputs}; nodes {t.nodes_ms:.4f} ms; "
                   f"profiled run {t.run_ms:.4f} ms")
     write_json(out / "bench_layer_times.json", {"results": json.loads(json.dumps(results)), "argv": sys.argv[1:],
                                                "cpu": cpu_features.describe()})
