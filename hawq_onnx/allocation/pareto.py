@@ -191,8 +191,8 @@ def solve_ilp(items: list[Item], size_limit: int | None, bops_limit: int | None,
         if res.status == 2:
             return None
         if res.status != 0 or res.x is None:
-            raise HawqError(f"the BOPs-constrained allocation was not solved to optimality in {time_limit:.0f} s "
-                            f"({res.message}); drop the BOPs limit to use the exact frontier solver")
+            raise HawqError(f"the BOPs- or latency-constrained allocation was not solved to optimality in "
+                            f"{time_limit:.0f} s ({res.message}); drop those limits to use the exact frontier solver")
         x = res.x
         choice = [int(np.argmax(x[offsets[i]:offsets[i + 1]])) for i in range(len(items))]
         picked = offsets[:-1] + np.array(choice)

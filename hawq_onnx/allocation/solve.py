@@ -105,14 +105,17 @@ def allocate(report: Sensitivity, budget: int | str, *, w_bits: Sequence[int] = 
                           "hawq_onnx.api.latency_tables)", "max_latency")
     if max_latency is None:
         latency_tables = ()
+    totals_limits: list[float] = []
     problem = build_problem(report, w_bits=w_bits, a_bits=a_bits, metric=metric, scale_method=scale_method,
                             weight_range=weight_range,
                             ties=ties, pinned=pinned, pin_ends=pin_ends, keep_float=keep_float,
                             latency_tables=latency_tables)
-    latency_limits = [parse_latency(max_latency, t.float_ms, len(latency_tables)) for t in latency_tables] \
+    # The limit is on the whole network; the layers get it less what runs no layer.
+    totals_limits = [parse_latency(max_latency, t.float_ms, len(latency_tables)) for t in latency_tables] \
         if max_latency is not None else []
-    for k, (table, limit) in enumerate(zip(latency_tables, latency_limits)):
-        fastest = sum(float(item.latency[k].min()) for item in problem.items)
+    latency_limits = [limit - t.rest_ms for t, limit in zip(latency_tables, totals_limits)]
+    for k, (table, limit) in enumerate(zip(latency_tables, totals_limits)):
+        fastest = sum(float(item.latency[k].min()) for item in problem.items) + table.rest_ms
         if fastest > limit:
             raise HawqError(f"latency limit {max_latency} ({limit:.4f} ms at batch {table.batch_size}) is below the "
                             f"fastest allocation's {fastest:.4f} ms (every free layer at its fastest precision"
@@ -168,13 +171,14 @@ def allocate(report: Sensitivity, budget: int | str, *, w_bits: Sequence[int] = 
                  bops_limit=bops_limit, bops_text=bops_text, method="dp" if solver == "dp" else "ilp-highs",
                  w_bits=sorted(set(w_bits)), a_bits=sorted(set(a_bits)), sensitivity_sha256=sensitivity_sha256)
     if latency_limits:
-        predicted = [float(sum(item.latency[k][j] for item, j in zip(problem.items, choice)))
-                     for k in range(len(latency_tables))]
+        predicted = [float(sum(item.latency[k][j] for item, j in zip(problem.items, choice))) + t.rest_ms
+                     for k, t in enumerate(latency_tables)]
         plan.budget["latency"] = {"text": max_latency, "tables": [
             {"batch_size": t.batch_size, "runtime": t.runtime, "target": t.target, "machine": t.machine,
              "threads": t.threads, "limit_ms": limit, "float_ms": t.float_ms, "predicted_ms": ms}
-            for t, limit, ms in zip(latency_tables, latency_limits, predicted)],
-            "note": "the layers' kernel times inside the network; what runs no layer is not counted"}
+            for t, limit, ms in zip(latency_tables, totals_limits, predicted)],
+            "note": "kernel times inside the network (ONNX Runtime's profiler): the layers, what the integer "
+                    "network runs besides them, and each float layer's boundaries; a prediction validate measures"}
         plan.totals["latency_ms"] = {str(t.batch_size): ms for t, ms in zip(latency_tables, predicted)}
         plan.allocation["pareto_note"] = "size vs Omega under the pins and ties; it ignores the latency limit"
     return plan

@@ -3,7 +3,9 @@
 HAWQ-V3 measures each layer's latency at each bit width on the target hardware once and sums
 them under a latency budget. Here a layer's entry holds milliseconds for:
 
-- ``float``: the float operator;
+- ``float``: the layer left float among integer neighbours: its integer time plus what the
+  network's time changed by when only this layer was float (its float kernel, and the
+  QuantizeLinear/DequantizeLinear and layout conversions at its boundaries);
 - ``w8a8`` / ``w8a4``: the integer kernel with 8-bit weights, reading 8-bit or 4-bit inputs (the
   4-bit grid adds the Clip that holds its 16 levels);
 - ``wsa8`` / ``wsa4``: the same with 2-4-bit weights, which the runtimes widen to int8 at load
@@ -46,6 +48,8 @@ class LatencyTable:
     threads: int
     batch_size: int
     layers: dict[str, dict[str, float]] = field(default_factory=dict)   # layer -> key -> ms
+    float_total_ms: float = 0.0   # every node of the float network: what "0.8x" is a fraction of
+    rest_ms: float = 0.0          # the integer network's nodes that run no layer (adds, pooling, conversions)
 
     def ms(self, layer: str, w_bits: int | None, a_bits: int | None) -> float:
         entry = self.layers.get(layer)
@@ -59,8 +63,8 @@ class LatencyTable:
 
     @property
     def float_ms(self) -> float:
-        """Every layer in float: the reference a latency budget like ``0.5x`` is a fraction of."""
-        return sum(float(e["float"]) for e in self.layers.values())
+        """The float network: the reference a latency budget like ``0.5x`` is a fraction of."""
+        return self.float_total_ms or sum(float(e["float"]) for e in self.layers.values())
 
     def describe(self) -> str:
         return f"{self.runtime}, {self.target}, {self.threads} thread(s), batch {self.batch_size}, {self.machine}"
@@ -68,7 +72,7 @@ class LatencyTable:
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": VERSION, "runtime": self.runtime, "target": self.target,
                 "machine": self.machine, "threads": self.threads, "batch_size": self.batch_size,
-                "layers": self.layers}
+                "layers": self.layers, "float_total_ms": self.float_total_ms, "rest_ms": self.rest_ms}
 
     @classmethod
     def from_json(cls, obj: Any, where: str = "latency table") -> "LatencyTable":
@@ -81,7 +85,8 @@ class LatencyTable:
                 if "float" not in entry or any(not (v >= 0) for v in entry.values()):
                     raise ValueError(f"layer {name!r} needs a float time and non-negative times")
             return cls(get(obj, "runtime", "str"), get(obj, "target", "str"), get(obj, "machine", "str"),
-                       get(obj, "threads", "int"), get(obj, "batch_size", "int"), table)
+                       get(obj, "threads", "int"), get(obj, "batch_size", "int"), table,
+                       get(obj, "float_total_ms", "number"), get(obj, "rest_ms", "number"))
         except (ValueError, TypeError, HawqError) as exc:
             raise HawqError(f"{where} is malformed ({str(exc).splitlines()[0][:200]})") from None
 

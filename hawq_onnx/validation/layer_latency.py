@@ -28,6 +28,7 @@ from hawq_onnx.core.layers import describe_layers
 from hawq_onnx.errors import HawqError, OptionError
 from hawq_onnx.io.latency_table import LatencyTable, choice_key
 from hawq_onnx.io.plan import LayerPlan, Plan
+from hawq_onnx.validation.layer_profile import layer_times
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +41,16 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "hawq-onnx") / "latency"
 
 
-def _uniform_plan(module: nn.Module, input_shape, w_bits: int, a_bits: int, calib_x) -> Plan:
-    """Every layer at (w_bits, a_bits), post-training calibrated: a network to time, not to ship."""
+def _uniform_plan(module: nn.Module, input_shape, w_bits: int, a_bits: int, calib_x, float_layer: str | None = None) -> Plan:
+    """Every layer at (w_bits, a_bits) but ``float_layer``, post-training calibrated: a network to
+    time, not to ship."""
     from hawq_onnx.qat import fake_quant
     from hawq_onnx.sources.model import model_fingerprint
 
     infos = describe_layers(module, input_shape)
     plan = Plan("latency-table", model_fingerprint(module),
-                [LayerPlan(i.name, i.kind, i.params, i.out_channels, i.macs, w_bits, a_bits) for i in infos])
+                [LayerPlan(i.name, i.kind, i.params, i.out_channels, i.macs,
+                           *((None, None) if i.name == float_layer else (w_bits, a_bits))) for i in infos])
     qmodel = fake_quant.quantize_model(module, plan)
     n = model_inputs.count(calib_x)
     fake_quant.calibrate(qmodel, [model_inputs.as_torch(model_inputs.take(calib_x, slice(i, i + 64)))
@@ -73,8 +76,6 @@ def latency_tables(module: nn.Module, input_shape: model_inputs.InputShape, cali
     from hawq_onnx.onnx_export.qdq import quantize_onnx
     from hawq_onnx.passes.target_profiles import resolve
     from hawq_onnx.sources.model import model_fingerprint
-    from hawq_onnx.validation.layer_profile import layer_times
-
     profile = resolve(target)
     if profile.runtime != "onnxruntime":
         raise OptionError(f"latency tables are measured under ONNX Runtime for now; {{target}} {target!r} is for "
@@ -107,20 +108,35 @@ def latency_tables(module: nn.Module, input_shape: model_inputs.InputShape, cali
                 plan = _uniform_plan(module, input_shape, w, a, calib)
                 files[entry] = Path(tmp) / f"{entry}.onnx"
                 save_onnx(quantize_onnx(module, input_shape, plan, calib, target=profile.name).model, files[entry])
+            # One network per layer with only that layer float: what keeping it float costs in
+            # place, its boundaries' conversions included.
+            names = [i.name for i in describe_layers(module, input_shape)]
+            for k, name in enumerate(names):
+                plan = _uniform_plan(module, input_shape, 8, 8, calib, float_layer=name)
+                files[f"float:{name}"] = Path(tmp) / f"float_{k}.onnx"
+                save_onnx(quantize_onnx(module, input_shape, plan, calib, target=profile.name).model,
+                          files[f"float:{name}"])
             for bs in missing:
                 times = {e: layer_times(p, batch_size=bs, threads=threads, runs=runs) for e, p in files.items()}
                 layers = {}
+                base = times["w8a8"]
                 for layer in times["float"].layers:
                     entry_ms = {}
                     for e in entries:
+                        if e == "float":
+                            continue
                         source = e if e in times else "w8" + e[2:]  # ws = w8 where the kernels are the same
                         t = times[source]
                         if layer not in t.layers:
                             raise HawqError(f"layer {layer} was not found in the {source} network's profile")
-                        entry_ms[e] = t.layers[layer] + (t.inputs.get(layer, 0.0) if e != "float" else 0.0)
+                        entry_ms[e] = t.layers[layer] + t.inputs.get(layer, 0.0)
+                    alone = times[f"float:{layer}"]
+                    entry_ms["float"] = max(0.0, entry_ms["w8a8"] + alone.nodes_ms - base.nodes_ms)
                     layers[layer] = entry_ms
                 table = LatencyTable(runtime=f"ONNX Runtime {_ort_version()} CPU", target=profile.name,
-                                     machine=cpu_features.describe(), threads=threads, batch_size=bs, layers=layers)
+                                     machine=cpu_features.describe(), threads=threads, batch_size=bs, layers=layers,
+                                     float_total_ms=times["float"].nodes_ms,
+                                     rest_ms=base.nodes_ms - base.layers_ms - sum(base.inputs.values()))
                 cached[bs] = table
                 if use_cache:
                     try:
