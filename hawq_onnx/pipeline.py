@@ -113,6 +113,15 @@ def check_options(budget: str, opts: QuantizeOptions) -> None:
     api.check_allocation([budget], opts.allocate, "candidates")
     api.check_analyze_options(opts.analyze)
     api.check_finetune_options(opts.finetune)
+    if opts.allocate.max_latency is not None:
+        from hawq_onnx.allocation.solve import parse_latency
+
+        parse_latency(opts.allocate.max_latency, 1.0, len(opts.allocate.latency_batch_sizes))
+        if resolve(opts.export.target).runtime != "onnxruntime":
+            raise OptionError(f"{{max_latency}} is measured under ONNX Runtime for now; {{target}} "
+                              f"{opts.export.target!r} is not an ONNX Runtime target", "max_latency", "target")
+        if not opts.allocate.latency_batch_sizes or any(b < 1 for b in opts.allocate.latency_batch_sizes):
+            raise OptionError("{latency_batch_sizes} must be positive batch sizes", "latency_batch_sizes")
     v = validate_options(opts)
     check_validate(baseline=v.baseline, limit=v.limit, max_drop=v.max_drop, runs=v.runs, threads=v.threads,
                    batch_sizes=v.batch_sizes, runtime=v.runtime, provider=v.provider)

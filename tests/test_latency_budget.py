@@ -138,5 +138,8 @@ def test_quantize_holds_a_latency_budget_end_to_end(tmp_path, monkeypatch):
     plan = json.loads((out / "plan.json").read_text())
     tables = plan["budget"]["latency"]["tables"]
     assert [t["batch_size"] for t in tables] == [8] and tables[0]["predicted_ms"] <= tables[0]["limit_ms"]
-    bad = CliRunner().invoke(cli, ["quantize", "--out", str(tmp_path / "x"), "--max-latency", "fast"])
-    assert bad.exit_code == 2 and "max-latency" in bad.stderr
+    for args, words in ((["--max-latency", "fast"], "max-latency"),
+                        (["--max-latency", "0.9x", "--target", "openvino"], "ONNX Runtime")):
+        bad = CliRunner().invoke(cli, ["quantize", "--out", str(tmp_path / "x"), *args])
+        assert bad.exit_code == 2 and words in bad.stderr, bad.output
+        assert not (tmp_path / "x" / "sensitivity.json").exists()  # refused before any work
