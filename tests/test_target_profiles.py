@@ -149,11 +149,12 @@ def test_openvino_runs_its_file_and_agrees_with_onnx_runtime(digits, exports, tm
     got = np.asarray(compiled(x)[0])
     # OpenVINO's integer kernels round elsewhere than the file's Q/DQ (ORT's own quantize_static
     # ResNet20 file agrees on 99.05 % between the runtimes); in a 4-bit network a flipped
-    # rounding is a whole step, so this PTQ model agrees on about 99.2 %, with the same top-1.
+    # rounding is a whole step, so this PTQ model agrees on about 99.2 % here (AVX-512 VNNI), with
+    # the same top-1. Other CPUs take other kernels: the bound catches a wrong file, not a rounding.
     exact = logits(exports["openvino"].model, x, optimized=False)
-    assert ort_eval.agreement(got, exact) >= 0.98
+    assert ort_eval.agreement(got, exact) >= 0.95
     y = np.concatenate([digits[2].train.y, digits[2].test.y])
-    assert abs(np.mean(got.argmax(1) == y) - np.mean(exact.argmax(1) == y)) <= 0.01
+    assert abs(np.mean(got.argmax(1) == y) - np.mean(exact.argmax(1) == y)) <= 0.02
     # The ONNX Runtime files carry INT2, which OpenVINO's reader refuses: the profile exists for that.
     path.write_bytes(exports["ort-vnni"].model.SerializeToString())
     with pytest.raises(Exception):

@@ -370,7 +370,7 @@ def test_openvino_runtime_measures_the_same_files(pair, digits, tmp_path):
     # The same file under ONNX Runtime: same samples, nearly the same answers (OpenVINO rounds elsewhere).
     ort_report = validate(pair["float"], pair["int8"], "digits", model_ref="digits-cnn", runs=0)
     assert abs(doc["models"]["quantized"]["accuracy"]["correct_top1"]
-               - ort_report.quantized.accuracy.correct_top1) <= 0.01 * len(digits.test)
+               - ort_report.quantized.accuracy.correct_top1) <= 0.02 * len(digits.test)
     assert doc["models"]["float"]["accuracy"]["correct_top1"] == ort_report.float.accuracy.correct_top1
     assert "under OpenVINO" in report.read_text()
 
