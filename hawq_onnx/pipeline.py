@@ -117,9 +117,14 @@ def check_options(budget: str, opts: QuantizeOptions) -> None:
         from hawq_onnx.allocation.solve import parse_latency
 
         parse_latency(opts.allocate.max_latency, 1.0, len(opts.allocate.latency_batch_sizes))
-        if resolve(opts.export.target).runtime != "onnxruntime":
-            raise OptionError(f"{{max_latency}} is measured under ONNX Runtime for now; {{target}} "
-                              f"{opts.export.target!r} is not an ONNX Runtime target", "max_latency", "target")
+        runtime = resolve(opts.export.target).runtime
+        if runtime not in ("onnxruntime", "openvino"):
+            raise OptionError(f"{{max_latency}} is measured on the target's runtime; {{target}} "
+                              f"{opts.export.target!r} names none", "max_latency", "target")
+        if runtime == "openvino":
+            from hawq_onnx.validation.openvino_runtime import openvino_module
+
+            openvino_module()  # installed, or the one-line hint, before any work
         if not opts.allocate.latency_batch_sizes or any(b < 1 for b in opts.allocate.latency_batch_sizes):
             raise OptionError("{latency_batch_sizes} must be positive batch sizes", "latency_batch_sizes")
     v = validate_options(opts)

@@ -125,8 +125,26 @@ def test_tables_measured_in_the_network_and_cached(tmp_path, monkeypatch):
     again = layer_latency.latency_tables(folded, loaded.input_shape, calib, target="ort-vnni", batch_sizes=(1, 8),
                                          threads=1, runs=10)
     assert again == tables
-    with pytest.raises(OptionError, match="ONNX Runtime"):
-        layer_latency.latency_tables(folded, loaded.input_shape, calib, target="openvino")
+    with pytest.raises(OptionError, match="no particular runtime"):
+        layer_latency.latency_tables(folded, loaded.input_shape, calib, target="compact")
+
+
+def test_openvino_tables_come_from_its_own_profiler(tmp_path, monkeypatch):
+    pytest.importorskip("openvino", reason="OpenVINO is an optional extra (pip install hawq-onnx[openvino])")
+    monkeypatch.setenv("HAWQ_ONNX_CACHE", str(tmp_path))
+    from hawq_onnx.core.bn_fold import fold_copy
+    from hawq_onnx.sources.data import load_data
+    from hawq_onnx.sources.model import load_model
+    from hawq_onnx.validation import layer_latency
+
+    loaded = load_model("digits-cnn")
+    folded = fold_copy(loaded.module, loaded.input_shape)
+    calib = load_data("digits", loaded.spec).calib.x
+    (t,) = layer_latency.latency_tables(folded, loaded.input_shape, calib, target="openvino", batch_sizes=(8,),
+                                        threads=1, runs=10)
+    assert t.runtime.startswith("OpenVINO") and t.target == "openvino"
+    assert list(t.layers) == ["stem", "block_conv1", "block_conv2", "down", "conv", "fc"]
+    assert all(e["w8a8"] > 0 for e in t.layers.values())
 
 
 def test_quantize_holds_a_latency_budget_end_to_end(tmp_path, monkeypatch):
@@ -139,7 +157,7 @@ def test_quantize_holds_a_latency_budget_end_to_end(tmp_path, monkeypatch):
     tables = plan["budget"]["latency"]["tables"]
     assert [t["batch_size"] for t in tables] == [8] and tables[0]["predicted_ms"] <= tables[0]["limit_ms"]
     for args, words in ((["--max-latency", "fast"], "max-latency"),
-                        (["--max-latency", "0.9x", "--target", "openvino"], "ONNX Runtime")):
+                        (["--max-latency", "0.9x", "--target", "compact"], "names none")):
         bad = CliRunner().invoke(cli, ["quantize", "--out", str(tmp_path / "x"), *args])
         assert bad.exit_code == 2 and words in bad.stderr, bad.output
         assert not (tmp_path / "x" / "sensitivity.json").exists()  # refused before any work

@@ -1,9 +1,11 @@
-"""HAWQ-V3's latency table, measured inside the network on the runtime the model is exported for.
+"""HAWQ-V3's latency table, measured inside the network on the runtime the model is exported for
+(ONNX Runtime's profiler, or OpenVINO's ``PERF_COUNT`` for the ``openvino`` target).
 
 The model is exported whole, once in float and once per input width with every layer at 8-bit
 weights (and, where the target stores wide-input 8-bit weights as uint8, once more at 4-bit
-weights), post-training calibrated on ``calib_x``; each export runs under ONNX Runtime with its
-profiler (:func:`hawq_onnx.validation.layer_profile.layer_times`). A layer's entry is its kernel
+weights), post-training calibrated on ``calib_x``; each export runs under its runtime's profiler
+(:func:`hawq_onnx.validation.layer_profile.layer_times`,
+:func:`hawq_onnx.validation.openvino_runtime.layer_times`). A layer's entry is its kernel
 time in that network, plus, for 4-bit inputs, the integer Clip and requantization that make its
 input's grid. Timed in isolation the same layers mislead (BENCHMARKS.md, session 14).
 
@@ -61,7 +63,8 @@ def _uniform_plan(module: nn.Module, input_shape, w_bits: int, a_bits: int, cali
 def _key(fingerprint: str, target: str, threads: int, batch_size: int, entries: Sequence[str]) -> str:
     import onnxruntime as ort
 
-    blob = json.dumps({"model": fingerprint, "target": target, "ort": ort.__version__, "threads": threads,
+    blob = json.dumps({"model": fingerprint, "target": target, "ort": ort.__version__, "ov": _ov_version(),
+                       "threads": threads,
                        "batch": batch_size, "entries": list(entries), "cpu": cpu_features.fingerprint()},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
@@ -77,9 +80,14 @@ def latency_tables(module: nn.Module, input_shape: model_inputs.InputShape, cali
     from hawq_onnx.passes.target_profiles import resolve
     from hawq_onnx.sources.model import model_fingerprint
     profile = resolve(target)
-    if profile.runtime != "onnxruntime":
-        raise OptionError(f"latency tables are measured under ONNX Runtime for now; {{target}} {target!r} is for "
-                          f"{profile.runtime}", "target")
+    if profile.runtime == "openvino":
+        from hawq_onnx.validation.openvino_runtime import describe, layer_times as profile_layers
+        runtime_name = describe()
+    elif profile.runtime == "onnxruntime":
+        profile_layers, runtime_name = layer_times, f"ONNX Runtime {_ort_version()} CPU"
+    else:
+        raise OptionError(f"{{target}} {target!r} is for no particular runtime: latency tables need an ONNX "
+                          "Runtime or OpenVINO target", "target")
     if not batch_sizes or any(b < 1 for b in batch_sizes) or threads < 1 or runs < 1:
         raise OptionError(f"{{latency_batch_sizes}} must be positive and {{threads}}, {{runs}} at least 1 (got "
                           f"{list(batch_sizes)}, {threads}, {runs})", "latency_batch_sizes", "threads", "runs")
@@ -117,7 +125,7 @@ def latency_tables(module: nn.Module, input_shape: model_inputs.InputShape, cali
                 save_onnx(quantize_onnx(module, input_shape, plan, calib, target=profile.name).model,
                           files[f"float:{name}"])
             for bs in missing:
-                times = {e: layer_times(p, batch_size=bs, threads=threads, runs=runs) for e, p in files.items()}
+                times = {e: profile_layers(p, batch_size=bs, threads=threads, runs=runs) for e, p in files.items()}
                 layers = {}
                 base = times["w8a8"]
                 for layer in times["float"].layers:
@@ -133,7 +141,7 @@ def latency_tables(module: nn.Module, input_shape: model_inputs.InputShape, cali
                     alone = times[f"float:{layer}"]
                     entry_ms["float"] = max(0.0, entry_ms["w8a8"] + alone.nodes_ms - base.nodes_ms)
                     layers[layer] = entry_ms
-                table = LatencyTable(runtime=f"ONNX Runtime {_ort_version()} CPU", target=profile.name,
+                table = LatencyTable(runtime=runtime_name, target=profile.name,
                                      machine=cpu_features.describe(), threads=threads, batch_size=bs, layers=layers,
                                      float_total_ms=times["float"].nodes_ms,
                                      rest_ms=base.nodes_ms - base.layers_ms - sum(base.inputs.values()))
@@ -144,6 +152,14 @@ def latency_tables(module: nn.Module, input_shape: model_inputs.InputShape, cali
                     except OSError as exc:
                         log.warning("could not cache the latency table (%s)", exc)
     return [cached[bs] for bs in batch_sizes]
+
+
+def _ov_version() -> str | None:
+    try:
+        import openvino
+    except ImportError:
+        return None
+    return openvino.get_version()
 
 
 def _ort_version() -> str:

@@ -56,7 +56,7 @@ class LayerTimes:
                 "kernels": self.kernels, "other": self.other, "inputs": self.inputs}
 
 
-def _feed(session, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+def random_feed(session, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Random inputs of each input's type and shape (symbolic dimensions after the batch: 1)."""
     rng = np.random.default_rng(seed)
     feed = {}
@@ -95,7 +95,7 @@ def layer_times(path: str | Path, *, batch_size: int = 1, threads: int = 2, runs
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(tmp) / "profile")
         session = open_session(named, options)
-        inputs = feed if feed is not None else _feed(session, batch_size)
+        inputs = feed if feed is not None else random_feed(session, batch_size)
         for _ in range(warmup + runs):
             session.run(None, inputs)
         events = json.loads(Path(session.end_profiling()).read_text())

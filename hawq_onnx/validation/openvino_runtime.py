@@ -162,3 +162,55 @@ def kernel_census(path: str | Path, model: onnx.ModelProto | None = None):
     return KernelCensus(path=str(path), provider=describe(), optimization_level="openvino", layers=layers,
                         integer_ops=dict(sorted(integer_ops.items())), dequantize_nodes=0,
                         quantize_nodes=op_counts.get("FakeQuantize", 0), op_counts=dict(sorted(op_counts.items())))
+
+
+def layer_times(path: str | Path, *, batch_size: int = 1, threads: int = 2, runs: int = 100, warmup: int = 10):
+    """Each layer's time inside the network under OpenVINO (``PERF_COUNT``): the executed node that
+    runs it, found through the runtime model's ``originalLayersNames``, as the census finds it."""
+    import time
+
+    from hawq_onnx.validation.kernel_census import node_key, weight_paths
+    from hawq_onnx.validation.layer_profile import LayerTimes, random_feed
+
+    ov = openvino_module()
+    try:
+        compiled = ov.Core().compile_model(str(path), "CPU", {**CONFIG_BASE, "INFERENCE_NUM_THREADS": threads,
+                                                              "PERF_COUNT": True})
+    except Exception as exc:
+        raise HawqError(f"OpenVINO cannot load {path}: {_reason(exc)}") from None
+    session = OpenVinoSession(compiled)
+    feed = random_feed(session, batch_size)
+    per_node: dict[str, list[float]] = {}
+    kind: dict[str, str] = {}
+    walls = []
+    for k in range(warmup + runs):
+        start = time.perf_counter()
+        session._request.infer(feed)
+        walls.append((time.perf_counter() - start) * 1000.0)
+        if k < warmup:
+            continue
+        for info in session._request.profiling_info:
+            if info.status == info.Status.EXECUTED:
+                per_node.setdefault(info.node_name, []).append(info.real_time.total_seconds() * 1000.0)
+                kind[info.node_name] = info.node_type
+    median = {n: float(np.median(t)) for n, t in per_node.items()}
+    origins = {op.get_friendly_name(): _tokens(str(op.get_rt_info()["originalLayersNames"].astype(str)))
+               for op in compiled.get_runtime_model().get_ordered_ops()}
+    result = LayerTimes(batch_size=batch_size, threads=threads, runs=runs, run_ms=float(np.median(walls[warmup:])))
+    claimed = set()
+    original = onnx.load(str(path), load_external_data=False)
+    for wp in weight_paths(original.graph):
+        names = {node_key(wp.node), *wp.node.output}
+        # Profiling names the kernel's variant (FullyConnectedQuantizedLegacy): match by prefix.
+        node = next((n for n in median if kind[n].startswith(tuple(LAYER_TYPES)) and origins.get(n, set()) & names),
+                    None)
+        if node is None:
+            continue
+        layer = layer_name(wp.root, node_key(wp.node))
+        result.layers[layer] = result.layers.get(layer, 0.0) + median[node]
+        result.kernels[layer] = kind[node]
+        claimed.add(node)
+    for n, ms in median.items():
+        if n not in claimed:
+            result.other[kind[n]] = result.other.get(kind[n], 0.0) + ms
+    return result
