@@ -77,6 +77,25 @@ class WeightPath:
     names: tuple[str, ...]        # tensor names from the node's weight input back to the root
     root: str | None              # initializer (or Constant output) at the end, None if not constant
     through_dequantize: bool      # a DequantizeLinear sits on the weight path
+    bias: str | None = None       # initializer the bias comes from (through a DequantizeLinear), if any
+
+
+# op type -> index of the bias input (the integer kernels take an int32 bias directly).
+BIAS_INPUT = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2, "FusedConv": 2, "NhwcFusedConv": 2, "FusedGemm": 2,
+              "QLinearConv": 8, "QGemm": 8}
+
+
+def _bias_root(node: onnx.NodeProto, constants: set[str], producer: dict[str, onnx.NodeProto]) -> str | None:
+    idx = BIAS_INPUT.get(node.op_type)
+    if idx is None or len(node.input) <= idx or not node.input[idx]:
+        return None
+    name = node.input[idx]
+    if name in constants:
+        return name
+    dq = producer.get(name)
+    if dq is not None and dq.op_type == "DequantizeLinear" and dq.input and dq.input[0] in constants:
+        return dq.input[0]
+    return None
 
 
 def weight_paths(graph: onnx.GraphProto) -> list[WeightPath]:
@@ -98,7 +117,7 @@ def weight_paths(graph: onnx.GraphProto) -> list[WeightPath]:
             names.append(name)
         root = name if name in constants else None
         if root is not None:
-            paths.append(WeightPath(node, tuple(names), root, dq))
+            paths.append(WeightPath(node, tuple(names), root, dq, _bias_root(node, constants, producer)))
     return paths
 
 
@@ -179,26 +198,6 @@ def optimized_graph(path: str | Path, providers: Sequence[str] = ("CPUExecutionP
         return onnx.load(str(out), load_external_data=False)
 
 
-# op type -> index of the bias input (the integer kernels take an int32 bias directly).
-BIAS_INPUT = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2, "FusedConv": 2, "NhwcFusedConv": 2, "FusedGemm": 2,
-              "QLinearConv": 8, "QGemm": 8}
-
-
-def bias_root(graph: onnx.GraphProto, node: onnx.NodeProto) -> str | None:
-    """The initializer a layer's bias comes from (through a DequantizeLinear), or None."""
-    idx = BIAS_INPUT.get(node.op_type)
-    if idx is None or len(node.input) <= idx or not node.input[idx]:
-        return None
-    name = node.input[idx]
-    constants = {t.name for t in graph.initializer}
-    if name in constants:
-        return name
-    producer = next((n for n in graph.node if name in n.output), None)
-    if producer is not None and producer.op_type == "DequantizeLinear" and producer.input[0] in constants:
-        return producer.input[0]
-    return None
-
-
 def match_layers(original: onnx.GraphProto, optimized: onnx.GraphProto) -> list[tuple[WeightPath, WeightPath | None]]:
     """Every layer of ``original`` with the node of ``optimized`` that runs it (None where gone):
     by a name on the weight path, else the node's name, else the bias's initializer (at level
@@ -209,9 +208,9 @@ def match_layers(original: onnx.GraphProto, optimized: onnx.GraphProto) -> list[
         for name in wp.names:
             by_name.setdefault(name, wp)
     by_node = {node_key(wp.node): wp for wp in opt_paths}
-    by_bias = {b: wp for wp in opt_paths if (b := bias_root(optimized, wp.node)) is not None}
+    by_bias = {wp.bias: wp for wp in opt_paths if wp.bias is not None}
     return [(wp, next((by_name[n] for n in wp.names if n in by_name), None) or by_node.get(node_key(wp.node))
-             or by_bias.get(bias_root(original, wp.node) or "")) for wp in weight_paths(original)]
+             or by_bias.get(wp.bias or "")) for wp in weight_paths(original)]
 
 
 def warn_missing(layers: list[LayerKernel], path: str | Path, where: str) -> None:

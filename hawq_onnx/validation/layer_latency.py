@@ -10,7 +10,7 @@ time in that network, plus, for 4-bit inputs, the integer Clip and requantizatio
 input's grid. Timed in isolation the same layers mislead (BENCHMARKS.md, session 14).
 
 Tables are cached per machine (``$HAWQ_ONNX_CACHE`` or ``~/.cache/hawq-onnx``), keyed by the
-model's fingerprint, the target, ONNX Runtime's version, the CPU, the threads and the batch size.
+model's fingerprint, the target, the runtime and its version, the CPU, the threads and the batch size.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Sequence
 import torch.nn as nn
 
 from hawq_onnx.core import cpu_features, model_inputs
-from hawq_onnx.core.layers import describe_layers
+from hawq_onnx.core.layers import LayerInfo, describe_layers
 from hawq_onnx.errors import HawqError, OptionError
 from hawq_onnx.io.latency_table import LatencyTable, choice_key
 from hawq_onnx.io.plan import LayerPlan, Plan
@@ -43,14 +43,13 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "hawq-onnx") / "latency"
 
 
-def _uniform_plan(module: nn.Module, input_shape, w_bits: int, a_bits: int, calib_x, float_layer: str | None = None) -> Plan:
+def _uniform_plan(module: nn.Module, infos: Sequence[LayerInfo], fingerprint: str, w_bits: int, a_bits: int,
+                  calib_x, float_layer: str | None = None) -> Plan:
     """Every layer at (w_bits, a_bits) but ``float_layer``, post-training calibrated: a network to
     time, not to ship."""
     from hawq_onnx.qat import fake_quant
-    from hawq_onnx.sources.model import model_fingerprint
 
-    infos = describe_layers(module, input_shape)
-    plan = Plan("latency-table", model_fingerprint(module),
+    plan = Plan("latency-table", fingerprint,
                 [LayerPlan(i.name, i.kind, i.params, i.out_channels, i.macs,
                            *((None, None) if i.name == float_layer else (w_bits, a_bits))) for i in infos])
     qmodel = fake_quant.quantize_model(module, plan)
@@ -60,14 +59,12 @@ def _uniform_plan(module: nn.Module, input_shape, w_bits: int, a_bits: int, cali
     return fake_quant.export_plan_scales(qmodel, plan)
 
 
-def _key(fingerprint: str, target: str, threads: int, batch_size: int, entries: Sequence[str]) -> str:
-    import onnxruntime as ort
-
-    blob = json.dumps({"model": fingerprint, "target": target, "ort": ort.__version__, "ov": _ov_version(),
-                       "threads": threads,
+def _cache_path(fingerprint: str, target: str, runtime: str, threads: int, batch_size: int,
+                entries: Sequence[str]) -> Path:
+    blob = json.dumps({"model": fingerprint, "target": target, "runtime": runtime, "threads": threads,
                        "batch": batch_size, "entries": list(entries), "cpu": cpu_features.fingerprint()},
                       sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+    return cache_dir() / f"{hashlib.sha256(blob.encode()).hexdigest()[:24]}.json"
 
 
 def latency_tables(module: nn.Module, input_shape: model_inputs.InputShape, calib_x: model_inputs.Arrays, *,
@@ -98,9 +95,9 @@ def latency_tables(module: nn.Module, input_shape: model_inputs.InputShape, cali
     if not profile.unsigned_wide_input_weights:  # sub-byte weights run as int8: the same kernels
         variants = {e: bits for e, bits in variants.items() if e.startswith("w8")}
     fingerprint = model_fingerprint(module)
+    paths = {bs: _cache_path(fingerprint, profile.name, runtime_name, threads, bs, entries) for bs in batch_sizes}
     cached: dict[int, LatencyTable] = {}
-    for bs in batch_sizes:
-        path = cache_dir() / f"{_key(fingerprint, profile.name, threads, bs, entries)}.json"
+    for bs, path in paths.items():
         if use_cache and path.is_file():
             try:
                 cached[bs] = LatencyTable.load(path)
@@ -110,20 +107,22 @@ def latency_tables(module: nn.Module, input_shape: model_inputs.InputShape, cali
     if missing:
         calib = model_inputs.take(calib_x, slice(0, CALIBRATION_SAMPLES))
         with tempfile.TemporaryDirectory(prefix="hawq-latency-table-") as tmp:
+            infos = describe_layers(module, input_shape)
+            float_model = float_onnx(module, input_shape)  # exported once, quantized as every network below
             files = {"float": Path(tmp) / "float.onnx"}
-            save_onnx(float_onnx(module, input_shape), files["float"])
+            save_onnx(float_model, files["float"])
+
+            def export(name: str, plan: Plan) -> None:
+                files[name] = Path(tmp) / f"{len(files)}.onnx"
+                save_onnx(quantize_onnx(module, input_shape, plan, calib, target=profile.name,
+                                        float_model=float_model).model, files[name])
+
             for entry, (w, a) in variants.items():
-                plan = _uniform_plan(module, input_shape, w, a, calib)
-                files[entry] = Path(tmp) / f"{entry}.onnx"
-                save_onnx(quantize_onnx(module, input_shape, plan, calib, target=profile.name).model, files[entry])
+                export(entry, _uniform_plan(module, infos, fingerprint, w, a, calib))
             # One network per layer with only that layer float: what keeping it float costs in
             # place, its boundaries' conversions included.
-            names = [i.name for i in describe_layers(module, input_shape)]
-            for k, name in enumerate(names):
-                plan = _uniform_plan(module, input_shape, 8, 8, calib, float_layer=name)
-                files[f"float:{name}"] = Path(tmp) / f"float_{k}.onnx"
-                save_onnx(quantize_onnx(module, input_shape, plan, calib, target=profile.name).model,
-                          files[f"float:{name}"])
+            for info in infos:
+                export(f"float:{info.name}", _uniform_plan(module, infos, fingerprint, 8, 8, calib, float_layer=info.name))
             for bs in missing:
                 times = {e: profile_layers(p, batch_size=bs, threads=threads, runs=runs) for e, p in files.items()}
                 layers = {}
@@ -148,18 +147,10 @@ def latency_tables(module: nn.Module, input_shape: model_inputs.InputShape, cali
                 cached[bs] = table
                 if use_cache:
                     try:
-                        table.save(cache_dir() / f"{_key(fingerprint, profile.name, threads, bs, entries)}.json")
+                        table.save(paths[bs])
                     except OSError as exc:
                         log.warning("could not cache the latency table (%s)", exc)
     return [cached[bs] for bs in batch_sizes]
-
-
-def _ov_version() -> str | None:
-    try:
-        import openvino
-    except ImportError:
-        return None
-    return openvino.get_version()
 
 
 def _ort_version() -> str:

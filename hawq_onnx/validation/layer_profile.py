@@ -116,22 +116,23 @@ def layer_times(path: str | Path, *, batch_size: int = 1, threads: int = 2, runs
 
     result = LayerTimes(batch_size=batch_size, threads=threads, runs=runs,
                         run_ms=float(np.median(run_times[warmup:] or run_times)) if run_times else 0.0)
-    claimed = set()
+    owner: dict[str, str] = {}  # optimized node -> the layer it runs
     for wp, match in match_layers(original.graph, optimized):
         if match is None:
             continue
-        name = match.node.name
-        if name in median:
-            layer = layer_name(wp.root, node_key(wp.node))
-            result.layers[layer] = result.layers.get(layer, 0.0) + median[name]
+        layer = owner[match.node.name] = layer_name(wp.root, node_key(wp.node))
+        if match.node.name in median:
+            result.layers[layer] = result.layers.get(layer, 0.0) + median[match.node.name]
             result.kernels[layer] = match.node.op_type
-            claimed.add(name)
-    owner = {match.node.name: layer_name(wp.root, node_key(wp.node))
-             for wp, match in match_layers(original.graph, optimized) if match is not None}
+    nodes = {n.name: n for n in optimized.node}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in optimized.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
     for name, ms in median.items():
-        if name in claimed:
-            continue
-        layer = _input_step_of(optimized, name, owner)
+        if name in owner:
+            continue  # a layer's own kernel, counted above
+        layer = _input_step_of(nodes.get(name), readers, owner)
         if layer is not None:
             result.inputs[layer] = result.inputs.get(layer, 0.0) + ms
         else:
@@ -143,15 +144,11 @@ def layer_times(path: str | Path, *, batch_size: int = 1, threads: int = 2, runs
 INPUT_STEPS = frozenset({"Clip", "QLinearLeakyRelu", "LeakyRelu"})
 
 
-def _input_step_of(graph: onnx.GraphProto, name: str, owner: dict[str, str]) -> str | None:
+def _input_step_of(node: onnx.NodeProto | None, readers: dict[str, list[onnx.NodeProto]],
+                   owner: dict[str, str]) -> str | None:
     """The one layer a Clip or requantization node feeds (through others of its kind), else None."""
-    node = next((n for n in graph.node if n.name == name), None)
     if node is None or node.op_type not in INPUT_STEPS:
         return None
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for n in graph.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
     found, frontier, seen = set(), [node], set()
     while frontier:
         step = frontier.pop()
