@@ -89,11 +89,12 @@ class OpenVinoSession:
         return [by_name[n] for n in (output_names or [o.name for o in self._outputs])]
 
 
-def compile_model(path: str | Path, threads: int):
-    """OpenVINO's CPU compilation of the ONNX file, or a one-line HawqError."""
+def compile_model(path: str | Path, threads: int, profiling: bool = False):
+    """OpenVINO's CPU compilation of the ONNX file (``profiling``: per-node times), or a one-line HawqError."""
     ov = openvino_module()
+    config = {**CONFIG_BASE, "INFERENCE_NUM_THREADS": threads, **({"PERF_COUNT": True} if profiling else {})}
     try:
-        return ov.Core().compile_model(str(path), "CPU", {**CONFIG_BASE, "INFERENCE_NUM_THREADS": threads})
+        return ov.Core().compile_model(str(path), "CPU", config)
     except Exception as exc:
         reason = _reason(exc)
         if _has_int2(path):
@@ -130,32 +131,41 @@ def _tokens(names: str) -> set[str]:
     return out
 
 
+def _runtime_node(wp, nodes: list[tuple[str, str, set[str]]]) -> tuple[str, str, set[str]] | None:
+    """The executed (name or type, kind, origins) entry that runs the layer of weight path ``wp``:
+    a layer operator whose ``originalLayersNames`` hold the layer node's name or output. Kinds
+    are matched by prefix (profiling names variants: FullyConnectedQuantizedLegacy)."""
+    from hawq_onnx.validation.kernel_census import node_key
+
+    names = {node_key(wp.node), *wp.node.output}
+    return next((n for n in nodes if n[1].startswith(tuple(LAYER_TYPES)) and n[2] & names), None)
+
+
 def kernel_census(path: str | Path, model: onnx.ModelProto | None = None):
     """Per layer of ``path``, the OpenVINO node that runs it and whether it computes on integers."""
     from hawq_onnx.validation.kernel_census import KernelCensus, LayerKernel, node_key, warn_missing, weight_paths
 
     original = model if model is not None else onnx.load(str(path), load_external_data=False)
-    executed = []
+    executed = []  # (runtime precision, layer type, origins)
     for op in compile_model(path, 1).get_runtime_model().get_ordered_ops():
         info = op.get_rt_info()
-        executed.append((str(info["layerType"].astype(str)), str(info["runtimePrecision"].astype(str)),
+        executed.append((str(info["runtimePrecision"].astype(str)), str(info["layerType"].astype(str)),
                          _tokens(str(info["originalLayersNames"].astype(str)))))
     layers = []
     for wp in weight_paths(original.graph):
         key = node_key(wp.node)
-        names = {key, *wp.node.output}
-        match = next((e for e in executed if e[0] in LAYER_TYPES and e[2] & names), None)
+        match = _runtime_node(wp, executed)
         if match is None:
             kernel, mode = "", "missing"
         else:
-            kernel = f"{match[0]} ({match[1]})"
-            mode = "integer" if match[1] in INTEGER_PRECISIONS else "emulated" if wp.through_dequantize else "float"
+            kernel = f"{match[1]} ({match[0]})"
+            mode = "integer" if match[0] in INTEGER_PRECISIONS else "emulated" if wp.through_dequantize else "float"
         layers.append(LayerKernel(layer=layer_name(wp.root, key), node=key, op_type=wp.node.op_type,
                                   weight=wp.root or "", kernel=kernel, mode=mode))
     warn_missing(layers, path, "OpenVINO's runtime model")
     op_counts: dict[str, int] = {}
     integer_ops: dict[str, int] = {}
-    for layer_type, precision, _ in executed:
+    for precision, layer_type, _ in executed:
         op_counts[layer_type] = op_counts.get(layer_type, 0) + 1
         if precision in INTEGER_PRECISIONS and layer_type not in PLUMBING:
             integer_ops[layer_type] = integer_ops.get(layer_type, 0) + 1
@@ -172,12 +182,7 @@ def layer_times(path: str | Path, *, batch_size: int = 1, threads: int = 2, runs
     from hawq_onnx.validation.kernel_census import node_key, weight_paths
     from hawq_onnx.validation.layer_profile import LayerTimes, random_feed
 
-    ov = openvino_module()
-    try:
-        compiled = ov.Core().compile_model(str(path), "CPU", {**CONFIG_BASE, "INFERENCE_NUM_THREADS": threads,
-                                                              "PERF_COUNT": True})
-    except Exception as exc:
-        raise HawqError(f"OpenVINO cannot load {path}: {_reason(exc)}") from None
+    compiled = compile_model(path, threads, profiling=True)
     session = OpenVinoSession(compiled)
     feed = random_feed(session, batch_size)
     per_node: dict[str, list[float]] = {}
@@ -196,16 +201,15 @@ def layer_times(path: str | Path, *, batch_size: int = 1, threads: int = 2, runs
     median = {n: float(np.median(t)) for n, t in per_node.items()}
     origins = {op.get_friendly_name(): _tokens(str(op.get_rt_info()["originalLayersNames"].astype(str)))
                for op in compiled.get_runtime_model().get_ordered_ops()}
+    executed = [(n, kind[n], origins.get(n, set())) for n in median]
     result = LayerTimes(batch_size=batch_size, threads=threads, runs=runs, run_ms=float(np.median(walls[warmup:])))
     claimed = set()
     original = onnx.load(str(path), load_external_data=False)
     for wp in weight_paths(original.graph):
-        names = {node_key(wp.node), *wp.node.output}
-        # Profiling names the kernel's variant (FullyConnectedQuantizedLegacy): match by prefix.
-        node = next((n for n in median if kind[n].startswith(tuple(LAYER_TYPES)) and origins.get(n, set()) & names),
-                    None)
-        if node is None:
+        match = _runtime_node(wp, executed)
+        if match is None:
             continue
+        node = match[0]
         layer = layer_name(wp.root, node_key(wp.node))
         result.layers[layer] = result.layers.get(layer, 0.0) + median[node]
         result.kernels[layer] = kind[node]
