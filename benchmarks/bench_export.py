@@ -78,6 +78,13 @@ def ptq_plan(folded: torch.nn.Module, input_shape, a_bits: int, calib_x: np.ndar
     return fake_quant.export_plan_scales(qmodel, plan)
 
 
+def resnet20(weights: str, data: str):
+    """The shared checkpoint, BN-folded, and its data: (loaded model, input shape, folded module, dataset)."""
+    loaded = load_model("resnet20-cifar10", weights)
+    folded = fold_copy(loaded.module, loaded.input_shape)
+    return loaded, loaded.input_shape, folded, load_data(data, loaded.spec)
+
+
 def weight_bytes(path: Path) -> int:
     """Bytes of the layers' weight tensors as stored (packed), found by `inspect` through DQ/Cast chains."""
     model = onnx.load(str(path))
@@ -126,10 +133,7 @@ def main() -> None:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    loaded = load_model("resnet20-cifar10", args.weights)
-    shape = loaded.input_shape
-    folded = fold_copy(loaded.module, shape)
-    data = load_data(args.data, loaded.spec)
+    loaded, shape, folded, data = resnet20(args.weights, args.data)
     x_test, y_test = data.test.x[:args.eval], data.test.y[:args.eval]
 
     paths = {"float": out_dir / "model.float.onnx", "ort-int8": out_dir / "model.int8.onnx"}

@@ -37,19 +37,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_export  # noqa: E402  (the 13x pattern and its post-training plan)
 
 from hawq_onnx.core import cpu_features  # noqa: E402
-from hawq_onnx.core.bn_fold import fold_copy  # noqa: E402
 from hawq_onnx.core.grid import storage_bytes  # noqa: E402
 from hawq_onnx.errors import HawqError  # noqa: E402
 from hawq_onnx.io.atomic import write_json  # noqa: E402
 from hawq_onnx.onnx_export.float_onnx import float_onnx, save_onnx  # noqa: E402
 from hawq_onnx.onnx_export.qdq import quantize_onnx  # noqa: E402
 from hawq_onnx.qat.checkpoint import restore_quantized  # noqa: E402
-from hawq_onnx.sources.data import load_data  # noqa: E402
-from hawq_onnx.sources.model import load_model  # noqa: E402
 from hawq_onnx.validation import openvino_runtime  # noqa: E402
 from hawq_onnx.validation.latency import measure_latency  # noqa: E402
 from hawq_onnx.validation.ort_baseline import ort_int8  # noqa: E402
-from hawq_onnx.validation.ort_eval import file_io, open_session  # noqa: E402
+from hawq_onnx.validation.ort_eval import file_io  # noqa: E402
 
 SHARED = bench_export.SHARED
 TARGETS = ("ort-vnni", "ort-avx2", "openvino")
@@ -79,13 +76,6 @@ def size_bound(plan) -> int:
     return sum(storage_bytes(lp.params, lp.w_bits or 32) + 4 * lp.out_channels for lp in plan.layers) + 8192
 
 
-def top1_ort(path: Path, x: np.ndarray, y: np.ndarray, threads: int) -> float:
-    session = open_session(path, threads)
-    name = session.get_inputs()[0].name
-    logits = np.concatenate([session.run(None, {name: x[i:i + 500]})[0] for i in range(0, len(x), 500)])
-    return float(np.mean(logits.argmax(1) == y))
-
-
 def top1_openvino(path: Path, x: np.ndarray, y: np.ndarray, threads: int) -> float | str:
     try:
         session = openvino_runtime.open_session(path, threads)
@@ -110,10 +100,7 @@ def main() -> None:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    loaded = load_model("resnet20-cifar10", args.weights)
-    shape = loaded.input_shape
-    folded = fold_copy(loaded.module, shape)
-    data = load_data(args.data, loaded.spec)
+    loaded, shape, folded, data = bench_export.resnet20(args.weights, args.data)
     x, y = data.test.x[:args.eval], data.test.y[:args.eval]
 
     paths: dict[str, Path] = {"float": out / "float.onnx", "ort-int8": out / "ort-int8.onnx"}
@@ -143,7 +130,7 @@ def main() -> None:
             save_onnx(quantize_onnx(module, shape, plan, data.calib.x, target=target).model, paths[key])
             bounds[key] = size_bound(plan)
 
-    rows = {k: {"bytes": p.stat().st_size, "bound": bounds.get(k), "top1_ort": top1_ort(p, x, y, args.threads),
+    rows = {k: {"bytes": p.stat().st_size, "bound": bounds.get(k), "top1_ort": bench_export.top1(p, x, y, args.threads),
                 "top1_openvino": top1_openvino(p, x, y, args.threads)} for k, p in paths.items()}
     pool = x[:64]
     loadable = {"ort": dict(paths), "openvino": {k: p for k, p in paths.items()
