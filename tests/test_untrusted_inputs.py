@@ -22,7 +22,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from hawq_onnx.core.onnx_inspect import check_initializers, inspect_onnx, load_onnx
+from hawq_onnx.core.onnx_inspect import inspect_onnx, load_onnx
+from hawq_onnx.core.onnx_tensors import check_initializers
 from hawq_onnx.errors import HawqError
 from hawq_onnx.models.registry import ZOO
 from hawq_onnx.sources.data import _load_cifar10, load_data

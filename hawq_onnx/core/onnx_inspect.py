@@ -24,7 +24,12 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from hawq_onnx.core.onnx_shapes import _infer_shapes_batch1, _run_shapes_batch1, _value_shape
-from hawq_onnx.core.onnx_tensors import check_self_contained
+from hawq_onnx.core.onnx_tensors import (
+    STORAGE_BITS,
+    check_initializers,
+    check_self_contained,
+    type_name,
+)
 from hawq_onnx.errors import HawqError
 
 # op type -> (index of the data input, index of the weight input)
@@ -35,26 +40,11 @@ LAYER_OPS = {
 }
 # Ops a weight passes through on its way from the initializer to the layer.
 WEIGHT_PATH_OPS = {"DequantizeLinear", "Cast", "Reshape", "Transpose", "Identity", "Unsqueeze", "Squeeze", "Flatten"}
-STORAGE_BITS = {
-    TensorProto.FLOAT: 32, TensorProto.FLOAT16: 16, TensorProto.BFLOAT16: 16, TensorProto.DOUBLE: 64,
-    TensorProto.INT8: 8, TensorProto.UINT8: 8, TensorProto.INT4: 4, TensorProto.UINT4: 4,
-    TensorProto.INT2: 2, TensorProto.UINT2: 2, TensorProto.INT16: 16, TensorProto.UINT16: 16,
-    TensorProto.INT32: 32, TensorProto.UINT32: 32, TensorProto.INT64: 64, TensorProto.UINT64: 64,
-    TensorProto.BOOL: 8,
-}
-FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
 INTEGER_TYPES = {TensorProto.INT8, TensorProto.UINT8, TensorProto.INT4, TensorProto.UINT4,
                  TensorProto.INT2, TensorProto.UINT2, TensorProto.INT16, TensorProto.UINT16,
                  TensorProto.INT32, TensorProto.UINT32}
-
-
-_TYPE_NAMES = {TensorProto.FLOAT: "float32", TensorProto.DOUBLE: "float64"}
 # <layer>.weight, and the names quantizers derive from it (<layer>.weight_quantized, ..._q4).
 _WEIGHT_NAME = re.compile(r"^(?P<layer>.+)\.weight(?:[._].*)?$")
-
-
-def type_name(elem_type: int) -> str:
-    return _TYPE_NAMES.get(elem_type) or TensorProto.DataType.Name(elem_type).lower()
 
 
 def layer_name(weight: str | None, node: str) -> str:
@@ -167,63 +157,6 @@ def load_onnx(path: str | os.PathLike, check: bool = True) -> onnx.ModelProto:
                             "fix the model or export it again") from None
         check_initializers(model, str(p))
     return model
-
-
-_FIELD_OF_TYPE = {
-    TensorProto.FLOAT: "float_data", TensorProto.DOUBLE: "double_data", TensorProto.INT64: "int64_data",
-    TensorProto.UINT64: "uint64_data", TensorProto.UINT32: "uint64_data", TensorProto.STRING: "string_data",
-}
-
-
-def check_initializers(model: onnx.ModelProto, where: str) -> None:
-    """What onnx.checker leaves out: known element types, data sizes that match the shapes, and
-    finite float values (a NaN or Inf weight gives NaN outputs, not an error, downstream); and
-    no tensor anywhere in the model (subgraphs, Constant nodes, functions included) with external
-    data (:func:`check_self_contained`)."""
-    check_self_contained(model, where)
-    for t in model.graph.initializer:
-        if t.data_type not in TensorProto.DataType.values() or t.data_type == TensorProto.UNDEFINED:
-            raise HawqError(f"{where}: initializer {t.name!r} has an unknown element type {t.data_type}")
-        if any(d < 0 for d in t.dims):
-            raise HawqError(f"{where}: initializer {t.name!r} has a negative dimension")
-        count = math.prod(t.dims) if t.dims else 1
-        if t.data_type == TensorProto.STRING:
-            continue
-        if t.raw_data:
-            expected = (count * STORAGE_BITS.get(t.data_type, 32) + 7) // 8
-            if len(t.raw_data) != expected:
-                raise HawqError(f"{where}: initializer {t.name!r} holds {len(t.raw_data)} bytes but its shape "
-                                f"{list(t.dims)} and type {type_name(t.data_type)} need {expected}")
-        else:
-            field_name = _FIELD_OF_TYPE.get(t.data_type, "int32_data")
-            held = len(getattr(t, field_name))
-            per_item = 8 // STORAGE_BITS[t.data_type] if STORAGE_BITS.get(t.data_type, 8) < 8 else 1
-            if held and held != count and held != (count + per_item - 1) // per_item:
-                raise HawqError(f"{where}: initializer {t.name!r} holds {held} values but its shape "
-                                f"{list(t.dims)} needs {count}")
-            if not held and count:
-                raise HawqError(f"{where}: initializer {t.name!r} holds no data for shape {list(t.dims)}")
-        if t.data_type in FLOAT_TYPES and count:
-            values = numpy_helper.to_array(t)
-            if not np.isfinite(values if values.dtype.kind == "f" else values.astype(np.float32)).all():
-                raise HawqError(f"{where}: initializer {t.name!r}{_role(model.graph, t.name)} holds NaN or Inf "
-                                "values; fix the weights and export the model again")
-
-
-_PARAMETER_ROLES = {"QuantizeLinear": ("", "scale", "zero point"), "DequantizeLinear": ("", "scale", "zero point")}
-
-
-def _role(graph: onnx.GraphProto, name: str) -> str:
-    """" (the scale of 'stem.weight')" where a Q/DQ reads ``name`` as its scale or zero point: the
-    exporter gives those short names, and the tensor they quantize says where to look."""
-    for node in graph.node:
-        roles = _PARAMETER_ROLES.get(node.op_type)
-        if roles is None:
-            continue
-        for index, used in enumerate(node.input):
-            if used == name and 0 < index < len(roles):
-                return f" (the {roles[index]} of {node.input[0]!r})"
-    return ""
 
 
 def _effective_bits(values: np.ndarray, storage_bits: int, signed: bool) -> int:

@@ -1,16 +1,37 @@
-"""Every tensor of an ONNX model, wherever it sits, and the check that none keeps its data in an
-external file (onnx.checker and numpy_helper would resolve such a path against the current
-directory: a file that is not part of the model would be read)."""
+"""The tensors of an ONNX model: their element types, and the checks onnx.checker leaves out.
+
+Every tensor, wherever it sits, must keep its data in the file (onnx.checker and numpy_helper
+would resolve an external path against the current directory: a file that is not part of the
+model would be read); every initializer must have a known type, data that fits its shape, and
+finite float values."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
+import numpy as np
 import onnx
 from google.protobuf.message import Message
-from onnx import TensorProto
+from onnx import TensorProto, numpy_helper
 
 from hawq_onnx.errors import HawqError
+
+STORAGE_BITS = {
+    TensorProto.FLOAT: 32, TensorProto.FLOAT16: 16, TensorProto.BFLOAT16: 16, TensorProto.DOUBLE: 64,
+    TensorProto.INT8: 8, TensorProto.UINT8: 8, TensorProto.INT4: 4, TensorProto.UINT4: 4,
+    TensorProto.INT2: 2, TensorProto.UINT2: 2, TensorProto.INT16: 16, TensorProto.UINT16: 16,
+    TensorProto.INT32: 32, TensorProto.UINT32: 32, TensorProto.INT64: 64, TensorProto.UINT64: 64,
+    TensorProto.BOOL: 8,
+}
+FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}
+
+
+_TYPE_NAMES = {TensorProto.FLOAT: "float32", TensorProto.DOUBLE: "float64"}
+
+
+def type_name(elem_type: int) -> str:
+    return _TYPE_NAMES.get(elem_type) or TensorProto.DataType.Name(elem_type).lower()
 
 
 def _step(field_name: str, item: Message) -> str:
@@ -109,3 +130,60 @@ def check_self_contained(model: onnx.ModelProto, where: str) -> None:
         place = f"{path[-1]} in {outer}" if outer else path[-1]
         raise HawqError(f"{where}: {place} keeps its data in an external file{shown}; give a self-contained "
                         "model (every tensor, Constant nodes and subgraphs included)")
+
+
+_FIELD_OF_TYPE = {
+    TensorProto.FLOAT: "float_data", TensorProto.DOUBLE: "double_data", TensorProto.INT64: "int64_data",
+    TensorProto.UINT64: "uint64_data", TensorProto.UINT32: "uint64_data", TensorProto.STRING: "string_data",
+}
+
+
+def check_initializers(model: onnx.ModelProto, where: str) -> None:
+    """What onnx.checker leaves out: known element types, data sizes that match the shapes, and
+    finite float values (a NaN or Inf weight gives NaN outputs, not an error, downstream); and
+    no tensor anywhere in the model (subgraphs, Constant nodes, functions included) with external
+    data (:func:`check_self_contained`)."""
+    check_self_contained(model, where)
+    for t in model.graph.initializer:
+        if t.data_type not in TensorProto.DataType.values() or t.data_type == TensorProto.UNDEFINED:
+            raise HawqError(f"{where}: initializer {t.name!r} has an unknown element type {t.data_type}")
+        if any(d < 0 for d in t.dims):
+            raise HawqError(f"{where}: initializer {t.name!r} has a negative dimension")
+        count = math.prod(t.dims) if t.dims else 1
+        if t.data_type == TensorProto.STRING:
+            continue
+        if t.raw_data:
+            expected = (count * STORAGE_BITS.get(t.data_type, 32) + 7) // 8
+            if len(t.raw_data) != expected:
+                raise HawqError(f"{where}: initializer {t.name!r} holds {len(t.raw_data)} bytes but its shape "
+                                f"{list(t.dims)} and type {type_name(t.data_type)} need {expected}")
+        else:
+            field_name = _FIELD_OF_TYPE.get(t.data_type, "int32_data")
+            held = len(getattr(t, field_name))
+            per_item = 8 // STORAGE_BITS[t.data_type] if STORAGE_BITS.get(t.data_type, 8) < 8 else 1
+            if held and held != count and held != (count + per_item - 1) // per_item:
+                raise HawqError(f"{where}: initializer {t.name!r} holds {held} values but its shape "
+                                f"{list(t.dims)} needs {count}")
+            if not held and count:
+                raise HawqError(f"{where}: initializer {t.name!r} holds no data for shape {list(t.dims)}")
+        if t.data_type in FLOAT_TYPES and count:
+            values = numpy_helper.to_array(t)
+            if not np.isfinite(values if values.dtype.kind == "f" else values.astype(np.float32)).all():
+                raise HawqError(f"{where}: initializer {t.name!r}{_role(model.graph, t.name)} holds NaN or Inf "
+                                "values; fix the weights and export the model again")
+
+
+_PARAMETER_ROLES = {"QuantizeLinear": ("", "scale", "zero point"), "DequantizeLinear": ("", "scale", "zero point")}
+
+
+def _role(graph: onnx.GraphProto, name: str) -> str:
+    """" (the scale of 'stem.weight')" where a Q/DQ reads ``name`` as its scale or zero point: the
+    exporter gives those short names, and the tensor they quantize says where to look."""
+    for node in graph.node:
+        roles = _PARAMETER_ROLES.get(node.op_type)
+        if roles is None:
+            continue
+        for index, used in enumerate(node.input):
+            if used == name and 0 < index < len(roles):
+                return f" (the {roles[index]} of {node.input[0]!r})"
+    return ""
