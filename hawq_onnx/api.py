@@ -83,8 +83,9 @@ OnnxLike = PathLike | onnx.ModelProto | ExportedModel
 
 
 def check_allocation(budgets: Sequence[str], opts: AllocateOptions, where: str) -> None:
-    """The syntax of budgets and of an allocation's candidates and BOPs limit, before the
-    model's size is known (the sizes against the model come at allocation)."""
+    """The syntax of budgets and of an allocation's candidates, BOPs and latency limits, before
+    the model's size and speed are known (they are weighed against the model at allocation)."""
+    from hawq_onnx.allocation.solve import parse_latency
     from hawq_onnx.allocation.units import check_bits, check_budget_text, parse_bops
 
     for budget in budgets:
@@ -92,6 +93,10 @@ def check_allocation(budgets: Sequence[str], opts: AllocateOptions, where: str) 
     if opts.bops is not None:
         parse_bops(str(opts.bops), 1 << 62)
     check_bits(opts.w_bits, opts.a_bits, where)
+    if opts.max_latency is not None:
+        parse_latency(opts.max_latency, 1.0, len(opts.latency_batch_sizes))
+        if not opts.latency_batch_sizes or any(b < 1 for b in opts.latency_batch_sizes):
+            raise OptionError("{latency_batch_sizes} must be positive batch sizes", "latency_batch_sizes")
 
 
 def check_analyze_options(opts: AnalyzeOptions) -> dict[str, Any]:

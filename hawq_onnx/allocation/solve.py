@@ -105,7 +105,6 @@ def allocate(report: Sensitivity, budget: int | str, *, w_bits: Sequence[int] = 
                           "hawq_onnx.api.latency_tables)", "max_latency")
     if max_latency is None:
         latency_tables = ()
-    totals_limits: list[float] = []
     problem = build_problem(report, w_bits=w_bits, a_bits=a_bits, metric=metric, scale_method=scale_method,
                             weight_range=weight_range,
                             ties=ties, pinned=pinned, pin_ends=pin_ends, keep_float=keep_float,
@@ -177,7 +176,7 @@ def allocate(report: Sensitivity, budget: int | str, *, w_bits: Sequence[int] = 
             {"batch_size": t.batch_size, "runtime": t.runtime, "target": t.target, "machine": t.machine,
              "threads": t.threads, "limit_ms": limit, "float_ms": t.float_ms, "predicted_ms": ms}
             for t, limit, ms in zip(latency_tables, totals_limits, predicted)],
-            "note": "kernel times inside the network (ONNX Runtime's profiler): the layers, what the integer "
+            "note": "kernel times inside the network (the runtime's profiler): the layers, what the integer "
                     "network runs besides them, and each float layer's boundaries; a prediction validate measures"}
         plan.totals["latency_ms"] = {str(t.batch_size): ms for t, ms in zip(latency_tables, predicted)}
         plan.allocation["pareto_note"] = "size vs Omega under the pins and ties; it ignores the latency limit"
