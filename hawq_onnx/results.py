@@ -17,7 +17,7 @@ import torch.nn as nn
 from hawq_onnx.core import model_inputs
 from hawq_onnx.core.model_inputs import InputShape
 from hawq_onnx.core.onnx_inspect import load_onnx
-from hawq_onnx.passes.target_profiles import METADATA_KEY
+from hawq_onnx.passes.target_profiles import written_for
 from hawq_onnx.errors import HawqError
 from hawq_onnx.io.plan import Plan, RegionGrid, exported_plan_path, load_plan, save_plan
 from hawq_onnx.io.quantized_checkpoint import QuantizedCheckpoint
@@ -147,8 +147,7 @@ class ExportedModel:
         plan_file = Path(plan_path) if plan_path is not None else cls.plan_path_for(path)
         plan = load_plan(plan_file) if plan_path is not None or plan_file.is_file() else None
         model = load_onnx(path)
-        target = {p.key: p.value for p in model.metadata_props}.get(METADATA_KEY)  # the exporter's profile
-        return cls(model, plan, target=target or (None if plan is None else "unknown"))
+        return cls(model, plan, target=written_for(model) or (None if plan is None else "unknown"))
 
 
 @dataclass

@@ -68,6 +68,11 @@ PROFILES: dict[str, TargetProfile] = {p.name: p for p in (
 )}
 
 
+def written_for(model) -> str | None:
+    """The profile an exported ONNX model (``onnx.ModelProto``) records it was written for, or None."""
+    return {p.key: p.value for p in model.metadata_props}.get(METADATA_KEY)
+
+
 def resolve(target: str) -> TargetProfile:
     """The profile for ``target``; ``ort-cpu`` picks by this CPU (unknown x86: ``ort-avx2``, exact everywhere)."""
     if target == AUTO:

@@ -17,7 +17,7 @@ from hawq_onnx.core.layers import describe_layers
 from hawq_onnx.core.onnx_inspect import inspect_onnx
 from hawq_onnx.io.plan import LayerPlan, Plan
 from hawq_onnx.onnx_export.float_onnx import float_onnx
-from hawq_onnx.onnx_export.qdq import TARGET_KEY, quantize_onnx
+from hawq_onnx.onnx_export.qdq import quantize_onnx
 from hawq_onnx.passes import target_profiles
 from hawq_onnx.qat import fake_quant
 from hawq_onnx.qat.region_grids import reference_model
@@ -89,7 +89,8 @@ def test_the_file_says_which_profile_it_was_written_for(digits, exports):
     loaded, folded, data, plan, _, float_model = digits
     for name, result in exports.items():
         assert result.target == name
-        assert {p.key: p.value for p in result.model.metadata_props}[TARGET_KEY] == name
+        assert {p.key: p.value for p in result.model.metadata_props}[target_profiles.METADATA_KEY] == name
+        assert target_profiles.written_for(result.model) == name
     auto = quantize_onnx(folded, loaded.input_shape, plan, data.calib.x, float_model=float_model)
     assert auto.target == target_profiles.resolve("ort-cpu").name
 

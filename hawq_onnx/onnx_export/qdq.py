@@ -50,7 +50,6 @@ log = logging.getLogger(__name__)
 CALIBRATION_BATCH = 64
 REGION_PROBE_SAMPLES = 8  # inputs on which ONNX tensors and PyTorch nodes are matched by value
 PRODUCER = "hawq-onnx"
-TARGET_KEY = METADATA_KEY  # metadata: the profile the file was written for (ort-vnni, openvino, ...)
 
 
 @dataclass
@@ -253,7 +252,7 @@ def quantize_onnx(module: nn.Module, input_shape: model_inputs.InputShape, plan:
 
     model = pipelines.activation_stage(profile, prepared.edges, ranges)(model).model
     proto = _finish(model)
-    onnx.helper.set_model_props(proto, {TARGET_KEY: profile.name})
+    onnx.helper.set_model_props(proto, {METADATA_KEY: profile.name})  # what validate checks
     bits = {b.layer: (plan.layer(b.layer).w_bits, plan.layer(b.layer).a_bits) for b in prepared.bound}
     return QuantizedExport(proto, profile.name, prepared.opset, prepared.bound, bits, prepared.unplanned, len(sites),
                            model_inputs.count(calibration_x), warnings, replace(plan, region_grids=grids))

@@ -12,11 +12,7 @@ from __future__ import annotations
 import onnx
 
 from hawq_onnx.core.cpu_features import int8_sums_exact
-from hawq_onnx.passes.target_profiles import METADATA_KEY
-
-
-def written_for(model: onnx.ModelProto) -> str | None:
-    return {p.key: p.value for p in model.metadata_props}.get(METADATA_KEY)
+from hawq_onnx.passes.target_profiles import written_for
 
 
 def _has_uint8_weights(model: onnx.ModelProto) -> bool:

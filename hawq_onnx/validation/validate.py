@@ -78,8 +78,8 @@ from hawq_onnx.validation.slowdown import slowdown_reasons
 
 log = logging.getLogger(__name__)
 
-KERNEL_AGREEMENT_WARNING = 0.995
-ORT_NAME = "ONNX Runtime"  # issue 5's bar for the file against its fake-quant model
+KERNEL_AGREEMENT_WARNING = 0.995  # issue 5's bar for the file against its fake-quant model
+ORT_NAME = "ONNX Runtime"
 
 
 @dataclass
