@@ -56,8 +56,8 @@ class ClipSubByteActivationsPass(ir.passes.InPlacePass):
             if zp is None or zp.const_value is None or zp.const_value.dtype not in SUB_BYTE_UNSIGNED:
                 continue
             qmax = SUB_BYTE_UNSIGNED[zp.const_value.dtype]
-            source = q.inputs[0].producer() if q.inputs[0] is not None else None
-            requantizes = source is not None and source.op_type == "DequantizeLinear"
+            producer = q.inputs[0].producer() if q.inputs[0] is not None else None
+            requantizes = producer is not None and producer.op_type == "DequantizeLinear"
             bounds = None if self.on_integers or requantizes else _float_bounds(q, qmax)
             q.replace_input_with(2, uint8_twin(zp))
             out = q.outputs[0]

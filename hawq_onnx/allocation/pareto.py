@@ -54,9 +54,6 @@ class Item:
             raise ValueError("an item needs one or more options with size, bops and cost each")
         return item
 
-    def latency_at(self, option: int) -> np.ndarray:
-        return np.zeros(0) if self.latency is None else self.latency[:, option]
-
 
 @dataclass
 class Frontier:
