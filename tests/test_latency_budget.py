@@ -86,6 +86,14 @@ def test_latency_limits_are_checked():
     with pytest.raises(OptionError, match="several batch sizes"):
         parse_latency("2ms", 1.0, 2)
     assert parse_latency("800us", 1.0, 1) == pytest.approx(0.8) and parse_latency("0.5x", 4.0, 2) == 2.0
+    # Before any work, as the other limits of an allocation are.
+    from hawq_onnx.api import check_allocation
+    from hawq_onnx.options import AllocateOptions
+
+    with pytest.raises(OptionError, match="latency_batch_sizes"):
+        check_allocation(["8x"], AllocateOptions(max_latency="0.9x", latency_batch_sizes=(0,)), "candidates")
+    with pytest.raises(OptionError, match="max_latency"):
+        check_allocation(["8x"], AllocateOptions(max_latency="soon"), "candidates")
 
 
 def test_a_table_reads_back_and_refuses_what_it_is_not(tmp_path):
